@@ -1,0 +1,106 @@
+# mpool — GNU make build.  `make`, `make check`, `make run`, `make install`.
+
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+SBINDIR ?= $(PREFIX)/sbin
+LIBEXECDIR ?= $(PREFIX)/libexec
+SYSCONFDIR ?= /etc
+DATADIR ?= /usr/share
+DESTDIR ?=
+
+PKG_CONFIG ?= pkg-config
+CC ?= cc
+B ?= build
+
+# Debian 12 packages the build needs; `make deps` installs what is missing.
+BUILD_DEB_PACKAGES = build-essential pkg-config libsystemd-dev libcjson-dev libinih-dev libcmocka-dev
+TEST_DEB_PACKAGES = dbus-daemon systemd python3 python3-dbus
+DEPS_PC = libsystemd libcjson inih
+
+CFLAGS ?= -O2 -g
+override CFLAGS += -std=gnu11 -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers \
+	-Wshadow -Wformat=2 -Wundef -fno-strict-aliasing -pthread -MMD -MP
+override CPPFLAGS += -D_GNU_SOURCE -Iinclude -Idaemon $(shell $(PKG_CONFIG) --cflags $(DEPS_PC) 2>/dev/null)
+LIBS = $(shell $(PKG_CONFIG) --libs $(DEPS_PC) 2>/dev/null) -pthread
+CMOCKA_LIBS = $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null)
+
+DAEMON_LIB_SRCS := $(filter-out daemon/mpoold.c,$(wildcard daemon/*.c))
+DAEMON_LIB_OBJS := $(DAEMON_LIB_SRCS:%.c=$(B)/%.o)
+CLIENT_SRCS := $(wildcard client/*.c)
+CLIENT_OBJS := $(CLIENT_SRCS:%.c=$(B)/%.o)
+UNIT_TEST_SRCS := $(wildcard tests/unit/test-*.c)
+UNIT_TESTS := $(UNIT_TEST_SRCS:tests/unit/%.c=$(B)/tests/%)
+
+PROGRAMS = $(B)/mpoold $(B)/mpool-mkmodel $(if $(CLIENT_SRCS),$(B)/mpool-client)
+
+.PHONY: all deps check check-unit check-integration run install clean bench
+.DEFAULT_GOAL := all
+
+all: $(PROGRAMS)
+
+$(B)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
+
+$(B)/libmpoold.a: $(DAEMON_LIB_OBJS)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
+$(B)/mpoold: $(B)/daemon/mpoold.o $(B)/libmpoold.a
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(B)/mpool-client: $(CLIENT_OBJS) $(B)/libmpoold.a
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(B)/mpool-mkmodel: $(B)/tests/tools/mkmodel.o $(B)/libmpoold.a
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(B)/tests/test-%: $(B)/tests/unit/test-%.o $(B)/libmpoold.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(LIBS)
+
+# Installs the Debian packages the build and the tests need: with apt as
+# root, otherwise it prints the one command that does.
+deps:
+	@missing=$$(for p in $(BUILD_DEB_PACKAGES) $(TEST_DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		echo "Installing: $$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; }; \
+	else \
+		echo "Missing build dependencies. Install them with:"; \
+		echo "  sudo apt-get install $$missing"; exit 1; \
+	fi
+
+check: all $(UNIT_TESTS)
+	@$(MAKE) --no-print-directory check-unit
+	@$(MAKE) --no-print-directory check-integration
+
+check-unit: $(UNIT_TESTS)
+	@failed=0; for t in $(UNIT_TESTS); do echo "== $$t"; $$t || failed=1; done; exit $$failed
+
+check-integration: all
+	/usr/bin/python3 tests/integration/run.py --build=$(B)
+
+bench: all
+	@for b in tests/bench/*.sh; do [ -e "$$b" ] && bash "$$b" $(B); done; true
+
+# Development: a demo store and a private bus, mpoold in the foreground.
+run: deps
+	@$(MAKE) --no-print-directory all
+	tests/tools/run-dev.sh $(B)
+
+install: all
+	install -Dm0755 $(B)/mpoold $(DESTDIR)$(SBINDIR)/mpoold
+	$(if $(CLIENT_SRCS),install -Dm0755 $(B)/mpool-client $(DESTDIR)$(BINDIR)/mpool-client)
+	install -Dm0644 dbus/org.mpool.Manager.xml $(DESTDIR)$(DATADIR)/dbus-1/interfaces/org.mpool.Manager.xml
+	install -Dm0644 dbus/org.mpool.Manager.conf $(DESTDIR)$(DATADIR)/dbus-1/system.d/org.mpool.Manager.conf
+	[ ! -e dbus/org.mpool.Manager.service ] || install -Dm0644 dbus/org.mpool.Manager.service $(DESTDIR)$(DATADIR)/dbus-1/system-services/org.mpool.Manager.service
+	install -Dm0644 daemon/mpoold.conf $(DESTDIR)$(SYSCONFDIR)/mpool/mpoold.conf
+
+clean:
+	rm -rf $(B)
+
+-include $(shell find $(B) -name '*.d' 2>/dev/null)

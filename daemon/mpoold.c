@@ -1,0 +1,219 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <systemd/sd-bus.h>
+#include <systemd/sd-daemon.h>
+#include <systemd/sd-event.h>
+
+#include "bus-manager.h"
+#include "config.h"
+#include "log.h"
+#include "macro.h"
+#include "manager.h"
+#include "mpool-bus.h"
+
+#define DEFAULT_CONFIG_FILE "/etc/mpool/mpoold.conf"
+
+typedef enum BusKind {
+        BUS_SYSTEM,
+        BUS_USER,
+        BUS_ADDRESS,
+} BusKind;
+
+static BusKind arg_bus_kind = BUS_SYSTEM;
+static const char *arg_address = NULL;
+static const char *arg_config = NULL;
+
+static void help(void) {
+        printf("mpoold [OPTIONS...]\n\n"
+               "Keeps machine-learning models in memory for the programs of this host,\n"
+               "as the D-Bus service " MPOOL_BUS_NAME ".\n\n"
+               "  -h --help             Show this help\n"
+               "     --version          Show the version\n"
+               "     --system           Serve on the system bus (default)\n"
+               "     --user             Serve on the user's session bus\n"
+               "     --address=ADDRESS  Serve on the bus at ADDRESS\n"
+               "     --config=FILE      Read FILE instead of " DEFAULT_CONFIG_FILE "\n");
+}
+
+static int parse_argv(int argc, char *argv[]) {
+        enum {
+                ARG_VERSION = 0x100,
+                ARG_SYSTEM,
+                ARG_USER,
+                ARG_ADDRESS,
+                ARG_CONFIG,
+        };
+        static const struct option options[] = {
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, ARG_VERSION },
+                { "system", no_argument, NULL, ARG_SYSTEM },
+                { "user", no_argument, NULL, ARG_USER },
+                { "address", required_argument, NULL, ARG_ADDRESS },
+                { "config", required_argument, NULL, ARG_CONFIG },
+                {}
+        };
+        int c;
+
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
+                switch (c) {
+                case 'h':
+                        help();
+                        return 0;
+                case ARG_VERSION:
+                        printf("mpoold %s\n", MPOOL_VERSION);
+                        return 0;
+                case ARG_SYSTEM:
+                        arg_bus_kind = BUS_SYSTEM;
+                        break;
+                case ARG_USER:
+                        arg_bus_kind = BUS_USER;
+                        break;
+                case ARG_ADDRESS:
+                        if (!*optarg)
+                                return log_error_errno(EINVAL, "--address= needs a bus address.");
+                        arg_bus_kind = BUS_ADDRESS;
+                        arg_address = optarg;
+                        break;
+                case ARG_CONFIG:
+                        arg_config = optarg;
+                        break;
+                case '?':
+                        return -EINVAL;
+                default:
+                        return log_error_errno(EINVAL, "Unhandled option %c.", c);
+                }
+
+        if (optind < argc)
+                return log_error_errno(EINVAL, "mpoold takes no arguments, but got '%s'.", argv[optind]);
+        return 1;
+}
+
+static int bus_connect(sd_bus **ret) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        int r;
+
+        switch (arg_bus_kind) {
+        case BUS_SYSTEM:
+                r = sd_bus_open_system_with_description(&bus, "mpoold");
+                break;
+        case BUS_USER:
+                r = sd_bus_open_user_with_description(&bus, "mpoold");
+                break;
+        default:
+                r = sd_bus_new(&bus);
+                if (r < 0)
+                        break;
+                r = sd_bus_set_address(bus, arg_address);
+                if (r < 0)
+                        break;
+                r = sd_bus_set_bus_client(bus, true);
+                if (r < 0)
+                        break;
+                r = sd_bus_start(bus);
+        }
+        if (r < 0)
+                return r;
+
+        *ret = TAKE_PTR(bus);
+        return 0;
+}
+
+static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        Manager *m = userdata;
+
+        manager_begin_shutdown(m);
+        return 0;
+}
+
+static int run(int argc, char *argv[]) {
+        _cleanup_(manager_freep) Manager *m = NULL;
+        _cleanup_free_ char *config_error = NULL;
+        sigset_t mask;
+        int r;
+
+        log_setup();
+
+        r = parse_argv(argc, argv);
+        if (r <= 0)
+                return r;
+
+        r = manager_new(&m);
+        if (r < 0)
+                return log_oom();
+
+        r = config_init_defaults(&m->config);
+        if (r < 0)
+                return log_oom();
+        r = config_load_file(&m->config, arg_config ?: DEFAULT_CONFIG_FILE, !!arg_config, &config_error);
+        if (r < 0)
+                return log_error_errno(r, "Invalid configuration: %s", config_error ?: "cannot read it");
+
+        r = manager_configure(m, &m->config);
+        if (r < 0)
+                return r;
+
+        /* Blocked before any thread exists, so that every thread inherits it
+         * and the signals reach sd-event's signalfd only. */
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGINT);
+        if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
+                return log_error_errno(errno, "Cannot block signals: %m");
+
+        r = sd_event_default(&m->event);
+        if (r < 0)
+                return log_error_errno(r, "Cannot allocate the event loop: %m");
+        r = sd_event_add_signal(m->event, NULL, SIGTERM, on_signal, m);
+        if (r >= 0)
+                r = sd_event_add_signal(m->event, NULL, SIGINT, on_signal, m);
+        if (r < 0)
+                return log_error_errno(r, "Cannot watch for signals: %m");
+        r = sd_event_set_watchdog(m->event, true);
+        if (r < 0)
+                return log_error_errno(r, "Cannot enable the watchdog: %m");
+
+        r = manager_scan_store(m);
+        if (r < 0)
+                return r;
+        r = manager_start(m);
+        if (r < 0)
+                return r;
+
+        r = bus_connect(&m->bus);
+        if (r < 0)
+                return log_error_errno(r, "Cannot connect to the %s bus%s%s: %m",
+                                       arg_bus_kind == BUS_USER ? "user" : arg_bus_kind == BUS_SYSTEM ? "system" : "",
+                                       arg_address ? " at " : "", strempty(arg_address));
+        r = sd_bus_attach_event(m->bus, m->event, SD_EVENT_PRIORITY_NORMAL);
+        if (r < 0)
+                return log_error_errno(r, "Cannot attach the bus to the event loop: %m");
+        r = bus_manager_register(m);
+        if (r < 0)
+                return r;
+        r = sd_bus_request_name(m->bus, MPOOL_BUS_NAME, 0);
+        if (r < 0)
+                return log_error_errno(r, "Cannot own the bus name %s (%m). Is another mpoold running, "
+                                       "or does the bus policy not allow this user to own it?", MPOOL_BUS_NAME);
+
+        log_info("mpoold %s serving %s.", MPOOL_VERSION, MPOOL_BUS_NAME);
+        (void) sd_notify(false, "READY=1");
+        manager_update_status(m);
+        manager_preload(m);
+
+        r = sd_event_loop(m->event);
+        if (r < 0)
+                return log_error_errno(r, "The event loop failed: %m");
+
+        log_info("mpoold stopped.");
+        return 0;
+}
+
+int main(int argc, char *argv[]) {
+        int r = run(argc, argv);
+        return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+}
