@@ -1,0 +1,968 @@
+/* SPDX-License-Identifier: MIT */
+#include <assert.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "log.h"
+#include "parse-util.h"
+#include "store.h"
+
+#define HF_REPO_PREFIX "models--"
+#define HF_REF_FILE "refs/main"
+/* refs/main holds one commit hash (40 hex digits for SHA-1, 64 for SHA-256)
+ * and perhaps a newline; anything longer is not one. */
+#define HF_REF_SIZE_MAX 128U
+
+/* How much of an untrusted string (a shard or tensor name from an index) an
+ * error message quotes. */
+#define QUOTE_MAX 64U
+
+typedef enum Lookup {
+        LOOKUP_ABSENT,          /* no directory of that name */
+        LOOKUP_NOT_A_MODEL,     /* a directory, but without any weights file */
+        LOOKUP_FOUND,
+} Lookup;
+
+static void closedirp(DIR **d) {
+        if (*d)
+                closedir(*d);
+}
+#define _cleanup_closedir_ _cleanup_(closedirp)
+
+static void cjson_deletep(cJSON **j) {
+        cJSON_Delete(*j);
+}
+
+static bool isempty(const char *s) {
+        return !s || !*s;
+}
+
+static bool streq(const char *a, const char *b) {
+        return strcmp(a, b) == 0;
+}
+
+static bool dot_or_dot_dot(const char *s) {
+        return streq(s, ".") || streq(s, "..");
+}
+
+ModelLocation *model_location_free(ModelLocation *l) {
+        if (!l)
+                return NULL;
+
+        free(l->name);
+        free(l->directory);
+        strv_free(l->weight_paths);
+        free(l);
+        return NULL;
+}
+
+/* Stores a message in *ret_error (replacing any earlier one) if the caller
+ * wants it, and returns error. "%m" names the error. */
+_printf_(3, 4) static int set_error(char **ret_error, int error, const char *format, ...) {
+        char *message;
+        va_list ap;
+
+        assert(error < 0);
+
+        if (!ret_error)
+                return error;
+
+        errno = -error;
+        va_start(ap, format);
+        if (vasprintf(&message, format, ap) < 0)
+                message = NULL;
+        va_end(ap);
+
+        free(*ret_error);
+        *ret_error = message;
+        return error;
+}
+
+/* Index files and directory entries are not ours: their strings may hold
+ * anything, while messages travel over D-Bus, which insists on UTF-8. Keeps
+ * printable ASCII, replaces the rest with '?' and cuts long strings. */
+static const char *quote(const char *s, char buffer[static QUOTE_MAX + 4]) {
+        size_t i;
+
+        for (i = 0; s[i] && i < QUOTE_MAX; i++)
+                buffer[i] = s[i] >= 0x20 && s[i] < 0x7f ? s[i] : '?';
+        if (s[i]) {
+                memcpy(buffer + i, "...", 3);
+                i += 3;
+        }
+        buffer[i] = 0;
+        return buffer;
+}
+
+static char *path_join(const char *a, const char *b) {
+        size_t n = strlen(a);
+        char *p;
+
+        if (asprintf(&p, "%s%s%s", a, n > 0 && a[n - 1] == '/' ? "" : "/", b) < 0)
+                return NULL;
+        return p;
+}
+
+/* The paths the store hands out are absolute, so that they mean the same
+ * thing to every thread and to messages read later. */
+static int make_absolute(const char *path, char **ret) {
+        _cleanup_free_ char *cwd = NULL;
+        char *p;
+        size_t n;
+
+        if (path[0] == '/')
+                p = strdup(path);
+        else {
+                cwd = get_current_dir_name();
+                if (!cwd)
+                        return negative_errno();
+                p = path_join(cwd, path);
+        }
+        if (!p)
+                return -ENOMEM;
+
+        n = strlen(p);
+        while (n > 1 && p[n - 1] == '/')
+                p[--n] = 0;
+
+        *ret = p;
+        return 0;
+}
+
+/* Returns 1 if something is there (following symlinks), 0 if not, negative
+ * errno if that cannot be told. A dangling symlink counts as there, with
+ * S_IFLNK in st_mode, so that it is reported rather than taken for
+ * absence. */
+static int stat_at(int dir_fd, const char *filename, struct stat *ret_st) {
+        if (fstatat(dir_fd, filename, ret_st, 0) >= 0)
+                return 1;
+        if (errno != ENOENT)
+                return -errno;
+        if (fstatat(dir_fd, filename, ret_st, AT_SYMLINK_NOFOLLOW) >= 0)
+                return 1;
+        if (errno != ENOENT)
+                return -errno;
+        return 0;
+}
+
+/* Opens a directory below dir_fd, following symlinks. -ENOENT when there is
+ * nothing, a dangling symlink or a non-directory of that name. */
+static int open_directory_at(int dir_fd, const char *path) {
+        int fd;
+
+        fd = openat(dir_fd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+                return errno == ENOTDIR ? -ENOENT : -errno;
+        return fd;
+}
+
+/* Reads a whole regular file of at most max_size bytes, NUL-terminated.
+ * -EFBIG if it is larger, -EBADFD if it is not a regular file. */
+static int read_file_at(int dir_fd, const char *filename, uint64_t max_size, char **ret_contents,
+                        size_t *ret_size) {
+        _cleanup_free_ char *contents = NULL;
+        _cleanup_close_ int fd = -1;
+        size_t size = 0, expected;
+        struct stat st;
+
+        /* O_NONBLOCK so that a FIFO planted in the store cannot hang us before
+         * fstat() says what it is. */
+        fd = openat(dir_fd, filename, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        if (fd < 0)
+                return -errno;
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        if (!S_ISREG(st.st_mode))
+                return -EBADFD;
+        if ((uint64_t) st.st_size > max_size)
+                return -EFBIG;
+
+        expected = (size_t) st.st_size;
+        contents = malloc(expected + 1);
+        if (!contents)
+                return -ENOMEM;
+
+        /* A file that grows meanwhile is read only up to the size checked. */
+        while (size < expected) {
+                ssize_t n = read(fd, contents + size, expected - size);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (n == 0)
+                        break;
+                size += (size_t) n;
+        }
+        contents[size] = 0;
+
+        *ret_contents = TAKE_PTR(contents);
+        if (ret_size)
+                *ret_size = size;
+        return 0;
+}
+
+static int check_weights_file(int dir_fd, const char *directory, const char *filename, char **ret_error) {
+        struct stat st;
+        int r;
+
+        r = stat_at(dir_fd, filename, &st);
+        if (r < 0)
+                return set_error(ret_error, r, "Cannot access %s/%s: %m", directory, filename);
+        if (r == 0)
+                return set_error(ret_error, -EBADMSG, "%s/%s is missing.", directory, filename);
+        if (S_ISLNK(st.st_mode))
+                return set_error(ret_error, -EBADMSG, "%s/%s is a dangling symlink.", directory, filename);
+        if (!S_ISREG(st.st_mode))
+                return set_error(ret_error, -EBADMSG, "%s/%s is not a regular file.", directory, filename);
+        return 0;
+}
+
+/* Shard names come from a file in the store and are joined to the model's
+ * directory: only plain file names in printable ASCII, so that an index
+ * cannot point outside its directory nor smuggle bytes into messages. */
+static bool shard_name_is_valid(const char *s) {
+        size_t n = strlen(s);
+
+        if (n == 0 || n > NAME_MAX || dot_or_dot_dot(s))
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (s[i] < 0x20 || s[i] >= 0x7f || s[i] == '/')
+                        return false;
+        return true;
+}
+
+static int compare_string_pointers(const void *a, const void *b) {
+        return strcmp(*(const char * const *) a, *(const char * const *) b);
+}
+
+/* Reads the index's weight_map and returns the absolute paths of the shards
+ * it names: sorted, each once, each checked to be a regular file. */
+static int read_index_shards(int dir_fd, const char *directory, char ***ret_paths, char **ret_error) {
+        _cleanup_(cjson_deletep) cJSON *root = NULL;
+        _cleanup_free_ char *contents = NULL;
+        _cleanup_free_ const char **shards = NULL;
+        _cleanup_strv_free_ char **paths = NULL;
+        char q1[QUOTE_MAX + 4], q2[QUOTE_MAX + 4];
+        const char *parse_end = NULL;
+        const cJSON *weight_map, *entry;
+        size_t size, n_entries = 0, n_shards = 0;
+        int r, n;
+
+        r = read_file_at(dir_fd, STORE_INDEX_FILE, STORE_INDEX_SIZE_MAX, &contents, &size);
+        if (r == -EFBIG)
+                return set_error(ret_error, -EBADMSG, "%s/%s is larger than %" PRIu64 " MiB.", directory,
+                                 STORE_INDEX_FILE, STORE_INDEX_SIZE_MAX / (1024 * 1024));
+        if (r == -EBADFD)
+                return set_error(ret_error, -EBADMSG, "%s/%s is not a regular file.", directory,
+                                 STORE_INDEX_FILE);
+        if (r == -ENOENT)
+                return set_error(ret_error, -EBADMSG, "%s/%s is a dangling symlink.", directory,
+                                 STORE_INDEX_FILE);
+        if (r < 0)
+                return set_error(ret_error, r, "Cannot read %s/%s: %m", directory, STORE_INDEX_FILE);
+
+        /* The length includes our NUL so that cJSON can insist on nothing but
+         * whitespace after the document. */
+        root = cJSON_ParseWithLengthOpts(contents, size + 1, &parse_end, true);
+        if (!root)
+                return set_error(ret_error, -EBADMSG, "%s/%s is not valid JSON (at byte %zu).", directory,
+                                 STORE_INDEX_FILE, parse_end ? (size_t) (parse_end - contents) : (size_t) 0);
+
+        weight_map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
+        if (!cJSON_IsObject(weight_map))
+                return set_error(ret_error, -EBADMSG, "%s/%s has no \"weight_map\" object.", directory,
+                                 STORE_INDEX_FILE);
+
+        n = cJSON_GetArraySize(weight_map);
+        if (n <= 0)
+                return set_error(ret_error, -EBADMSG, "%s/%s: \"weight_map\" names no tensors.", directory,
+                                 STORE_INDEX_FILE);
+
+        shards = calloc((size_t) n, sizeof *shards);
+        if (!shards)
+                return -ENOMEM;
+
+        cJSON_ArrayForEach(entry, weight_map) {
+                const char *tensor = entry->string ?: "";
+
+                if (!cJSON_IsString(entry) || !entry->valuestring)
+                        return set_error(ret_error, -EBADMSG,
+                                         "%s/%s: \"weight_map\" entry \"%s\" is not a file name.", directory,
+                                         STORE_INDEX_FILE, quote(tensor, q1));
+                if (!shard_name_is_valid(entry->valuestring))
+                        return set_error(ret_error, -EBADMSG,
+                                         "%s/%s: shard \"%s\" of tensor \"%s\" is not a plain file name.",
+                                         directory, STORE_INDEX_FILE, quote(entry->valuestring, q1),
+                                         quote(tensor, q2));
+                assert(n_entries < (size_t) n);
+                shards[n_entries++] = entry->valuestring;
+        }
+
+        /* Most tensors share a shard: sort, then keep each name once. */
+        qsort(shards, n_entries, sizeof *shards, compare_string_pointers);
+        for (size_t i = 0; i < n_entries; i++)
+                if (n_shards == 0 || !streq(shards[n_shards - 1], shards[i]))
+                        shards[n_shards++] = shards[i];
+
+        if (n_shards > STORE_SHARDS_MAX)
+                return set_error(ret_error, -EBADMSG, "%s/%s names %zu shards, more than the %u allowed.",
+                                 directory, STORE_INDEX_FILE, n_shards, STORE_SHARDS_MAX);
+
+        paths = calloc(n_shards + 1, sizeof *paths);
+        if (!paths)
+                return -ENOMEM;
+
+        for (size_t i = 0; i < n_shards; i++) {
+                r = check_weights_file(dir_fd, directory, shards[i], ret_error);
+                if (r < 0)
+                        return r;
+
+                paths[i] = path_join(directory, shards[i]);
+                if (!paths[i])
+                        return -ENOMEM;
+        }
+
+        *ret_paths = TAKE_PTR(paths);
+        return 0;
+}
+
+/* Returns 1 if dir_fd holds a weights file or an index, 0 if it holds
+ * neither. Cheap: looks at names only, for listing. */
+static int has_model_files(int dir_fd) {
+        struct stat st;
+        int r;
+
+        r = stat_at(dir_fd, STORE_SINGLE_WEIGHTS_FILE, &st);
+        if (r != 0)
+                return r;
+        return stat_at(dir_fd, STORE_INDEX_FILE, &st);
+}
+
+/* Returns LOOKUP_FOUND and the weights' paths, LOOKUP_NOT_A_MODEL if the
+ * directory has no weights file at all, or a negative errno. A single file
+ * wins over an index, as in the transformers library. */
+static int find_weights(int dir_fd, const char *directory, char ***ret_paths, char **ret_error) {
+        _cleanup_strv_free_ char **paths = NULL;
+        struct stat st;
+        int r;
+
+        r = stat_at(dir_fd, STORE_SINGLE_WEIGHTS_FILE, &st);
+        if (r < 0)
+                return set_error(ret_error, r, "Cannot access %s/%s: %m", directory,
+                                 STORE_SINGLE_WEIGHTS_FILE);
+        if (r > 0) {
+                r = check_weights_file(dir_fd, directory, STORE_SINGLE_WEIGHTS_FILE, ret_error);
+                if (r < 0)
+                        return r;
+
+                paths = calloc(2, sizeof *paths);
+                if (!paths)
+                        return -ENOMEM;
+                paths[0] = path_join(directory, STORE_SINGLE_WEIGHTS_FILE);
+                if (!paths[0])
+                        return -ENOMEM;
+
+                *ret_paths = TAKE_PTR(paths);
+                return LOOKUP_FOUND;
+        }
+
+        r = stat_at(dir_fd, STORE_INDEX_FILE, &st);
+        if (r < 0)
+                return set_error(ret_error, r, "Cannot access %s/%s: %m", directory, STORE_INDEX_FILE);
+        if (r == 0)
+                return LOOKUP_NOT_A_MODEL;
+
+        r = read_index_shards(dir_fd, directory, ret_paths, ret_error);
+        if (r < 0)
+                return r;
+        return LOOKUP_FOUND;
+}
+
+static int lookup_in_model_dir(const char *root, const char *name, char **ret_directory,
+                               char ***ret_paths, char **ret_error) {
+        _cleanup_close_ int root_fd = -1, dir_fd = -1;
+        _cleanup_free_ char *directory = NULL;
+        _cleanup_strv_free_ char **paths = NULL;
+        int r;
+
+        root_fd = open_directory_at(AT_FDCWD, root);
+        if (root_fd == -ENOENT)
+                return LOOKUP_ABSENT;
+        if (root_fd < 0)
+                return set_error(ret_error, root_fd, "Cannot open the model directory %s: %m", root);
+
+        dir_fd = open_directory_at(root_fd, name);
+        if (dir_fd == -ENOENT)
+                return LOOKUP_ABSENT;
+        if (dir_fd < 0)
+                return set_error(ret_error, dir_fd, "Cannot open %s/%s: %m", root, name);
+
+        directory = path_join(root, name);
+        if (!directory)
+                return -ENOMEM;
+
+        r = find_weights(dir_fd, directory, &paths, ret_error);
+        if (r != LOOKUP_FOUND)
+                return r;
+
+        *ret_directory = TAKE_PTR(directory);
+        *ret_paths = TAKE_PTR(paths);
+        return LOOKUP_FOUND;
+}
+
+/* "org/name" → "models--org--name", "name" → "models--name". Returns 0
+ * when the name cannot have come from such a directory name (a segment that
+ * holds "--" or ends in '-', which Hugging Face does not allow either), so
+ * that the mapping stays one to one. */
+static int hf_repo_directory_name(const char *name, char **ret) {
+        const char *slash = strchr(name, '/');
+        size_t n = strlen(name);
+        char *p;
+        int r;
+
+        if (n == 0 || strstr(name, "--") || name[n - 1] == '-' ||
+            (slash && slash > name && slash[-1] == '-'))
+                return 0;
+
+        if (slash)
+                r = asprintf(&p, HF_REPO_PREFIX "%.*s--%s", (int) (slash - name), name, slash + 1);
+        else
+                r = asprintf(&p, HF_REPO_PREFIX "%s", name);
+        if (r < 0)
+                return -ENOMEM;
+
+        *ret = p;
+        return 1;
+}
+
+/* The inverse of hf_repo_directory_name(): 0 if the directory is not one of
+ * a model we could name. */
+static int hf_model_name(const char *directory_name, char **ret) {
+        _cleanup_free_ char *name = NULL, *roundtrip = NULL;
+        const char *rest, *separator;
+        int r;
+
+        if (strncmp(directory_name, HF_REPO_PREFIX, strlen(HF_REPO_PREFIX)) != 0)
+                return 0;
+        rest = directory_name + strlen(HF_REPO_PREFIX);
+        if (isempty(rest))
+                return 0;
+
+        separator = strstr(rest, "--");
+        if (separator)
+                r = asprintf(&name, "%.*s/%s", (int) (separator - rest), rest, separator + 2);
+        else
+                r = asprintf(&name, "%s", rest);
+        if (r < 0)
+                return -ENOMEM;
+
+        r = hf_repo_directory_name(name, &roundtrip);
+        if (r <= 0)
+                return r;
+        if (!streq(roundtrip, directory_name))
+                return 0;
+
+        *ret = TAKE_PTR(name);
+        return 1;
+}
+
+static bool is_commit_hash(const char *s) {
+        size_t n = strlen(s);
+
+        if (n != 40 && n != 64)
+                return false;
+        return strspn(s, "0123456789abcdefABCDEF") == n;
+}
+
+/* Opens the snapshot refs/main points to in a models--* directory.
+ * -EBADMSG (with a message) when the layout is broken. */
+static int hf_open_snapshot(int repo_fd, const char *repo_path, int *ret_fd, char **ret_path,
+                            char **ret_error) {
+        _cleanup_free_ char *ref = NULL, *snapshot = NULL, *path = NULL;
+        _cleanup_close_ int fd = -1;
+        size_t n;
+        int r;
+
+        r = read_file_at(repo_fd, HF_REF_FILE, HF_REF_SIZE_MAX, &ref, &n);
+        if (r == -ENOENT)
+                return set_error(ret_error, -EBADMSG, "%s has no " HF_REF_FILE ".", repo_path);
+        if (r == -EFBIG || r == -EBADFD)
+                return set_error(ret_error, -EBADMSG, "%s/" HF_REF_FILE " does not hold a commit hash.",
+                                 repo_path);
+        if (r < 0)
+                return set_error(ret_error, r, "Cannot read %s/" HF_REF_FILE ": %m", repo_path);
+
+        while (n > 0 && strchr(" \t\r\n", ref[n - 1]))
+                ref[--n] = 0;
+        if (!is_commit_hash(ref))
+                return set_error(ret_error, -EBADMSG, "%s/" HF_REF_FILE " does not hold a commit hash.",
+                                 repo_path);
+
+        if (asprintf(&snapshot, "snapshots/%s", ref) < 0)
+                return -ENOMEM;
+        path = path_join(repo_path, snapshot);
+        if (!path)
+                return -ENOMEM;
+
+        fd = open_directory_at(repo_fd, snapshot);
+        if (fd == -ENOENT)
+                return set_error(ret_error, -EBADMSG, "%s, named by " HF_REF_FILE ", is missing.", path);
+        if (fd < 0)
+                return set_error(ret_error, fd, "Cannot open %s: %m", path);
+
+        *ret_fd = TAKE_FD(fd);
+        if (ret_path)
+                *ret_path = TAKE_PTR(path);
+        return 0;
+}
+
+static int lookup_in_hf_cache(const char *root, const char *name, char **ret_directory, char ***ret_paths,
+                              char **ret_error) {
+        _cleanup_close_ int root_fd = -1, repo_fd = -1, snapshot_fd = -1;
+        _cleanup_free_ char *repo = NULL, *repo_path = NULL, *snapshot_path = NULL;
+        _cleanup_strv_free_ char **paths = NULL;
+        int r;
+
+        r = hf_repo_directory_name(name, &repo);
+        if (r <= 0)
+                return r < 0 ? r : LOOKUP_ABSENT;
+
+        root_fd = open_directory_at(AT_FDCWD, root);
+        if (root_fd == -ENOENT)
+                return LOOKUP_ABSENT;
+        if (root_fd < 0)
+                return set_error(ret_error, root_fd, "Cannot open the Hugging Face cache %s: %m", root);
+
+        repo_path = path_join(root, repo);
+        if (!repo_path)
+                return -ENOMEM;
+
+        repo_fd = open_directory_at(root_fd, repo);
+        if (repo_fd == -ENOENT)
+                return LOOKUP_ABSENT;
+        if (repo_fd < 0)
+                return set_error(ret_error, repo_fd, "Cannot open %s: %m", repo_path);
+
+        r = hf_open_snapshot(repo_fd, repo_path, &snapshot_fd, &snapshot_path, ret_error);
+        if (r < 0)
+                return r;
+
+        r = find_weights(snapshot_fd, snapshot_path, &paths, ret_error);
+        if (r < 0)
+                return r;
+        if (r == LOOKUP_NOT_A_MODEL)
+                return set_error(ret_error, -EBADMSG, "%s has neither %s nor %s.", snapshot_path,
+                                 STORE_SINGLE_WEIGHTS_FILE, STORE_INDEX_FILE);
+
+        *ret_directory = TAKE_PTR(snapshot_path);
+        *ret_paths = TAKE_PTR(paths);
+        return LOOKUP_FOUND;
+}
+
+/* Says where a model that was not found was looked for. */
+static int set_not_found_error(char **ret_error, const char *model_dir, const char *hf_cache,
+                               const char *name) {
+        _cleanup_free_ char *in_model_dir = NULL, *in_hf_cache = NULL, *repo = NULL;
+
+        if (!ret_error)
+                return -ENOENT;
+
+        if (model_dir && asprintf(&in_model_dir, "%s/%s", model_dir, name) < 0)
+                return -ENOMEM;
+        if (hf_cache && hf_repo_directory_name(name, &repo) > 0 &&
+            asprintf(&in_hf_cache, "%s/%s", hf_cache, repo) < 0)
+                return -ENOMEM;
+
+        if (in_model_dir && in_hf_cache)
+                return set_error(ret_error, -ENOENT, "Model '%s' not found: neither %s nor %s exists.", name,
+                                 in_model_dir, in_hf_cache);
+        if (in_model_dir || in_hf_cache)
+                return set_error(ret_error, -ENOENT, "Model '%s' not found: %s does not exist.", name,
+                                 in_model_dir ?: in_hf_cache);
+        return set_error(ret_error, -ENOENT, "Model '%s' not found: no store is configured to hold it.",
+                         name);
+}
+
+static int build_location(const char *name, char *directory, char **paths, bool from_hf_cache,
+                          ModelLocation **ret) {
+        ModelLocation *l;
+
+        l = calloc(1, sizeof *l);
+        if (!l)
+                return -ENOMEM;
+        l->name = strdup(name);
+        if (!l->name) {
+                free(l);
+                return -ENOMEM;
+        }
+        l->directory = directory;
+        l->weight_paths = paths;
+        l->n_weights = strv_length(paths);
+        l->from_hf_cache = from_hf_cache;
+
+        *ret = l;
+        return 0;
+}
+
+int store_resolve(const char *model_dir, const char *hf_cache, const char *name, ModelLocation **ret,
+                  char **ret_error) {
+        _cleanup_free_ char *error = NULL, *model_dir_absolute = NULL, *hf_cache_absolute = NULL,
+                            *directory = NULL;
+        _cleanup_strv_free_ char **paths = NULL;
+        int r, in_model_dir = LOOKUP_ABSENT, in_hf_cache = LOOKUP_ABSENT;
+
+        assert(name);
+        assert(ret);
+
+        if (!isempty(model_dir)) {
+                r = make_absolute(model_dir, &model_dir_absolute);
+                if (r < 0) {
+                        set_error(&error, r, "Cannot make the model directory %s absolute: %m", model_dir);
+                        goto fail;
+                }
+
+                r = in_model_dir = lookup_in_model_dir(model_dir_absolute, name, &directory, &paths, &error);
+                if (r < 0)
+                        goto fail;
+        }
+
+        /* ModelDir wins; a directory there without weights does not hide a
+         * model of the same name in the cache. */
+        if (in_model_dir != LOOKUP_FOUND && !isempty(hf_cache)) {
+                r = make_absolute(hf_cache, &hf_cache_absolute);
+                if (r < 0) {
+                        set_error(&error, r, "Cannot make the Hugging Face cache path %s absolute: %m",
+                                  hf_cache);
+                        goto fail;
+                }
+
+                r = in_hf_cache = lookup_in_hf_cache(hf_cache_absolute, name, &directory, &paths, &error);
+                if (r < 0)
+                        goto fail;
+        }
+
+        if (in_model_dir != LOOKUP_FOUND && in_hf_cache != LOOKUP_FOUND) {
+                if (in_model_dir == LOOKUP_NOT_A_MODEL)
+                        r = set_error(&error, -EBADMSG, "%s/%s has neither %s nor %s.", model_dir_absolute,
+                                      name, STORE_SINGLE_WEIGHTS_FILE, STORE_INDEX_FILE);
+                else
+                        r = set_not_found_error(&error, model_dir_absolute, hf_cache_absolute, name);
+                goto fail;
+        }
+
+        r = build_location(name, directory, paths, in_model_dir != LOOKUP_FOUND, ret);
+        if (r < 0)
+                goto fail;
+        TAKE_PTR(directory);
+        TAKE_PTR(paths);
+        return 0;
+
+fail:
+        if (r == -ENOMEM && !error)
+                set_error(&error, r, "Out of memory.");
+        if (ret_error)
+                *ret_error = TAKE_PTR(error);
+        return r;
+}
+
+typedef struct NameList {
+        char **names;           /* NULL-terminated once anything is in it */
+        size_t n;
+        size_t allocated;
+        bool truncated;
+} NameList;
+
+static void name_list_done(NameList *l) {
+        strv_free(l->names);
+}
+
+static bool name_list_contains_sorted(const NameList *l, size_t n_sorted, const char *name) {
+        return n_sorted > 0 &&
+                bsearch(&name, l->names, n_sorted, sizeof *l->names, compare_string_pointers);
+}
+
+/* Adds a copy of name unless it is not a valid model name or the list is
+ * full. Fails only for lack of memory. */
+static int name_list_add(NameList *l, const char *name) {
+        _cleanup_free_ char *error = NULL;
+        char q[QUOTE_MAX + 4];
+        int r;
+
+        r = model_name_validate(name, &error);
+        if (r == -ENOMEM)
+                return r;
+        if (r < 0) {
+                log_debug("Ignoring '%s' in the store: %s", quote(name, q),
+                          error ?: "not a valid model name");
+                return 0;
+        }
+
+        if (l->n >= STORE_LIST_MAX) {
+                if (!l->truncated)
+                        log_warning("The store holds more than %u models; listing only %u of them.",
+                                    STORE_LIST_MAX, STORE_LIST_MAX);
+                l->truncated = true;
+                return 0;
+        }
+
+        if (l->n + 2 > l->allocated) {
+                size_t allocated = MAX(l->allocated * 2, (size_t) 16);
+                char **names = reallocarray(l->names, allocated, sizeof *names);
+                if (!names)
+                        return -ENOMEM;
+                l->names = names;
+                l->allocated = allocated;
+        }
+
+        l->names[l->n] = strdup(name);
+        if (!l->names[l->n])
+                return -ENOMEM;
+        l->names[++l->n] = NULL;
+        return 0;
+}
+
+/* Entries known not to be directories (nor symlinks to one) are not worth
+ * opening. */
+static bool may_be_directory(const struct dirent *de) {
+        return de->d_type == DT_DIR || de->d_type == DT_LNK || de->d_type == DT_UNKNOWN;
+}
+
+/* Opens a directory entry while listing. Returns the fd, or a negative errno
+ * once dealt with: non-directories are skipped quietly, failures logged. */
+static int open_listed_directory(int parent_fd, const char *parent_path, const char *entry) {
+        char q[QUOTE_MAX + 4];
+        int fd;
+
+        fd = open_directory_at(parent_fd, entry);
+        if (fd < 0 && fd != -ENOENT)
+                log_warning_errno(fd, "Cannot open %s/%s, skipping: %m", parent_path, quote(entry, q));
+        return fd;
+}
+
+/* 1 if the directory is a model, 0 if not, negative errno (logged) if that
+ * cannot be told. */
+static int listed_directory_is_model(int dir_fd, const char *parent_path, const char *entry) {
+        char q[QUOTE_MAX + 4];
+        int r;
+
+        r = has_model_files(dir_fd);
+        if (r < 0)
+                log_warning_errno(r, "Cannot look into %s/%s, skipping: %m", parent_path, quote(entry, q));
+        return r;
+}
+
+/* Reads the next entry that is worth a look, or NULL at the end (errors
+ * logged: what was read so far is still listed). */
+static struct dirent *read_directory(DIR *d, const char *path) {
+        struct dirent *de;
+
+        for (;;) {
+                errno = 0;
+                de = readdir(d);
+                if (!de) {
+                        if (errno != 0)
+                                log_warning_errno(errno, "Cannot read directory %s: %m", path);
+                        return NULL;
+                }
+                if (!dot_or_dot_dot(de->d_name) && may_be_directory(de))
+                        return de;
+        }
+}
+
+/* Opens a root for listing; NULL (logged unless it is merely missing) if
+ * that fails. */
+static DIR *open_listed_root(const char *path) {
+        DIR *d;
+        int fd;
+
+        fd = open_directory_at(AT_FDCWD, path);
+        if (fd < 0) {
+                if (fd != -ENOENT)
+                        log_warning_errno(fd, "Cannot open %s, not listing models from it: %m", path);
+                return NULL;
+        }
+
+        d = fdopendir(fd);
+        if (!d) {
+                log_warning_errno(errno, "Cannot read directory %s, not listing models from it: %m", path);
+                close(fd);
+        }
+        return d;
+}
+
+/* An entry of ModelDir: a model itself, or an organisation whose
+ * subdirectories are models. */
+static int scan_model_dir_entry(int root_fd, const char *root, const char *entry, NameList *list) {
+        _cleanup_free_ char *org_path = NULL;
+        _cleanup_closedir_ DIR *d = NULL;
+        _cleanup_close_ int fd = -1;
+        struct dirent *de;
+        int r;
+
+        fd = open_listed_directory(root_fd, root, entry);
+        if (fd < 0)
+                return 0;
+
+        r = listed_directory_is_model(fd, root, entry);
+        if (r < 0)
+                return 0;
+        if (r > 0)
+                return name_list_add(list, entry);
+
+        org_path = path_join(root, entry);
+        if (!org_path)
+                return -ENOMEM;
+
+        d = fdopendir(fd);
+        if (!d) {
+                log_warning_errno(errno, "Cannot read directory %s, skipping: %m", org_path);
+                return 0;
+        }
+        TAKE_FD(fd);
+
+        while (!list->truncated && (de = read_directory(d, org_path))) {
+                _cleanup_close_ int model_fd = -1;
+                _cleanup_free_ char *name = NULL;
+
+                model_fd = open_listed_directory(dirfd(d), org_path, de->d_name);
+                if (model_fd < 0)
+                        continue;
+                if (listed_directory_is_model(model_fd, org_path, de->d_name) <= 0)
+                        continue;
+
+                if (asprintf(&name, "%s/%s", entry, de->d_name) < 0)
+                        return -ENOMEM;
+                r = name_list_add(list, name);
+                if (r < 0)
+                        return r;
+        }
+
+        return 0;
+}
+
+static int scan_model_dir(const char *root, NameList *list) {
+        _cleanup_closedir_ DIR *d = NULL;
+        struct dirent *de;
+        int r;
+
+        d = open_listed_root(root);
+        if (!d)
+                return 0;
+
+        while (!list->truncated && (de = read_directory(d, root))) {
+                r = scan_model_dir_entry(dirfd(d), root, de->d_name, list);
+                if (r < 0)
+                        return r;
+        }
+
+        return 0;
+}
+
+/* Lists the cache's models unless ModelDir has one of the same name (the
+ * first n_model_dir names of the list, sorted). */
+static int scan_hf_cache(const char *root, NameList *list, size_t n_model_dir) {
+        _cleanup_closedir_ DIR *d = NULL;
+        struct dirent *de;
+        int r;
+
+        d = open_listed_root(root);
+        if (!d)
+                return 0;
+
+        while (!list->truncated && (de = read_directory(d, root))) {
+                _cleanup_free_ char *name = NULL, *repo_path = NULL, *error = NULL;
+                _cleanup_close_ int repo_fd = -1, snapshot_fd = -1;
+
+                r = hf_model_name(de->d_name, &name);
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        continue;   /* datasets--*, spaces--*, .locks and the like */
+
+                if (name_list_contains_sorted(list, n_model_dir, name))
+                        continue;
+
+                repo_fd = open_listed_directory(dirfd(d), root, de->d_name);
+                if (repo_fd < 0)
+                        continue;
+
+                repo_path = path_join(root, de->d_name);
+                if (!repo_path)
+                        return -ENOMEM;
+
+                r = hf_open_snapshot(repo_fd, repo_path, &snapshot_fd, NULL, &error);
+                if (r == -ENOMEM)
+                        return r;
+                if (r < 0) {
+                        /* Downloads under way look like this too, hence only debug. */
+                        log_full_errno(r == -EBADMSG ? LOG_DEBUG : LOG_WARNING, r, "Skipping %s: %s",
+                                       repo_path, error ?: "cannot open its snapshot");
+                        continue;
+                }
+
+                if (listed_directory_is_model(snapshot_fd, repo_path, "snapshot") <= 0)
+                        continue;
+
+                r = name_list_add(list, name);
+                if (r < 0)
+                        return r;
+        }
+
+        return 0;
+}
+
+int store_list(const char *model_dir, const char *hf_cache, char ***ret_names) {
+        _cleanup_(name_list_done) NameList list = {};
+        size_t n_model_dir, n_unique = 0;
+        int r;
+
+        assert(ret_names);
+
+        if (!isempty(model_dir)) {
+                r = scan_model_dir(model_dir, &list);
+                if (r < 0)
+                        return r;
+        }
+
+        if (list.n > 1)
+                qsort(list.names, list.n, sizeof *list.names, compare_string_pointers);
+        n_model_dir = list.n;
+
+        if (!isempty(hf_cache)) {
+                r = scan_hf_cache(hf_cache, &list, n_model_dir);
+                if (r < 0)
+                        return r;
+        }
+
+        if (!list.names) {
+                list.names = calloc(1, sizeof *list.names);
+                if (!list.names)
+                        return -ENOMEM;
+        }
+
+        /* Names are unique within each root and the cache's skip those
+         * ModelDir has, so this pass only guards that promise. */
+        if (list.n > 1)
+                qsort(list.names, list.n, sizeof *list.names, compare_string_pointers);
+        for (size_t i = 0; i < list.n; i++)
+                if (n_unique > 0 && streq(list.names[n_unique - 1], list.names[i]))
+                        free(list.names[i]);
+                else
+                        list.names[n_unique++] = list.names[i];
+        list.names[n_unique] = NULL;
+
+        *ret_names = TAKE_PTR(list.names);
+        return 0;
+}
