@@ -227,12 +227,32 @@ void manager_reschedule_idle(Manager *m) {
                 log_error_errno(r, "Cannot arm the idle timer, idle models stay loaded: %m");
 }
 
-static int waiter_add(PoolModel *model, sd_bus_message *call, WaiterKind kind) {
+/* Calls of this peer that wait for a load, over every model. */
+static unsigned pending_calls_of(Manager *m, const char *sender) {
+        unsigned n = 0;
+
+        if (!sender)
+                return 0;
+        for (PoolModel *model = m->pool.models; model; model = model->next) {
+                ModelRuntime *rt = model->userdata;
+
+                for (size_t i = 0; rt && i < rt->n_waiters; i++)
+                        if (strcmp(strempty(sd_bus_message_get_sender(rt->waiters[i].call)), sender) == 0)
+                                n++;
+        }
+        return n;
+}
+
+/* -EBUSY: too many callers wait for this model; -EUSERS: this caller has too
+ * many calls waiting already. */
+static int waiter_add(Manager *m, PoolModel *model, sd_bus_message *call, WaiterKind kind) {
         ModelRuntime *rt = model->userdata;
         Waiter *w;
 
         if (rt->n_waiters >= WAITERS_PER_MODEL_MAX)
                 return -EBUSY;
+        if (pending_calls_of(m, sd_bus_message_get_sender(call)) >= PENDING_CALLS_PER_PEER_MAX)
+                return -EUSERS;
         w = reallocarray(rt->waiters, rt->n_waiters + 1, sizeof *w);
         if (!w)
                 return -ENOMEM;
@@ -242,6 +262,16 @@ static int waiter_add(PoolModel *model, sd_bus_message *call, WaiterKind kind) {
                 .kind = kind,
         };
         return 0;
+}
+
+static int waiter_error(int r, const char *name, sd_bus_error *error) {
+        if (r == -EBUSY)
+                return sd_bus_error_setf(error, MPOOL_ERROR_BUSY, "Too many callers are waiting for %s.", name);
+        if (r == -EUSERS)
+                return sd_bus_error_setf(error, MPOOL_ERROR_LIMITS_EXCEEDED,
+                                         "You have %u calls waiting already; wait for one to finish.",
+                                         PENDING_CALLS_PER_PEER_MAX);
+        return r;
 }
 
 static void reply_or_log(int r, const char *model_name) {
@@ -431,12 +461,9 @@ int manager_request_load(Manager *m, const char *name, int64_t keep_alive_sec, b
         case MODEL_LOADING:
         case MODEL_UNLOADING:
                 if (call) {
-                        r = waiter_add(model, call, kind);
-                        if (r == -EBUSY)
-                                return sd_bus_error_setf(error, MPOOL_ERROR_BUSY,
-                                                         "Too many callers are waiting for %s.", name);
+                        r = waiter_add(m, model, call, kind);
                         if (r < 0)
-                                return r;
+                                return waiter_error(r, name, error);
                 }
                 return 1;
 
@@ -447,9 +474,9 @@ int manager_request_load(Manager *m, const char *name, int64_t keep_alive_sec, b
                                                  "%u loads are under way already; try again when one is done.",
                                                  m->config.max_concurrent_loads);
                 if (call) {
-                        r = waiter_add(model, call, kind);
+                        r = waiter_add(m, model, call, kind);
                         if (r < 0)
-                                return r;
+                                return waiter_error(r, name, error);
                 }
                 r = start_probe(m, model);
                 if (r < 0) {
@@ -515,12 +542,9 @@ int manager_request_unload(Manager *m, const char *name, bool force, sd_bus_mess
         case MODEL_LOADING: {
                 _cleanup_free_ char *message = NULL;
 
-                r = waiter_add(model, call, WAITER_UNLOAD);
-                if (r == -EBUSY)
-                        return sd_bus_error_setf(error, MPOOL_ERROR_BUSY,
-                                                 "Too many callers are waiting for %s.", name);
+                r = waiter_add(m, model, call, WAITER_UNLOAD);
                 if (r < 0)
-                        return r;
+                        return waiter_error(r, name, error);
                 if (!rt->cancel_requested) {
                         if (asprintf(&message, "Loading %s was cancelled by an Unload request.", name) < 0)
                                 return -ENOMEM;
@@ -801,4 +825,47 @@ int manager_release(Manager *m, PoolModel *model, const char *peer_name) {
         model_changed(m, model);
         manager_reschedule_idle(m);
         return 0;
+}
+
+int manager_set_memory_limit(Manager *m, uint64_t limit, uint64_t *ret_needed) {
+        PoolModel *victims[POOL_MODELS_MAX];
+        uint64_t pinned = 0, old = m->pool.memory_limit;
+        size_t n;
+
+        for (PoolModel *model = m->pool.models; model; model = model->next)
+                if (model->pinned)
+                        pinned += model->memory_bytes + model->reserved_bytes;
+        if (limit < pinned) {
+                if (ret_needed)
+                        *ret_needed = pinned;
+                return -EBUSY;
+        }
+
+        m->pool.memory_limit = limit;
+        log_info("Memory limit changed from %" PRIu64 " to %" PRIu64 " bytes.", old, limit);
+        bus_emit_manager_changed(m, "MemoryLimit", NULL);
+
+        if (pool_memory_committed(&m->pool) > limit) {
+                n = pool_collect_pressure_victims(&m->pool, pool_memory_committed(&m->pool) - limit, victims,
+                                                  ELEMENTSOF(victims));
+                for (size_t i = 0; i < n; i++)
+                        manager_unload(m, victims[i], MPOOL_REASON_MEMORY_LIMIT);
+                if (pool_memory_committed(&m->pool) > limit)
+                        log_notice("The pool holds %" PRIu64 " bytes, over the new limit: held or busy models "
+                                   "stay until they are idle.", pool_memory_committed(&m->pool));
+                manager_reschedule_idle(m);
+        }
+        manager_update_status(m);
+        return 0;
+}
+
+void manager_set_idle_timeout(Manager *m, int64_t idle_timeout_sec) {
+        log_info("Idle timeout changed from %" PRIi64 " to %" PRIi64 " seconds.", m->pool.idle_timeout_sec,
+                 idle_timeout_sec);
+        m->pool.idle_timeout_sec = idle_timeout_sec;
+        bus_emit_manager_changed(m, "IdleTimeoutSec", NULL);
+        for (PoolModel *model = m->pool.models; model; model = model->next)
+                if (model->state == MODEL_LOADED)
+                        bus_emit_model_changed(m, model, "ExpiresAt", NULL);
+        manager_reschedule_idle(m);
 }

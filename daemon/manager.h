@@ -51,6 +51,7 @@ typedef struct ModelRuntime {
 #define WAITERS_PER_MODEL_MAX 1024U
 #define PEERS_MAX 4096U
 #define HOLDS_PER_PEER_MAX 1024U
+#define PENDING_CALLS_PER_PEER_MAX 64U
 
 typedef struct Peer Peer;
 
@@ -101,6 +102,12 @@ int manager_release(Manager *m, PoolModel *model, const char *peer_name);
 void manager_drop_holds(Manager *m, const char *model_name, unsigned count);
 
 void manager_reschedule_idle(Manager *m);
+
+/* Run-time changes of the pool's settings. -EBUSY: the new limit is below
+ * what pinned models hold (ret_needed gets that figure). Lowering the limit
+ * unloads idle models, least recently used first, until the pool fits. */
+int manager_set_memory_limit(Manager *m, uint64_t limit, uint64_t *ret_needed);
+void manager_set_idle_timeout(Manager *m, int64_t idle_timeout_sec);
 void manager_update_status(Manager *m);
 
 static inline void manager_freep(Manager **m) {

@@ -65,13 +65,30 @@ int meminfo_parse(const char *text, uint64_t *ret_total, uint64_t *ret_available
         return 0;
 }
 
-/* The cgroup's limit and usage (v2 memory.max/memory.current, v1
- * memory.limit_in_bytes/memory.usage_in_bytes); -ENOENT when there is no
+/* Reads a cgroup's limit and usage files; -ENOENT when there is no numeric
+ * limit ("max" on v2 means none). A missing usage figure counts as 0. */
+static int read_cgroup_files(const char *directory, const char *limit_file, const char *usage_file,
+                             uint64_t *ret_limit, uint64_t *ret_usage) {
+        char path[4352], buf[64];
+        unsigned long long limit, usage;
+
+        snprintf(path, sizeof path, "%s/%s", directory, limit_file);
+        if (read_small_file(path, buf, sizeof buf) < 0 || sscanf(buf, "%llu", &limit) != 1)
+                return -ENOENT;
+        snprintf(path, sizeof path, "%s/%s", directory, usage_file);
+        if (read_small_file(path, buf, sizeof buf) < 0 || sscanf(buf, "%llu", &usage) != 1)
+                usage = 0;
+
+        *ret_limit = limit;
+        *ret_usage = usage;
+        return 0;
+}
+
+/* The daemon's cgroup limit and usage, v1 or v2; -ENOENT when there is no
  * limit to honour. */
 static int cgroup_memory(uint64_t *ret_limit, uint64_t *ret_usage) {
-        char cgroups[4096], buf[64], path[4352];
+        char cgroups[4096], directory[4200];
         const char *v2 = NULL, *v1 = NULL;
-        unsigned long long limit, usage;
         int r;
 
         r = read_small_file("/proc/self/cgroup", cgroups, sizeof cgroups);
@@ -93,29 +110,17 @@ static int cgroup_memory(uint64_t *ret_limit, uint64_t *ret_usage) {
         }
 
         if (v1) {
-                snprintf(path, sizeof path, "/sys/fs/cgroup/memory%s/memory.limit_in_bytes", v1);
-                if (read_small_file(path, buf, sizeof buf) >= 0 && sscanf(buf, "%llu", &limit) == 1) {
-                        snprintf(path, sizeof path, "/sys/fs/cgroup/memory%s/memory.usage_in_bytes", v1);
-                        if (read_small_file(path, buf, sizeof buf) < 0 || sscanf(buf, "%llu", &usage) != 1)
-                                usage = 0;
-                        goto found;
-                }
+                snprintf(directory, sizeof directory, "/sys/fs/cgroup/memory%s", v1);
+                if (read_cgroup_files(directory, "memory.limit_in_bytes", "memory.usage_in_bytes",
+                                      ret_limit, ret_usage) >= 0)
+                        return 0;
         }
         if (v2) {
-                snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.max", v2);
-                if (read_small_file(path, buf, sizeof buf) >= 0 && sscanf(buf, "%llu", &limit) == 1) {
-                        snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.current", v2);
-                        if (read_small_file(path, buf, sizeof buf) < 0 || sscanf(buf, "%llu", &usage) != 1)
-                                usage = 0;
-                        goto found;
-                }
+                snprintf(directory, sizeof directory, "/sys/fs/cgroup%s", v2);
+                if (read_cgroup_files(directory, "memory.max", "memory.current", ret_limit, ret_usage) >= 0)
+                        return 0;
         }
         return -ENOENT;
-
-found:
-        *ret_limit = limit;
-        *ret_usage = usage;
-        return 0;
 }
 
 int memory_info_read(MemoryInfo *ret) {
