@@ -1,0 +1,62 @@
+/* SPDX-License-Identifier: MIT */
+
+/* libFuzzer entry point for the safetensors header validator. Not built by
+ * `make`; build and run it from the top of the tree with:
+ *
+ *   clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+ *         -std=gnu11 -D_GNU_SOURCE -Iinclude -Idaemon $(pkg-config --cflags libcjson) \
+ *         tests/fuzz/fuzz-safetensors.c daemon/safetensors.c \
+ *         $(pkg-config --libs libcjson) -o build/fuzz-safetensors
+ *   mkdir -p build/fuzz-corpus && build/fuzz-safetensors -max_total_time=300 build/fuzz-corpus
+ *
+ * Input: 8 bytes of little-endian data-section length, then the header bytes.
+ * The header is handed over in a buffer of exactly its size, so that any
+ * read past it is caught by AddressSanitizer (in our code: Debian's libcjson
+ * is not instrumented). */
+
+#include <endian.h>
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "safetensors.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+        SafetensorsInfo info = {};
+        uint64_t data_length, file_size;
+        char *header, *error = NULL;
+        size_t header_length;
+        int r;
+
+        if (size < 8)
+                return 0;
+
+        memcpy(&data_length, data, sizeof data_length);
+        data_length = le64toh(data_length);
+        header_length = size - 8;
+        if (__builtin_add_overflow(data_length, (uint64_t) header_length + 8, &file_size))
+                return 0;
+
+        header = malloc(header_length > 0 ? header_length : 1);
+        if (!header)
+                return 0;
+        memcpy(header, data + 8, header_length);
+
+        r = safetensors_validate_header(header, header_length, file_size, &info, &error);
+        if (r == 0) {
+                if (error || info.header_length != header_length || info.data_offset != 8 + header_length ||
+                    info.data_length != data_length || info.n_tensors > SAFETENSORS_TENSORS_MAX)
+                        abort();
+        } else if (r == -EBADMSG) {
+                if (!error || strlen(error) == 0)
+                        abort();
+        } else if (r != -ENOMEM)
+                abort();
+
+        free(error);
+        free(header);
+        return 0;
+}
