@@ -215,7 +215,13 @@ static int method_unload_all(sd_bus_message *message, void *userdata, sd_bus_err
                 return r;
 
         for (PoolModel *model = m->pool.models; model; model = model->next) {
-                if (model->state != MODEL_LOADED || (model->pinned && !options.force))
+                if (model->pinned && !options.force)
+                        continue;
+                if (model->state == MODEL_LOADING) {
+                        manager_cancel_load(m, model);
+                        continue;
+                }
+                if (model->state != MODEL_LOADED)
                         continue;
                 r = sd_bus_message_append(reply, "s", model->name);
                 if (r < 0)

@@ -518,15 +518,31 @@ void manager_unload(Manager *m, PoolModel *model, const char *reason) {
         pool_changed(m);
 }
 
+void manager_cancel_load(Manager *m, PoolModel *model) {
+        ModelRuntime *rt = model->userdata;
+        _cleanup_free_ char *message = NULL;
+
+        assert(model->state == MODEL_LOADING);
+        assert(rt && rt->job);
+
+        if (rt->cancel_requested)
+                return;
+        rt->cancel_requested = true;
+        model->pinned = false;
+        loader_job_cancel(rt->job);
+        if (asprintf(&message, "Loading %s was cancelled by an unload request.", model->name) < 0)
+                message = NULL;
+        cancel_load_waiters(model, message ?: "The load was cancelled.");
+        bus_emit_load_failed(m, model->name, MPOOL_ERROR_CANCELLED, message ?: "The load was cancelled.");
+}
+
 int manager_request_unload(Manager *m, const char *name, bool force, sd_bus_message *call,
                            sd_bus_error *error) {
         PoolModel *model = pool_find(&m->pool, name);
-        ModelRuntime *rt;
         int r;
 
         if (!model || !model->userdata)
                 return sd_bus_reply_method_return(call, "b", false);
-        rt = model->userdata;
 
         if (model->pinned && !force)
                 return sd_bus_error_setf(error, MPOOL_ERROR_MODEL_PINNED,
@@ -539,23 +555,12 @@ int manager_request_unload(Manager *m, const char *name, bool force, sd_bus_mess
                 manager_reschedule_idle(m);
                 return sd_bus_reply_method_return(call, "b", true);
 
-        case MODEL_LOADING: {
-                _cleanup_free_ char *message = NULL;
-
+        case MODEL_LOADING:
                 r = waiter_add(m, model, call, WAITER_UNLOAD);
                 if (r < 0)
                         return waiter_error(r, name, error);
-                if (!rt->cancel_requested) {
-                        if (asprintf(&message, "Loading %s was cancelled by an Unload request.", name) < 0)
-                                return -ENOMEM;
-                        rt->cancel_requested = true;
-                        model->pinned = false;
-                        loader_job_cancel(rt->job);
-                        cancel_load_waiters(model, message);
-                        bus_emit_load_failed(m, name, MPOOL_ERROR_CANCELLED, message);
-                }
+                manager_cancel_load(m, model);
                 return 1;
-        }
 
         default:
                 return sd_bus_reply_method_return(call, "b", false);
@@ -644,6 +649,10 @@ static void on_loader_progress(LoaderJob *job, uint64_t done, uint64_t total, vo
         PoolModel *model = job->userdata;
         ModelRuntime *rt = model->userdata;
         uint64_t now = manager_now();
+
+        /* The chunk under way when a cancellation arrives still reports. */
+        if (rt->cancel_requested || m->shutting_down)
+                return;
 
         if (rt->progress_started) {
                 if (done < rt->progress_emitted_bytes || (done == rt->progress_emitted_bytes && done != 0))

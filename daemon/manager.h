@@ -95,6 +95,9 @@ int manager_request_load(Manager *m, const char *name, int64_t keep_alive_sec, b
 int manager_request_unload(Manager *m, const char *name, bool force, sd_bus_message *call,
                            sd_bus_error *error);
 void manager_unload(Manager *m, PoolModel *model, const char *reason);
+/* Stops a load under way: its Load and Acquire callers get Cancelled now,
+ * Unload callers once the loader has let go of the memory. */
+void manager_cancel_load(Manager *m, PoolModel *model);
 
 int manager_hold(Manager *m, PoolModel *model, const char *peer_name);
 int manager_release(Manager *m, PoolModel *model, const char *peer_name);

@@ -1,0 +1,123 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: MIT
+"""Integration tests of mpoold: the real daemon on a private system-type bus,
+driven through busctl and python-dbus.
+
+    /usr/bin/python3 tests/integration/run.py --build=build [--filter=SUBSTRING] [--keep]
+
+Each test is a function test_NAME(ctx) in one of the modules below; it gets a
+fresh TestContext (own temp directory, store, config, signal monitor) and
+starts its own mpoold. Prints "ok NAME" or "FAIL NAME" with the traceback and
+the daemon's log, then "N passed, M failed"; exits non-zero if any failed."""
+
+import argparse
+import os
+import signal
+import sys
+import time
+import traceback
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness  # noqa: E402
+import tests_errors  # noqa: E402
+import tests_holds  # noqa: E402
+import tests_idle  # noqa: E402
+import tests_lifecycle  # noqa: E402
+import tests_load  # noqa: E402
+import tests_memory  # noqa: E402
+import tests_objects  # noqa: E402
+
+MODULES = [tests_load, tests_idle, tests_memory, tests_holds, tests_errors, tests_objects, tests_lifecycle]
+
+
+def collect(name_filter):
+        tests = []
+        for module in MODULES:
+                for name, fn in vars(module).items():
+                        if name.startswith("test_") and callable(fn):
+                                if name_filter is None or name_filter in name:
+                                        tests.append((name, fn))
+        return tests
+
+
+def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+
+def main():
+        parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("--build", default="build", help="the build directory (mpoold, mpool-mkmodel)")
+        parser.add_argument("--filter", default=None, help="run only tests whose name contains this")
+        parser.add_argument("--keep", action="store_true", help="keep the temporary directories")
+        parser.add_argument("--list", action="store_true", help="list the tests and exit")
+        args = parser.parse_args()
+
+        source_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        build_dir = os.path.abspath(args.build)
+        tests = collect(args.filter)
+        if args.list:
+                for name, _ in tests:
+                        print(name)
+                return 0
+        if not tests:
+                print(f"no test matches --filter={args.filter}", file=sys.stderr)
+                return 2
+
+        signal.signal(signal.SIGTERM, terminate)
+        signal.signal(signal.SIGHUP, terminate)
+        suite = harness.Suite(source_root, build_dir, keep=args.keep)
+        passed = failed = 0
+        started = time.monotonic()
+        try:
+                try:
+                        suite.start()
+                except Exception as e:  # noqa: BLE001 - reported as a failure
+                        print(f"FAIL setup: {e}", flush=True)
+                        print(f"0 passed, {len(tests)} failed", flush=True)
+                        return 1
+
+                for name, fn in tests:
+                        ctx = harness.TestContext(suite, name)
+                        test_started = time.monotonic()
+                        failure = None
+                        try:
+                                fn(ctx)
+                        except KeyboardInterrupt:
+                                ctx.teardown()
+                                raise
+                        except Exception:  # noqa: BLE001 - the test's failure
+                                failure = traceback.format_exc()
+                        teardown_errors = ctx.teardown()
+                        if failure is None and teardown_errors:
+                                failure = "\n".join(teardown_errors) + "\n"
+                        elif teardown_errors:
+                                failure += "also at teardown:\n" + "\n".join(teardown_errors) + "\n"
+                        elapsed = time.monotonic() - test_started
+                        if failure is None:
+                                passed += 1
+                                print(f"ok {name}", flush=True)
+                                ctx.remove()
+                        else:
+                                failed += 1
+                                print(f"FAIL {name} ({elapsed:.1f} s)", flush=True)
+                                print(failure.rstrip(), flush=True)
+                                print(ctx.diagnostics(), flush=True)
+                                if args.keep:
+                                        print(f"--- kept {ctx.dir}", flush=True)
+                                else:
+                                        ctx.remove()
+        except KeyboardInterrupt:
+                print("interrupted", file=sys.stderr, flush=True)
+                failed += 1
+        finally:
+                suite.stop()
+
+        print(f"# {time.monotonic() - started:.1f} s", flush=True)
+        print(f"{passed} passed, {failed} failed", flush=True)
+        return 1 if failed else 0
+
+
+if __name__ == "__main__":
+        sys.exit(main())

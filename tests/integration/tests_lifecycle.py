@@ -1,0 +1,234 @@
+# SPDX-License-Identifier: MIT
+"""Start-up (Preload, configuration errors), shutdown, cancelled loads."""
+
+import os
+import re
+import shutil
+import threading
+
+import dbus
+
+from harness import (DEADLINE, ERROR_CANCELLED, ERROR_MODEL_PINNED, GiB, PyClient, expect_dbus_error, wait_until,
+                     write_sparse_model)
+
+
+def test_preload_pins_at_start(ctx):
+        ctx.model("alpha", size="4M")
+        ctx.model("demo/beta", size="4M")
+        ctx.model("gamma", size="1M")
+        d = ctx.daemon(Preload="alpha demo/beta", IdleTimeoutSec="1")
+        for name in ("alpha", "demo/beta"):
+                ctx.monitor.wait_signal("ModelLoaded", name)
+                m = d.wait_model(name, lambda m: m["state"] == "loaded", "preloaded")
+                assert m["pinned"] is True and m["expires_at_usec"] == 0, m
+        pool, models = d.status()
+        assert pool["models_loaded"] == 2 and models["gamma"]["state"] == "available", (pool, models)
+        expect_dbus_error(ERROR_MODEL_PINNED, d.py.unload, "alpha")
+        assert d.unload_all() == []
+
+
+BAD_CONFIG_VALUES = [
+        ("MemoryLimit", "lots"),
+        ("MemoryLimit", "150%"),
+        ("MemoryLimit", "-1M"),
+        ("IdleTimeoutSec", "-5"),
+        ("IdleTimeoutSec", "0"),
+        ("IdlePolicy", "sometimes"),
+        ("MaxLoadedModels", "many"),
+        ("MemoryAvailableMin", "abc"),
+        ("MaxConcurrentLoads", "x"),
+]
+
+
+def test_bad_config_exits_nonzero_naming_file_line_key(ctx):
+        failures = []
+        for i, (key, value) in enumerate(BAD_CONFIG_VALUES):
+                lines = ["# integration test: one bad value", "[Store]", f"ModelDir={ctx.store}", "",
+                         "[Pool]", "MemoryLimit=64M", "IdleTimeoutSec=300"]
+                lines = [line for line in lines if not line.startswith(key + "=")]
+                lines.append(f"{key}={value}")
+                bad_line = len(lines)
+                lines.append("MaxLoadedModels=0" if key != "MaxLoadedModels" else "IdlePolicy=per-model")
+                config = ctx.write_config(filename=f"bad-{i}.conf", raw="\n".join(lines) + "\n")
+                d = ctx.daemon(config=config, start=False)
+                d.spawn()
+                what = f"{key}={value}"
+                try:
+                        wait_until(lambda: d.proc.poll() is not None or d.owns_name(), "mpoold to exit")
+                        assert d.proc.poll() is not None, "mpoold started anyway and took the bus name"
+                        code = d.wait_exit()
+                        d.stopped = True
+                        assert code != 0, "mpoold exited 0"
+                        log = d.log()
+                        assert config in log or os.path.basename(config) in log, f"no file name in: {log!r}"
+                        assert re.search(rf"(?<!\d){bad_line}(?!\d)", log), f"no line {bad_line} in: {log!r}"
+                        assert key in log, f"no key {key} in: {log!r}"
+                except AssertionError as e:
+                        failures.append(f"{what}: {e}")
+                        d.kill()
+        assert not failures, "\n".join(failures)
+
+
+def test_sigterm_unloads_with_reason_shutdown(ctx):
+        ctx.model("alpha", size="8M")
+        ctx.model("beta", size="4M")
+        d = ctx.daemon()
+        d.load("alpha")
+        d.load("beta", pin=True)
+        assert d.stop() == 0
+        for name in ("alpha", "beta"):
+                s = ctx.monitor.wait_signal("ModelUnloaded", name)
+                assert s.args[1] == "shutdown", s
+
+
+def load_starts(ctx, name):
+        return [s for s in ctx.monitor.signals("LoadProgress", name) if s.args[1] == 0]
+
+
+def attempt_cancel(ctx, d, name, mid_load=False, cancel=None):
+        """Starts a Load of name in a thread and cancels it with Unload (or
+        cancel(client)) as soon as that load's first LoadProgress is seen
+        (with mid_load, its first one past 0: the loader is then in the
+        middle of its work). Returns (load outcome, Unload's reply)."""
+        outcome = {}
+        starts_before = len(load_starts(ctx, name))
+
+        def started():
+                if outcome:
+                        return True
+                if not mid_load:
+                        return len(load_starts(ctx, name)) > starts_before
+                return len(load_starts(ctx, name)) > starts_before and \
+                        ctx.monitor.signals("LoadProgress", name)[-1].args[1] > 0
+        unloader = PyClient(d.address)
+
+        def load():
+                client = PyClient(d.address)
+                try:
+                        outcome["path"] = client.load(name)
+                except dbus.exceptions.DBusException as e:
+                        outcome["error"] = (e.get_dbus_name(), e.get_dbus_message())
+                finally:
+                        client.close()
+        thread = threading.Thread(target=load, daemon=True)
+        thread.start()
+        try:
+                wait_until(started, f"LoadProgress of {name}", interval=0.002)
+                unloaded = cancel(unloader) if cancel else unloader.unload(name)
+                # Unload replies once the memory is given back, so the
+                # cancelled load must be over by now.
+                outcome["after_unload"] = unloader.status()[1].get(name)
+        finally:
+                unloader.close()
+        thread.join(DEADLINE * 4)
+        assert not thread.is_alive(), "Load did not return after Unload"
+        return outcome, unloaded
+
+
+def check_cancelled(ctx, d, name, outcome, failures_seen):
+        assert outcome["error"][0] == ERROR_CANCELLED, f"the waiting Load got {outcome['error']}"
+        m = outcome["after_unload"]
+        assert m["state"] in ("available", "error") and m["memory_bytes"] == 0, \
+                f"Unload replied before the cancelled load had stopped; Status right after it: {m}"
+        failed = wait_until(lambda: len(ctx.monitor.signals("LoadFailed", name)) > failures_seen
+                            and ctx.monitor.signals("LoadFailed", name)[-1], f"LoadFailed for {name}")
+        assert failed.args[1] == ERROR_CANCELLED, failed
+        m = d.wait_model(name, lambda m: m["state"] in ("available", "error"),
+                         "back to not loaded after the cancelled load")
+        assert m["memory_bytes"] == 0, m
+        pool, _ = d.status()
+        assert pool["models_loaded"] == 0 and pool["memory_used"] == 0, pool
+        ctx.sync()
+        assert ctx.monitor.signals("ModelLoaded", name) == [], "the cancelled load completed"
+
+
+def test_unload_cancels_load_under_way(ctx):
+        d = ctx.daemon(MemoryLimit="12G")
+        for size in (1 * GiB, 4 * GiB):
+                name = f"huge-{size // GiB}g"
+                write_sparse_model(os.path.join(ctx.store, name), size)
+                try:
+                        outcome, unloaded = attempt_cancel(ctx, d, name)
+                        if "path" in outcome:
+                                # The load finished before the Unload arrived:
+                                # then it was an ordinary unload; try bigger.
+                                s = ctx.monitor.wait_signal("ModelUnloaded", name)
+                                assert unloaded is True and s.args[1] == "request", (unloaded, s)
+                                continue
+                        check_cancelled(ctx, d, name, outcome, 0)
+
+                        # The model can be loaded again, and cancelled again,
+                        # this time while the loader is in the middle of it.
+                        outcome, unloaded = attempt_cancel(ctx, d, name, mid_load=True)
+                        if "error" in outcome:
+                                check_cancelled(ctx, d, name, outcome, 1)
+                        else:
+                                assert unloaded is True, "Unload of the loaded model replied false"
+
+                        # Nothing of a cancelled load may show after its
+                        # LoadFailed (Unload replied after it had stopped, and
+                        # we synced since): the next LoadProgress, if any, is
+                        # a new load's 0.
+                        ctx.sync()
+                        sigs = ctx.monitor.signals(name=name)
+                        for i, failed in enumerate(sigs):
+                                if failed.member != "LoadFailed":
+                                        continue
+                                after = [s for s in sigs[i + 1:] if s.member == "LoadProgress"]
+                                assert not after or after[0].args[1] == 0, \
+                                        f"LoadProgress of the cancelled load after its LoadFailed: {after[0]}"
+                        return
+                finally:
+                        shutil.rmtree(os.path.join(ctx.store, name), ignore_errors=True)
+        raise AssertionError("both loads (1 GiB, 4 GiB) completed before Unload arrived: cancellation untested")
+
+
+def test_unload_all_cancels_load_under_way(ctx):
+        ctx.model("small", size="1M")
+        d = ctx.daemon(MemoryLimit="12G")
+        d.load("small")
+        for size in (1 * GiB, 4 * GiB):
+                name = f"huge-{size // GiB}g"
+                write_sparse_model(os.path.join(ctx.store, name), size)
+                try:
+                        outcome, unloaded = attempt_cancel(ctx, d, name, cancel=lambda c: c.unload_all())
+                        if "path" in outcome:
+                                assert name in unloaded, \
+                                        f"UnloadAll during the load of {name} returned {unloaded}: it neither " \
+                                        f"cancelled the load nor unloaded the model, which then finished loading"
+                                # The load finished before UnloadAll arrived.
+                                d.load("small")
+                                continue
+                        assert "small" in unloaded, f"UnloadAll during a load returned {unloaded}"
+                        check_cancelled(ctx, d, name, outcome, 0)
+                        return
+                finally:
+                        shutil.rmtree(os.path.join(ctx.store, name), ignore_errors=True)
+        raise AssertionError("both loads (1 GiB, 4 GiB) completed before UnloadAll arrived: cancellation untested")
+
+
+def test_sigterm_during_load_cancels_it(ctx):
+        d = ctx.daemon(MemoryLimit="12G")
+        name = "huge-4g"
+        write_sparse_model(os.path.join(ctx.store, name), 4 * GiB)
+        outcome = {}
+
+        def load():
+                client = PyClient(d.address)
+                try:
+                        outcome["path"] = client.load(name)
+                except dbus.exceptions.DBusException as e:
+                        outcome["error"] = (e.get_dbus_name(), e.get_dbus_message())
+                finally:
+                        client.close()
+        thread = threading.Thread(target=load, daemon=True)
+        thread.start()
+        ctx.monitor.wait(lambda sigs: outcome or load_starts(ctx, name), f"LoadProgress of {name}")
+        assert d.stop() == 0
+        thread.join(DEADLINE)
+        assert not thread.is_alive(), "Load did not return after the daemon stopped"
+        if "path" in outcome:
+                raise AssertionError("a 4 GiB load completed before SIGTERM arrived: cancellation untested")
+        assert outcome["error"][0] == ERROR_CANCELLED, f"the waiting Load got {outcome['error']}"
+        failed = ctx.monitor.wait_signal("LoadFailed", name)
+        assert failed.args[1] == ERROR_CANCELLED, failed
