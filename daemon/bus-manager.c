@@ -198,7 +198,6 @@ static int method_unload(sd_bus_message *message, void *userdata, sd_bus_error *
 }
 
 static int method_unload_all(sd_bus_message *message, void *userdata, sd_bus_error *error) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         Manager *m = userdata;
         RequestOptions options;
         int r;
@@ -207,33 +206,7 @@ static int method_unload_all(sd_bus_message *message, void *userdata, sd_bus_err
         if (r < 0)
                 return r;
 
-        r = sd_bus_message_new_method_return(message, &reply);
-        if (r < 0)
-                return r;
-        r = sd_bus_message_open_container(reply, 'a', "s");
-        if (r < 0)
-                return r;
-
-        for (PoolModel *model = m->pool.models; model; model = model->next) {
-                if (model->pinned && !options.force)
-                        continue;
-                if (model->state == MODEL_LOADING) {
-                        manager_cancel_load(m, model);
-                        continue;
-                }
-                if (model->state != MODEL_LOADED)
-                        continue;
-                r = sd_bus_message_append(reply, "s", model->name);
-                if (r < 0)
-                        return r;
-                manager_unload(m, model, MPOOL_REASON_REQUEST);
-        }
-        manager_reschedule_idle(m);
-
-        r = sd_bus_message_close_container(reply);
-        if (r < 0)
-                return r;
-        return sd_bus_message_send(reply);
+        return manager_unload_all(m, options.force, message);
 }
 
 static double percent(uint64_t part, uint64_t whole) {

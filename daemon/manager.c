@@ -59,12 +59,37 @@ static ModelRuntime *runtime_of(Manager *m, PoolModel *model) {
         return rt;
 }
 
+static UnloadBatch *new0_batch(sd_bus_message *reply) {
+        UnloadBatch *batch = calloc(1, sizeof *batch);
+
+        if (!batch)
+                return NULL;
+        batch->reply = sd_bus_message_ref(reply);
+        batch->n_pending = 1;
+        return batch;
+}
+
+static void batch_unref(UnloadBatch *batch, bool send) {
+        if (--batch->n_pending > 0)
+                return;
+        if (send) {
+                int r = sd_bus_message_send(batch->reply);
+                if (r < 0 && r != -ENOTCONN && r != -ECONNRESET)
+                        log_warning_errno(r, "Cannot send the reply to UnloadAll: %m");
+        }
+        sd_bus_message_unref(batch->reply);
+        free(batch);
+}
+
 static void runtime_free(ModelRuntime *rt) {
         if (!rt)
                 return;
         assert(!rt->job);
-        for (size_t i = 0; i < rt->n_waiters; i++)
+        for (size_t i = 0; i < rt->n_waiters; i++) {
+                if (rt->waiters[i].batch)
+                        batch_unref(rt->waiters[i].batch, false);
                 sd_bus_message_unref(rt->waiters[i].call);
+        }
         free(rt->waiters);
         loader_mappings_release(rt->mappings, rt->n_mappings);
         free(rt);
@@ -245,7 +270,8 @@ static unsigned pending_calls_of(Manager *m, const char *sender) {
 
 /* -EBUSY: too many callers wait for this model; -EUSERS: this caller has too
  * many calls waiting already. */
-static int waiter_add(Manager *m, PoolModel *model, sd_bus_message *call, WaiterKind kind) {
+static int waiter_add_full(Manager *m, PoolModel *model, sd_bus_message *call, WaiterKind kind,
+                           UnloadBatch *batch) {
         ModelRuntime *rt = model->userdata;
         Waiter *w;
 
@@ -260,8 +286,15 @@ static int waiter_add(Manager *m, PoolModel *model, sd_bus_message *call, Waiter
         rt->waiters[rt->n_waiters++] = (Waiter) {
                 .call = sd_bus_message_ref(call),
                 .kind = kind,
+                .batch = batch,
         };
+        if (batch)
+                batch->n_pending++;
         return 0;
+}
+
+static int waiter_add(Manager *m, PoolModel *model, sd_bus_message *call, WaiterKind kind) {
+        return waiter_add_full(m, model, call, kind, NULL);
 }
 
 static int waiter_error(int r, const char *name, sd_bus_error *error) {
@@ -319,7 +352,10 @@ static void complete_waiters(Manager *m, PoolModel *model, int r, const char *me
                 Waiter *w = &waiters[i];
                 int q;
 
-                if (w->kind == WAITER_UNLOAD)
+                if (w->batch) {
+                        batch_unref(w->batch, true);
+                        q = 0;
+                } else if (w->kind == WAITER_UNLOAD)
                         q = sd_bus_reply_method_return(w->call, "b", false);
                 else if (r >= 0)
                         q = serve(m, model, w->call, w->kind);
@@ -516,6 +552,51 @@ void manager_unload(Manager *m, PoolModel *model, const char *reason) {
         bus_emit_model_unloaded(m, model->name, reason);
         model_changed(m, model);
         pool_changed(m);
+}
+
+int manager_unload_all(Manager *m, bool force, sd_bus_message *call) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        UnloadBatch *batch;
+        int r;
+
+        r = sd_bus_message_new_method_return(call, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_open_container(reply, 'a', "s");
+        if (r < 0)
+                return r;
+
+        for (PoolModel *model = m->pool.models; model; model = model->next) {
+                if (model->state != MODEL_LOADED || (model->pinned && !force))
+                        continue;
+                r = sd_bus_message_append(reply, "s", model->name);
+                if (r < 0)
+                        return r;
+                manager_unload(m, model, MPOOL_REASON_REQUEST);
+        }
+        manager_reschedule_idle(m);
+
+        r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return r;
+
+        /* The batch holds one reference of its own while loads are being
+         * cancelled, so that the first to finish cannot send the reply early. */
+        batch = new0_batch(reply);
+        if (!batch)
+                return -ENOMEM;
+        for (PoolModel *model = m->pool.models; model; model = model->next) {
+                if (model->state != MODEL_LOADING || (model->pinned && !force))
+                        continue;
+                r = waiter_add_full(m, model, call, WAITER_UNLOAD, batch);
+                if (r < 0) {
+                        log_warning_errno(r, "UnloadAll cannot wait for the load of %s to stop: %m", model->name);
+                        continue;
+                }
+                manager_cancel_load(m, model);
+        }
+        batch_unref(batch, true);
+        return 1;
 }
 
 void manager_cancel_load(Manager *m, PoolModel *model) {

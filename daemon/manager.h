@@ -22,9 +22,17 @@ typedef enum WaiterKind {
         WAITER_UNLOAD,    /* replies was_loaded once the memory is back */
 } WaiterKind;
 
+/* An UnloadAll that waits for the loads it cancelled to let go of their
+ * memory: its reply is sent when the last of them has. */
+typedef struct UnloadBatch {
+        sd_bus_message *reply;
+        unsigned n_pending;
+} UnloadBatch;
+
 typedef struct Waiter {
         sd_bus_message *call;
         WaiterKind kind;
+        UnloadBatch *batch;   /* WAITER_UNLOAD of an UnloadAll, else NULL */
 } Waiter;
 
 /* Per-model run-time data beside the policy's PoolModel (its userdata). */
@@ -95,6 +103,10 @@ int manager_request_load(Manager *m, const char *name, int64_t keep_alive_sec, b
 int manager_request_unload(Manager *m, const char *name, bool force, sd_bus_message *call,
                            sd_bus_error *error);
 void manager_unload(Manager *m, PoolModel *model, const char *reason);
+/* Unloads every loaded model (pinned ones only with force) and cancels loads
+ * under way, replying to call with the names of the models unloaded once
+ * every cancelled load has let go of its memory. */
+int manager_unload_all(Manager *m, bool force, sd_bus_message *call);
 /* Stops a load under way: its Load and Acquire callers get Cancelled now,
  * Unload callers once the loader has let go of the memory. */
 void manager_cancel_load(Manager *m, PoolModel *model);
