@@ -6,7 +6,12 @@ SBINDIR ?= $(PREFIX)/sbin
 LIBEXECDIR ?= $(PREFIX)/libexec
 SYSCONFDIR ?= /etc
 DATADIR ?= /usr/share
+MANDIR ?= $(DATADIR)/man
 DESTDIR ?=
+SYSTEMDSYSTEMUNITDIR ?= $(shell $(PKG_CONFIG) --variable=systemdsystemunitdir systemd 2>/dev/null || echo /lib/systemd/system)
+SYSUSERSDIR ?= $(shell $(PKG_CONFIG) --variable=sysusersdir systemd 2>/dev/null || echo /usr/lib/sysusers.d)
+TMPFILESDIR ?= $(shell $(PKG_CONFIG) --variable=tmpfilesdir systemd 2>/dev/null || echo /usr/lib/tmpfiles.d)
+BASHCOMPLETIONDIR ?= $(DATADIR)/bash-completion/completions
 
 PKG_CONFIG ?= pkg-config
 CC ?= cc
@@ -14,7 +19,7 @@ B ?= build
 
 # Debian 12 packages the build needs; `make deps` installs what is missing.
 BUILD_DEB_PACKAGES = build-essential pkg-config libsystemd-dev libcjson-dev libinih-dev libcmocka-dev
-TEST_DEB_PACKAGES = dbus-daemon systemd python3 python3-dbus
+TEST_DEB_PACKAGES = dbus-daemon systemd python3 python3-dbus polkitd util-linux
 DEPS_PC = libsystemd libcjson inih
 
 CFLAGS ?= -O2 -g
@@ -31,9 +36,9 @@ CLIENT_OBJS := $(CLIENT_SRCS:%.c=$(B)/%.o)
 UNIT_TEST_SRCS := $(wildcard tests/unit/test-*.c)
 UNIT_TESTS := $(UNIT_TEST_SRCS:tests/unit/%.c=$(B)/tests/%)
 
-PROGRAMS = $(B)/mpoold $(B)/mpool-mkmodel $(if $(CLIENT_SRCS),$(B)/mpool-client)
+PROGRAMS = $(B)/mpoold $(B)/mpool-mkmodel $(B)/mpool-client
 
-.PHONY: all deps check check-unit check-integration run install clean bench
+.PHONY: all deps check check-unit check-integration check-system run install clean bench
 .DEFAULT_GOAL := all
 
 all: $(PROGRAMS)
@@ -76,10 +81,17 @@ deps:
 
 check: all $(UNIT_TESTS)
 	@$(MAKE) --no-print-directory check-unit
+	@$(MAKE) --no-print-directory check-system
 	@$(MAKE) --no-print-directory check-integration
 
 check-unit: $(UNIT_TESTS)
 	@failed=0; for t in $(UNIT_TESTS); do echo "== $$t"; $$t || failed=1; done; exit $$failed
+
+# The unit must verify and keep its sandbox score; `make install` must lay
+# out the tree a Debian package would ship.
+check-system: all
+	tests/tools/security-check.sh 2.0
+	tests/tools/install-check.sh
 
 check-integration: all
 	/usr/bin/python3 tests/integration/run.py --build=$(B)
@@ -94,10 +106,18 @@ run: deps
 
 install: all
 	install -Dm0755 $(B)/mpoold $(DESTDIR)$(SBINDIR)/mpoold
-	$(if $(CLIENT_SRCS),install -Dm0755 $(B)/mpool-client $(DESTDIR)$(BINDIR)/mpool-client)
+	install -Dm0755 $(B)/mpool-client $(DESTDIR)$(BINDIR)/mpool-client
+	install -Dm0644 client/mpool-client.1 $(DESTDIR)$(MANDIR)/man1/mpool-client.1
+	install -Dm0644 client/mpool-client.bash-completion $(DESTDIR)$(BASHCOMPLETIONDIR)/mpool-client
 	install -Dm0644 dbus/org.mpool.Manager.xml $(DESTDIR)$(DATADIR)/dbus-1/interfaces/org.mpool.Manager.xml
 	install -Dm0644 dbus/org.mpool.Manager.conf $(DESTDIR)$(DATADIR)/dbus-1/system.d/org.mpool.Manager.conf
-	[ ! -e dbus/org.mpool.Manager.service ] || install -Dm0644 dbus/org.mpool.Manager.service $(DESTDIR)$(DATADIR)/dbus-1/system-services/org.mpool.Manager.service
+	install -Dm0644 dbus/org.mpool.Manager.service $(DESTDIR)$(DATADIR)/dbus-1/system-services/org.mpool.Manager.service
+	install -Dm0644 polkit/org.mpool.policy $(DESTDIR)$(DATADIR)/polkit-1/actions/org.mpool.policy
+	install -Dm0644 systemd/mpool.sysusers $(DESTDIR)$(SYSUSERSDIR)/mpool.conf
+	install -Dm0644 systemd/mpool.tmpfiles $(DESTDIR)$(TMPFILESDIR)/mpool.conf
+	install -d $(DESTDIR)$(SYSTEMDSYSTEMUNITDIR)
+	sed 's|/usr/sbin/mpoold|$(SBINDIR)/mpoold|' systemd/mpoold.service > $(DESTDIR)$(SYSTEMDSYSTEMUNITDIR)/mpoold.service
+	chmod 0644 $(DESTDIR)$(SYSTEMDSYSTEMUNITDIR)/mpoold.service
 	install -Dm0644 daemon/mpoold.conf $(DESTDIR)$(SYSCONFDIR)/mpool/mpoold.conf
 
 clean:

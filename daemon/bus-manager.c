@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include <assert.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 #include "mpool-bus.h"
 #include "parse-util.h"
 #include "peer.h"
+#include "polkit.h"
 
 /* A keep-alive longer than ten years is a mistake, not a wish. */
 #define KEEP_ALIVE_SEC_MAX (INT64_C(10) * 366 * 24 * 3600)
@@ -133,6 +135,24 @@ static int read_model_name(sd_bus_message *message, const char **ret, sd_bus_err
         return 0;
 }
 
+/* Asks polkit for each action in turn (NULL-terminated). 1: all allowed;
+ * 0: a check is under way and the call will be dispatched again; <0: denied. */
+static int verify_actions(Manager *m, sd_bus_message *message, const char *model_name, sd_bus_error *error,
+                          const char *action, ...) {
+        const char *const details[] = { "model", model_name, NULL };
+        va_list ap;
+        int r = 1;
+
+        va_start(ap, action);
+        for (const char *a = action; a; a = va_arg(ap, const char *)) {
+                r = polkit_verify_async(m->polkit, message, a, model_name ? details : NULL, error);
+                if (r <= 0)
+                        break;
+        }
+        va_end(ap);
+        return r;
+}
+
 static int method_load(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         Manager *m = userdata;
         RequestOptions options;
@@ -145,6 +165,10 @@ static int method_load(sd_bus_message *message, void *userdata, sd_bus_error *er
         r = read_options(message, OPTION_KEEP_ALIVE | OPTION_PIN, &options, error);
         if (r < 0)
                 return r;
+        r = verify_actions(m, message, name, error, POLKIT_ACTION_LOAD,
+                           options.pin ? POLKIT_ACTION_CONFIGURE : NULL, NULL);
+        if (r <= 0)
+                return r < 0 ? r : 1;   /* 1: polkit will answer, the call comes back */
 
         return manager_request_load(m, name, options.keep_alive_sec, options.pin, message, WAITER_LOAD, error);
 }
@@ -157,6 +181,9 @@ static int method_acquire(sd_bus_message *message, void *userdata, sd_bus_error 
         r = read_model_name(message, &name, error);
         if (r < 0)
                 return r;
+        r = verify_actions(m, message, name, error, POLKIT_ACTION_LOAD, NULL);
+        if (r <= 0)
+                return r < 0 ? r : 1;
 
         return manager_request_load(m, name, KEEP_ALIVE_DEFAULT, false, message, WAITER_ACQUIRE, error);
 }
@@ -193,6 +220,10 @@ static int method_unload(sd_bus_message *message, void *userdata, sd_bus_error *
         r = read_options(message, OPTION_FORCE, &options, error);
         if (r < 0)
                 return r;
+        r = verify_actions(m, message, name, error, POLKIT_ACTION_LOAD,
+                           options.force ? POLKIT_ACTION_CONFIGURE : NULL, NULL);
+        if (r <= 0)
+                return r < 0 ? r : 1;
 
         return manager_request_unload(m, name, options.force, message, error);
 }
@@ -205,6 +236,10 @@ static int method_unload_all(sd_bus_message *message, void *userdata, sd_bus_err
         r = read_options(message, OPTION_FORCE, &options, error);
         if (r < 0)
                 return r;
+        r = verify_actions(m, message, NULL, error, POLKIT_ACTION_LOAD,
+                           options.force ? POLKIT_ACTION_CONFIGURE : NULL, NULL);
+        if (r <= 0)
+                return r < 0 ? r : 1;
 
         return manager_unload_all(m, options.force, message);
 }
@@ -327,15 +362,59 @@ static int property_get_model(sd_bus *bus, const char *path, const char *interfa
         return -EINVAL;
 }
 
+static int property_set_memory_limit(sd_bus *bus, const char *path, const char *interface,
+                                     const char *property, sd_bus_message *value, void *userdata,
+                                     sd_bus_error *error) {
+        Manager *m = userdata;
+        uint64_t limit, needed;
+        int r;
+
+        r = sd_bus_message_read(value, "t", &limit);
+        if (r < 0)
+                return r;
+        if (limit == 0 || limit > m->memory.total)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "MemoryLimit must be between 1 and %" PRIu64 " bytes (the memory total), "
+                                         "not %" PRIu64 ".", m->memory.total, limit);
+
+        r = manager_set_memory_limit(m, limit, &needed);
+        if (r == -EBUSY)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "MemoryLimit %" PRIu64 " is below the %" PRIu64 " bytes that pinned models "
+                                         "hold; unload them with force first.", limit, needed);
+        return r;
+}
+
+static int property_set_idle_timeout(sd_bus *bus, const char *path, const char *interface,
+                                     const char *property, sd_bus_message *value, void *userdata,
+                                     sd_bus_error *error) {
+        Manager *m = userdata;
+        int64_t sec;
+        int r;
+
+        r = sd_bus_message_read(value, "x", &sec);
+        if (r < 0)
+                return r;
+        if (sec != KEEP_ALIVE_FOREVER && (sec < 1 || sec > KEEP_ALIVE_SEC_MAX))
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "IdleTimeoutSec must be -1 (never) or between 1 and %" PRIi64
+                                         " seconds, not %" PRIi64 ".", KEEP_ALIVE_SEC_MAX, sec);
+
+        manager_set_idle_timeout(m, sec);
+        return 0;
+}
+
 static const sd_bus_vtable manager_vtable[] = {
         SD_BUS_VTABLE_START(0),
 
         SD_BUS_PROPERTY("Version", "s", property_get_manager, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("MemoryTotal", "t", property_get_manager, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
-        SD_BUS_PROPERTY("MemoryLimit", "t", property_get_manager, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_WRITABLE_PROPERTY("MemoryLimit", "t", property_get_manager, property_set_memory_limit, 0,
+                                 SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE | SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_PROPERTY("MemoryUsed", "t", property_get_manager, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("LoadedModels", "as", property_get_manager, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
-        SD_BUS_PROPERTY("IdleTimeoutSec", "x", property_get_manager, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_WRITABLE_PROPERTY("IdleTimeoutSec", "x", property_get_manager, property_set_idle_timeout, 0,
+                                 SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE | SD_BUS_VTABLE_UNPRIVILEGED),
 
         SD_BUS_METHOD_WITH_ARGS("Load",
                                 SD_BUS_ARGS("s", name, "a{sv}", options),
@@ -454,8 +533,49 @@ static int model_node_enumerator(sd_bus *bus, const char *path, void *userdata, 
         return 0;
 }
 
+/* sd-bus replies to Properties.Set as soon as the setter returns, so a
+ * setter cannot wait for polkit. Writes to the manager's properties are
+ * therefore authorized here, before dispatch: the call is held until polkit
+ * answers and then dispatched again, reaching the setter only if allowed. */
+static int filter_property_set(sd_bus_message *message, void *userdata, sd_bus_error *ret_error) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        Manager *m = userdata;
+        const char *interface;
+        int r;
+
+        if (!sd_bus_message_is_method_call(message, "org.freedesktop.DBus.Properties", "Set") ||
+            strcmp(strempty(sd_bus_message_get_path(message)), MPOOL_MANAGER_PATH) != 0)
+                return 0;
+
+        r = sd_bus_message_read(message, "s", &interface);
+        if (r < 0)
+                return 0;   /* malformed: sd-bus's own dispatch will say so */
+        r = sd_bus_message_rewind(message, true);
+        if (r < 0)
+                return log_error_errno(r, "Cannot rewind a Properties.Set call: %m");
+        if (strcmp(interface, MPOOL_MANAGER_INTERFACE) != 0)
+                return 0;
+
+        r = polkit_verify_async(m->polkit, message, POLKIT_ACTION_CONFIGURE, NULL, &error);
+        if (r > 0)
+                return 0;   /* allowed: let sd-bus dispatch it to the setter */
+        if (r == 0)
+                return 1;   /* held until polkit answers */
+
+        if (!sd_bus_error_is_set(&error))
+                sd_bus_error_set_errno(&error, r);
+        r = sd_bus_reply_method_error(message, &error);
+        if (r < 0)
+                log_warning_errno(r, "Cannot refuse a Properties.Set call: %m");
+        return 1;
+}
+
 int bus_manager_register(Manager *m) {
         int r;
+
+        r = sd_bus_add_filter(m->bus, NULL, filter_property_set, m);
+        if (r < 0)
+                return log_error_errno(r, "Cannot install the property write filter: %m");
 
         r = sd_bus_add_object_vtable(m->bus, NULL, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE, manager_vtable, m);
         if (r < 0)

@@ -114,6 +114,7 @@ Manager *manager_free(Manager *m) {
         if (!m)
                 return NULL;
 
+        polkit_registry_free(m->polkit);
         peers_free(m);
         for (PoolModel *model = m->pool.models; model; model = model->next) {
                 runtime_free(model->userdata);

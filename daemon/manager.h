@@ -9,6 +9,7 @@
 #include "config.h"
 #include "loader.h"
 #include "memory-monitor.h"
+#include "polkit.h"
 #include "pool.h"
 
 /* The daemon's state, owned by the event loop thread alone: the pool and
@@ -74,6 +75,7 @@ struct Manager {
         uint64_t memory_available_min;
         sd_event_source *idle_timer;
         sd_bus_slot *object_manager_slot;
+        PolkitRegistry *polkit;
         Peer *peers;
         unsigned n_peers;
         uint64_t started_realtime;

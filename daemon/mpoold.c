@@ -15,6 +15,7 @@
 #include "macro.h"
 #include "manager.h"
 #include "mpool-bus.h"
+#include "polkit.h"
 
 #define DEFAULT_CONFIG_FILE "/etc/mpool/mpoold.conf"
 
@@ -27,6 +28,7 @@ typedef enum BusKind {
 static BusKind arg_bus_kind = BUS_SYSTEM;
 static const char *arg_address = NULL;
 static const char *arg_config = NULL;
+static bool arg_polkit = true;
 
 static void help(void) {
         printf("mpoold [OPTIONS...]\n\n"
@@ -37,7 +39,9 @@ static void help(void) {
                "     --system           Serve on the system bus (default)\n"
                "     --user             Serve on the user's session bus\n"
                "     --address=ADDRESS  Serve on the bus at ADDRESS\n"
-               "     --config=FILE      Read FILE instead of " DEFAULT_CONFIG_FILE "\n");
+               "     --config=FILE      Read FILE instead of " DEFAULT_CONFIG_FILE "\n"
+               "     --no-polkit        Authorize nothing with polkit (development buses\n"
+               "                        only; refused with --system)\n");
 }
 
 static int parse_argv(int argc, char *argv[]) {
@@ -47,6 +51,7 @@ static int parse_argv(int argc, char *argv[]) {
                 ARG_USER,
                 ARG_ADDRESS,
                 ARG_CONFIG,
+                ARG_NO_POLKIT,
         };
         static const struct option options[] = {
                 { "help", no_argument, NULL, 'h' },
@@ -55,6 +60,7 @@ static int parse_argv(int argc, char *argv[]) {
                 { "user", no_argument, NULL, ARG_USER },
                 { "address", required_argument, NULL, ARG_ADDRESS },
                 { "config", required_argument, NULL, ARG_CONFIG },
+                { "no-polkit", no_argument, NULL, ARG_NO_POLKIT },
                 {}
         };
         int c;
@@ -82,11 +88,20 @@ static int parse_argv(int argc, char *argv[]) {
                 case ARG_CONFIG:
                         arg_config = optarg;
                         break;
+                case ARG_NO_POLKIT:
+                        arg_polkit = false;
+                        break;
                 case '?':
                         return -EINVAL;
                 default:
                         return log_error_errno(EINVAL, "Unhandled option %c.", c);
                 }
+
+        /* The system bus is shared by every user of the host: an open door
+         * there must never be one flag away. */
+        if (!arg_polkit && arg_bus_kind == BUS_SYSTEM)
+                return log_error_errno(EPERM, "--no-polkit is for development buses (--user, --address=) only, "
+                                       "never for the system bus.");
 
         if (optind < argc)
                 return log_error_errno(EINVAL, "mpoold takes no arguments, but got '%s'.", argv[optind]);
@@ -192,6 +207,12 @@ static int run(int argc, char *argv[]) {
         r = sd_bus_attach_event(m->bus, m->event, SD_EVENT_PRIORITY_NORMAL);
         if (r < 0)
                 return log_error_errno(r, "Cannot attach the bus to the event loop: %m");
+        r = polkit_registry_new(m->bus, arg_polkit, &m->polkit);
+        if (r < 0)
+                return log_error_errno(r, "Cannot set up authorization with polkit: %m");
+        if (!arg_polkit)
+                log_warning("Authorization is off (--no-polkit): every peer on this bus may load, unload and "
+                            "configure.");
         r = bus_manager_register(m);
         if (r < 0)
                 return r;

@@ -65,8 +65,7 @@ static inline void polkit_registry_freep(PolkitRegistry **registry) {
  * InteractiveAuthorizationRequired (authentication would succeed if the
  * caller allowed interaction), AccessDenied saying polkit could not be
  * asked, or org.mpool.Error.LimitsExceeded (too many calls waiting for
- * polkit). Always 1 when the registry is
- * disabled.
+ * polkit). Always 1 when the registry is disabled.
  *
  * details: NULL, or key, value, ..., NULL (at most POLKIT_DETAILS_MAX pairs),
  * passed to polkit (e.g. "model", name); a different action or different

@@ -515,13 +515,16 @@ def read_rss_bytes(pid):
 
 
 class Daemon:
-        def __init__(self, ctx, config_path, args=None):
+        def __init__(self, ctx, config_path, args=None, polkit=False):
                 self.ctx = ctx
                 self.config_path = config_path
                 self.address = ctx.suite.address
                 self.log_path = os.path.join(ctx.dir, f"mpoold-{len(ctx.daemons)}.log")
+                # Authorization has tests of its own (tests_polkit.py); the
+                # rest run without polkit, as a development bus does.
                 self.args = args if args is not None else [f"--address={self.address}",
-                                                           f"--config={config_path}"]
+                                                           f"--config={config_path}"] + \
+                        ([] if polkit else ["--no-polkit"])
                 self.proc = None
                 self.ctl = Busctl(self.address)
                 self._py = None
@@ -731,13 +734,13 @@ class TestContext:
                         self.monitor.start()
                 return self.monitor
 
-        def daemon(self, config=None, start=True, **pool):
+        def daemon(self, config=None, start=True, polkit=False, **pool):
                 """A fresh mpoold on the private bus, with the monitor already
                 watching, so that nothing it emits at start-up is missed."""
                 self.start_monitor()
                 if config is None:
                         config = self.write_config(**pool)
-                d = Daemon(self, config)
+                d = Daemon(self, config, polkit=polkit)
                 self.daemons.append(d)
                 if start:
                         d.start()

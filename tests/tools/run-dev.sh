@@ -87,7 +87,7 @@ EOF
 # runs (a foreground child would defer the trap until it exits). Background
 # jobs of a non-interactive shell ignore SIGINT, hence the reset: Ctrl-C
 # reaches mpoold directly, as it shares our process group.
-( trap - INT QUIT; exec "$mpoold" --address="$address" --config="$config" ) &
+( trap - INT QUIT; exec "$mpoold" --address="$address" --config="$config" --no-polkit ) &
 daemon_pid=$!
 
 interrupted=0
