@@ -106,29 +106,17 @@ static int config_copy(const Config *c, Config *ret) {
         return 0;
 }
 
-/* Sets *ret_reason to a formatted message and returns error, or -ENOMEM. */
+/* Sets *ret_message (if non-NULL) to a formatted message and returns error,
+ * or -ENOMEM. */
 _printf_(3, 4)
-static int reason(char **ret_reason, int error, const char *format, ...) {
-        char *message;
-        va_list ap;
-        int r;
-
-        va_start(ap, format);
-        r = vasprintf(&message, format, ap);
-        va_end(ap);
-        if (r < 0)
-                return -ENOMEM;
-
-        *ret_reason = message;
-        return error;
-}
+static int config_error(char **ret_message, int error, const char *format, ...);
 
 /* An empty assignment is refused rather than taken as "the default": the
  * default is what one gets by leaving the line out or commented. */
 static int refuse_empty(const char *value, char **ret_reason) {
         if (value[0] != '\0')
                 return 0;
-        return reason(ret_reason, -EINVAL, "empty value; comment the line out to use the default");
+        return config_error(ret_reason, -EINVAL, "empty value; comment the line out to use the default");
 }
 
 /* An absolute path with no "." or ".." component, with repeated and
@@ -139,12 +127,12 @@ static int parse_absolute_path(const char *value, char **ret_path, char **ret_re
         char *q;
 
         if (value[0] != '/')
-                return reason(ret_reason, -EINVAL, "'%s' is not an absolute path", value);
+                return config_error(ret_reason, -EINVAL, "'%s' is not an absolute path", value);
         if (strlen(value) >= PATH_MAX)
-                return reason(ret_reason, -EINVAL, "path is longer than %d characters", PATH_MAX - 1);
+                return config_error(ret_reason, -EINVAL, "path is longer than %d characters", PATH_MAX - 1);
         for (p = value; *p; p++)
                 if ((unsigned char) *p < 0x20 || *p == 0x7f)
-                        return reason(ret_reason, -EINVAL, "path contains control characters");
+                        return config_error(ret_reason, -EINVAL, "path contains control characters");
 
         path = malloc(strlen(value) + 1);
         if (!path)
@@ -160,7 +148,7 @@ static int parse_absolute_path(const char *value, char **ret_path, char **ret_re
                 if (n == 0)
                         break;
                 if ((n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.'))
-                        return reason(ret_reason, -EINVAL, "'%s' contains a '%.*s' component", value, (int) n, p);
+                        return config_error(ret_reason, -EINVAL, "'%s' contains a '%.*s' component", value, (int) n, p);
                 *q++ = '/';
                 memcpy(q, p, n);
                 q += n;
@@ -217,14 +205,14 @@ static int parse_size_or_percent_setting(const char *value, bool allow_zero, Siz
 
         r = parse_size_or_percent(value, &v);
         if (r == -ERANGE)
-                return reason(ret_reason, r,
+                return config_error(ret_reason, r,
                               "'%s' is out of range: a percentage is at most 100%%, a size at most 16 EiB", value);
         if (r < 0)
-                return reason(ret_reason, r,
+                return config_error(ret_reason, r,
                               "invalid value '%s': expected a size such as 512M or 4G, or a percentage such as 50%%",
                               value);
         if (!allow_zero && (v.is_percent ? v.permyriad == 0 : v.bytes == 0))
-                return reason(ret_reason, -ERANGE, "must be greater than zero");
+                return config_error(ret_reason, -ERANGE, "must be greater than zero");
 
         *ret = v;
         return 0;
@@ -248,9 +236,9 @@ static int parse_unsigned_setting(const char *value, unsigned min, unsigned max,
 
         r = parse_unsigned(value, min, max, ret);
         if (r == -ERANGE)
-                return reason(ret_reason, r, "%s is out of range %u..%u", value, min, max);
+                return config_error(ret_reason, r, "%s is out of range %u..%u", value, min, max);
         if (r < 0)
-                return reason(ret_reason, r, "invalid number '%s'", value);
+                return config_error(ret_reason, r, "invalid number '%s'", value);
         return 0;
 }
 
@@ -273,9 +261,9 @@ static int parse_idle_timeout(Config *c, const char *value, char **ret_reason) {
 
         r = parse_duration_sec(value, &sec);
         if (r == -ERANGE)
-                return reason(ret_reason, r, "'%s' is out of range: at least 1s, or 'infinity'", value);
+                return config_error(ret_reason, r, "'%s' is out of range: at least 1s, or 'infinity'", value);
         if (r < 0)
-                return reason(ret_reason, r,
+                return config_error(ret_reason, r,
                               "invalid duration '%s': expected seconds, a duration such as 5min or 1h 30min, or 'infinity'",
                               value);
 
@@ -292,7 +280,7 @@ static int parse_idle_policy(Config *c, const char *value, char **ret_reason) {
 
         r = idle_policy_from_string(value);
         if (r < 0)
-                return reason(ret_reason, r, "unknown policy '%s': expected 'per-model' or 'global'", value);
+                return config_error(ret_reason, r, "unknown policy '%s': expected 'per-model' or 'global'", value);
 
         c->idle_policy = (IdlePolicy) r;
         return 0;
@@ -335,7 +323,7 @@ static int parse_preload(Config *c, const char *value, char **ret_reason) {
                 if (strv_contains(c->preload, name))
                         continue;
                 if (strv_length(c->preload) >= CONFIG_PRELOAD_MAX)
-                        return reason(ret_reason, -ERANGE, "more than %u models to preload", CONFIG_PRELOAD_MAX);
+                        return config_error(ret_reason, -ERANGE, "more than %u models to preload", CONFIG_PRELOAD_MAX);
 
                 r = strv_extend(&c->preload, name);
                 if (r < 0)
@@ -366,7 +354,7 @@ static int config_apply(Config *c, const char *section, const char *key, const c
         bool section_known = false;
 
         if (section[0] == '\0')
-                return reason(ret_reason, -EINVAL, "setting outside of a section, expected [Store] or [Pool] first");
+                return config_error(ret_reason, -EINVAL, "setting outside of a section, expected [Store] or [Pool] first");
 
         for (size_t i = 0; i < ELEMENTSOF(config_keys); i++) {
                 if (strcmp(section, config_keys[i].section) != 0)
@@ -377,8 +365,8 @@ static int config_apply(Config *c, const char *section, const char *key, const c
         }
 
         if (!section_known)
-                return reason(ret_reason, -EINVAL, "unknown section [%s]", section);
-        return reason(ret_reason, -EINVAL, "unknown key in section [%s]", section);
+                return config_error(ret_reason, -EINVAL, "unknown section [%s]", section);
+        return config_error(ret_reason, -EINVAL, "unknown key in section [%s]", section);
 }
 
 typedef struct ConfigParser {
@@ -487,7 +475,6 @@ static int config_handler(void *userdata, const char *section, const char *key, 
         return 0;
 }
 
-_printf_(3, 4)
 static int config_error(char **ret_error, int error, const char *format, ...) {
         char *message;
         va_list ap;
