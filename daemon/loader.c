@@ -267,6 +267,12 @@ static int populate(LoaderJob *j, uint8_t *address, size_t length, bool *lock) {
         return 0;
 }
 
+static uint64_t page_align(uint64_t length) {
+        uint64_t page = (uint64_t) sysconf(_SC_PAGESIZE);
+
+        return (length + page - 1) / page * page;
+}
+
 static uint64_t resident_bytes(const LoaderMapping *mapping) {
         size_t page = (size_t) sysconf(_SC_PAGESIZE), n_pages = (mapping->length + page - 1) / page;
         _cleanup_free_ unsigned char *vector = malloc(n_pages ?: 1);
@@ -335,9 +341,13 @@ static void map(Loader *l, LoaderJob *j) {
                 close(TAKE_FD(f->fd));
         }
 
+        /* Locked pages are resident by definition; only unlocked ones need
+         * counting, which costs a pass over every page. */
         j->locked = lock;
         for (size_t i = 0; i < j->n_mappings; i++)
-                j->resident_bytes += j->mappings[i].address ? resident_bytes(&j->mappings[i]) : 0;
+                if (j->mappings[i].address)
+                        j->resident_bytes += lock ? page_align(j->mappings[i].length)
+                                                  : resident_bytes(&j->mappings[i]);
         post(l, j, LOADER_MESSAGE_PROGRESS, j->total_bytes, j->total_bytes);
         j->duration_usec = now_usec() - started;
 }
