@@ -1,0 +1,385 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <string.h>
+
+#include "bus-util.h"
+#include "client.h"
+#include "format.h"
+#include "json-out.h"
+#include "macro.h"
+#include "mpool-bus.h"
+#include "parse-util.h"
+#include "terminal.h"
+
+#define DBUS_ERROR_SPAWN_PREFIX "org.freedesktop.DBus.Error.Spawn."
+#define SD_BUS_SYSTEM_ERROR_PREFIX "System.Error."
+
+static const char *transport_description(void) {
+        static char buf[256];
+
+        switch (arg_transport) {
+        case TRANSPORT_USER:
+                return "the user bus";
+        case TRANSPORT_ADDRESS:
+                snprintf(buf, sizeof buf, "the bus at %s", arg_address);
+                return buf;
+        case TRANSPORT_REMOTE:
+                snprintf(buf, sizeof buf, "the system bus of %s", arg_host);
+                return buf;
+        case TRANSPORT_SYSTEM:
+        default:
+                return "the system bus";
+        }
+}
+
+static bool errno_is_unreachable(int r) {
+        r = r < 0 ? -r : r;
+        return r == ENOENT || r == ECONNREFUSED || r == ENOTCONN || r == ECONNRESET || r == EHOSTUNREACH ||
+               r == ENETUNREACH || r == ESHUTDOWN || r == EPIPE;
+}
+
+int client_connect(sd_bus **ret) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        int r;
+
+        switch (arg_transport) {
+        case TRANSPORT_USER:
+                r = sd_bus_open_user(&bus);
+                break;
+        case TRANSPORT_REMOTE:
+                r = sd_bus_open_system_remote(&bus, arg_host);
+                break;
+        case TRANSPORT_ADDRESS:
+                r = sd_bus_new(&bus);
+                if (r < 0)
+                        break;
+                r = sd_bus_set_address(bus, arg_address);
+                if (r < 0) {
+                        print_error_errno(r, "Invalid bus address '%s': %m", arg_address);
+                        return MPOOL_EXIT_USAGE;
+                }
+                r = sd_bus_set_bus_client(bus, true);
+                if (r < 0)
+                        break;
+                r = sd_bus_start(bus);
+                break;
+        case TRANSPORT_SYSTEM:
+        default:
+                r = sd_bus_open_system(&bus);
+                break;
+        }
+        if (r < 0) {
+                print_error_errno(r, "Cannot connect to %s: %m", transport_description());
+                return r == -ENOMEM ? MPOOL_EXIT_FAILURE : MPOOL_EXIT_UNREACHABLE;
+        }
+
+        r = sd_bus_set_allow_interactive_authorization(bus, arg_ask_password);
+        if (r < 0)
+                return print_error_errno(r, "Cannot allow interactive authorization: %m");
+        r = sd_bus_set_method_call_timeout(bus, arg_timeout_set ? arg_timeout_usec : DEFAULT_TIMEOUT_USEC);
+        if (r < 0)
+                return print_error_errno(r, "Cannot set the method call timeout: %m");
+
+        *ret = TAKE_PTR(bus);
+        return 0;
+}
+
+typedef enum ErrorClass {
+        ERROR_OTHER,
+        ERROR_NOT_FOUND,
+        ERROR_INVALID_MODEL,
+        ERROR_NO_MEMORY,
+        ERROR_PINNED,
+        ERROR_CANCELLED,
+        ERROR_BUSY,
+        ERROR_LIMITS,
+        ERROR_ACCESS_DENIED,
+        ERROR_AUTH_REQUIRED,
+        ERROR_UNREACHABLE,
+        ERROR_NO_CONNECTION,
+        ERROR_ACTIVATION,
+        ERROR_TIMEOUT,
+        ERROR_INVALID_ARGS,
+        ERROR_NOT_HELD,
+        ERROR_UNSUPPORTED,
+} ErrorClass;
+
+static ErrorClass classify(const sd_bus_error *error, int r) {
+        static const struct {
+                const char *name;
+                ErrorClass class;
+        } table[] = {
+                { MPOOL_ERROR_MODEL_NOT_FOUND,                          ERROR_NOT_FOUND },
+                { MPOOL_ERROR_INVALID_MODEL,                            ERROR_INVALID_MODEL },
+                { MPOOL_ERROR_INSUFFICIENT_MEMORY,                      ERROR_NO_MEMORY },
+                { MPOOL_ERROR_MODEL_PINNED,                             ERROR_PINNED },
+                { MPOOL_ERROR_CANCELLED,                                ERROR_CANCELLED },
+                { MPOOL_ERROR_BUSY,                                     ERROR_BUSY },
+                { MPOOL_ERROR_LIMITS_EXCEEDED,                          ERROR_LIMITS },
+                { MPOOL_ERROR_NOT_HELD,                                 ERROR_NOT_HELD },
+                { SD_BUS_ERROR_UNKNOWN_OBJECT,                          ERROR_NOT_FOUND },
+                { SD_BUS_ERROR_ACCESS_DENIED,                           ERROR_ACCESS_DENIED },
+                { SD_BUS_ERROR_AUTH_FAILED,                             ERROR_ACCESS_DENIED },
+                { SD_BUS_ERROR_INTERACTIVE_AUTHORIZATION_REQUIRED,      ERROR_AUTH_REQUIRED },
+                { SD_BUS_ERROR_SERVICE_UNKNOWN,                         ERROR_UNREACHABLE },
+                { SD_BUS_ERROR_NAME_HAS_NO_OWNER,                       ERROR_UNREACHABLE },
+                { SD_BUS_ERROR_DISCONNECTED,                            ERROR_UNREACHABLE },
+                { SD_BUS_ERROR_NO_SERVER,                               ERROR_UNREACHABLE },
+                { SD_BUS_ERROR_NO_REPLY,                                ERROR_TIMEOUT },
+                { SD_BUS_ERROR_TIMEOUT,                                 ERROR_TIMEOUT },
+                { SD_BUS_ERROR_INVALID_ARGS,                            ERROR_INVALID_ARGS },
+                { SD_BUS_ERROR_UNKNOWN_METHOD,                          ERROR_UNSUPPORTED },
+                { SD_BUS_ERROR_UNKNOWN_PROPERTY,                        ERROR_UNSUPPORTED },
+                { SD_BUS_ERROR_UNKNOWN_INTERFACE,                       ERROR_UNSUPPORTED },
+                { SD_BUS_ERROR_PROPERTY_READ_ONLY,                      ERROR_UNSUPPORTED },
+        };
+
+        if (sd_bus_error_is_set(error)) {
+                for (size_t i = 0; i < ELEMENTSOF(table); i++)
+                        if (sd_bus_error_has_name(error, table[i].name))
+                                return table[i].class;
+                if (strncmp(error->name, DBUS_ERROR_SPAWN_PREFIX, strlen(DBUS_ERROR_SPAWN_PREFIX)) == 0)
+                        return ERROR_ACTIVATION;
+                /* sd-bus names its own failures "System.Error.E…": those are errnos. */
+                if (strncmp(error->name, SD_BUS_SYSTEM_ERROR_PREFIX, strlen(SD_BUS_SYSTEM_ERROR_PREFIX)) != 0)
+                        return ERROR_OTHER;
+                r = -sd_bus_error_get_errno(error);
+        }
+
+        if (r == -ETIMEDOUT)
+                return ERROR_TIMEOUT;
+        if (r == -EACCES || r == -EPERM)
+                return ERROR_ACCESS_DENIED;
+        if (errno_is_unreachable(r))
+                return ERROR_NO_CONNECTION;
+        return ERROR_OTHER;
+}
+
+int bus_error_exit_status(const sd_bus_error *error, int r) {
+        switch (classify(error, r)) {
+        case ERROR_NOT_FOUND:
+                return MPOOL_EXIT_NOT_FOUND;
+        case ERROR_INVALID_MODEL:
+                return MPOOL_EXIT_INVALID_MODEL;
+        case ERROR_NO_MEMORY:
+                return MPOOL_EXIT_NO_MEMORY;
+        case ERROR_PINNED:
+                return MPOOL_EXIT_PINNED;
+        case ERROR_CANCELLED:
+                return MPOOL_EXIT_CANCELLED;
+        case ERROR_BUSY:
+        case ERROR_LIMITS:
+                return MPOOL_EXIT_BUSY;
+        case ERROR_ACCESS_DENIED:
+        case ERROR_AUTH_REQUIRED:
+                return MPOOL_EXIT_ACCESS_DENIED;
+        case ERROR_UNREACHABLE:
+        case ERROR_NO_CONNECTION:
+        case ERROR_ACTIVATION:
+                return MPOOL_EXIT_UNREACHABLE;
+        case ERROR_INVALID_ARGS:
+                return MPOOL_EXIT_USAGE;
+        default:
+                return MPOOL_EXIT_FAILURE;
+        }
+}
+
+/* The daemon's message, or what r says. */
+static const char *error_text(const sd_bus_error *error, int r) {
+        if (sd_bus_error_is_set(error) && error->message && *error->message)
+                return error->message;
+        return strerror(r < 0 ? -r : r);
+}
+
+int report_bus_error(const sd_bus_error *error, int r, const char *action, const char *model) {
+        const char *text = error_text(error, r);
+        char what[MPOOL_NAME_MAX + 64];
+
+        /* "load model demo/tiny", or "query mpoold" for calls about the pool. */
+        if (model)
+                snprintf(what, sizeof what, "%s model %s", action, model);
+        else
+                snprintf(what, sizeof what, "%s", action);
+
+        switch (classify(error, r)) {
+        case ERROR_NOT_FOUND:
+                if (model)
+                        print_error("Model %s not found.", model);
+                else
+                        print_error("Not found: %s", text);
+                break;
+        case ERROR_INVALID_MODEL:
+                print_error("Model %s is not usable: %s", strempty(model), text);
+                break;
+        case ERROR_NO_MEMORY:
+                print_error("Not enough memory for model %s: %s", strempty(model), text);
+                break;
+        case ERROR_PINNED:
+                print_error("Model %s is pinned; use --force to unload it anyway.", strempty(model));
+                break;
+        case ERROR_CANCELLED:
+                /* The daemon's message may name the model already. */
+                if (model && !strstr(text, model))
+                        print_error("Loading model %s was cancelled: %s", model, text);
+                else
+                        print_error("%s", text);
+                break;
+        case ERROR_BUSY:
+                print_error("Cannot %s now, mpoold is busy: %s", what, text);
+                break;
+        case ERROR_LIMITS:
+                print_error("Cannot %s, a limit is reached: %s", what, text);
+                break;
+        case ERROR_ACCESS_DENIED:
+                print_error("Permission denied to %s: %s", what, text);
+                break;
+        case ERROR_AUTH_REQUIRED:
+                print_error("Permission denied to %s: it needs authorization, which %s.", what,
+                            arg_ask_password ? "could not be asked for" : "--no-ask-password forbids asking for");
+                break;
+        case ERROR_UNREACHABLE:
+                print_error("mpoold is not running on %s and cannot be activated; start it with "
+                            "'systemctl start mpoold' (or 'make run' in a source tree for development).",
+                            transport_description());
+                break;
+        case ERROR_NO_CONNECTION:
+                print_error("Cannot %s: no connection to %s (%s).", what, transport_description(),
+                            strerror(r < 0 ? -r : r));
+                break;
+        case ERROR_ACTIVATION:
+                print_error("mpoold could not be started on %s: %s. See 'journalctl -u mpoold'.",
+                            transport_description(), text);
+                break;
+        case ERROR_TIMEOUT:
+                print_error("Cannot %s: mpoold did not answer in time (see --timeout=).", what);
+                break;
+        case ERROR_INVALID_ARGS:
+                print_error("Cannot %s: %s", what, text);
+                break;
+        case ERROR_NOT_HELD:
+                print_error("Cannot %s: it is not held by this client.", what);
+                break;
+        case ERROR_UNSUPPORTED:
+                print_error("Cannot %s: the running mpoold does not support it (%s).", what, text);
+                break;
+        case ERROR_OTHER:
+        default:
+                print_error("Failed to %s: %s", what, text);
+                break;
+        }
+
+        return bus_error_exit_status(error, r);
+}
+
+int check_model_name(const char *name) {
+        _cleanup_free_ char *problem = NULL;
+        int r;
+
+        r = model_name_validate(name, &problem);
+        if (r == -ENOMEM)
+                return print_oom();
+        if (r < 0) {
+                print_error("Invalid model name %s", problem ?: name);
+                return MPOOL_EXIT_USAGE;
+        }
+        return 0;
+}
+
+uint64_t load_call_timeout(void) {
+        return arg_timeout_set ? arg_timeout_usec : UINT64_MAX;
+}
+
+int model_object_path(const char *name, char **ret) {
+        return sd_bus_path_encode(MPOOL_MODELS_PATH, name, ret);
+}
+
+int mpool_status(sd_bus *bus, cJSON **ret_pool, cJSON **ret_models, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_json_ cJSON *pool = NULL, *models = NULL;
+        int r;
+
+        r = sd_bus_call_method(bus, MPOOL_BUS_NAME, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE, "Status", error,
+                               &reply, NULL);
+        if (r < 0)
+                return r;
+
+        r = sd_bus_message_has_signature(reply, "a{sv}aa{sv}");
+        if (r == 0)
+                return -EBADMSG;
+        r = bus_message_read_json(reply, &pool);
+        if (r < 0)
+                return r;
+        r = bus_message_read_json(reply, &models);
+        if (r < 0)
+                return r;
+
+        if (ret_pool)
+                *ret_pool = TAKE_PTR(pool);
+        if (ret_models)
+                *ret_models = TAKE_PTR(models);
+        return 0;
+}
+
+const cJSON *models_find(const cJSON *models, const char *name) {
+        const cJSON *m;
+
+        cJSON_ArrayForEach(m, models) {
+                const char *n = json_get_string(m, "name", NULL);
+
+                if (n && strcmp(n, name) == 0)
+                        return m;
+        }
+        return NULL;
+}
+
+int block_signals(int first, ...) {
+        sigset_t set;
+        va_list ap;
+
+        sigemptyset(&set);
+        va_start(ap, first);
+        for (int sig = first; sig > 0; sig = va_arg(ap, int))
+                sigaddset(&set, sig);
+        va_end(ap);
+
+        if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
+                return negative_errno();
+        return 0;
+}
+
+static DaemonGoneHandler gone_handler = NULL;
+static void *gone_userdata = NULL;
+
+static int on_name_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        const char *name, *old_owner, *new_owner;
+
+        if (sd_bus_message_read(m, "sss", &name, &old_owner, &new_owner) < 0)
+                return 0;
+        if (strcmp(name, MPOOL_BUS_NAME) == 0 && *old_owner && !*new_owner && gone_handler)
+                gone_handler(gone_userdata, false);
+        return 0;
+}
+
+static int on_any_message(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        if (sd_bus_message_is_signal(m, "org.freedesktop.DBus.Local", "Disconnected") && gone_handler)
+                gone_handler(gone_userdata, true);
+        return 0;
+}
+
+int bus_watch_daemon_gone(sd_bus *bus, DaemonGoneHandler handler, void *userdata) {
+        int r;
+
+        gone_handler = handler;
+        gone_userdata = userdata;
+
+        r = sd_bus_add_match(bus, NULL,
+                             "type='signal',sender='org.freedesktop.DBus',path='/org/freedesktop/DBus',"
+                             "interface='org.freedesktop.DBus',member='NameOwnerChanged',arg0='" MPOOL_BUS_NAME "'",
+                             on_name_owner_changed, NULL);
+        if (r < 0)
+                return r;
+        /* The disconnection is a local message that no match rule sees. */
+        return sd_bus_add_filter(bus, NULL, on_any_message, NULL);
+}

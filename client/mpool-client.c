@@ -1,0 +1,299 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <getopt.h>
+#include <locale.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client.h"
+#include "format.h"
+#include "macro.h"
+#include "mpool-bus.h"
+#include "parse-util.h"
+#include "terminal.h"
+
+BusTransport arg_transport = TRANSPORT_SYSTEM;
+const char *arg_address = NULL;
+const char *arg_host = NULL;
+JsonMode arg_json = JSON_OFF;
+bool arg_no_pager = false;
+bool arg_no_legend = false;
+bool arg_quiet = false;
+bool arg_ask_password = true;
+bool arg_timeout_set = false;
+uint64_t arg_timeout_usec = DEFAULT_TIMEOUT_USEC;
+bool arg_force = false;
+bool arg_all = false;
+bool arg_pin = false;
+bool arg_keep_alive_set = false;
+int64_t arg_keep_alive_sec = 0;
+
+#define VERB_ANY ((unsigned) -1)
+
+typedef struct Verb {
+        const char *name;
+        unsigned min_args, max_args;    /* counting the verb itself */
+        int (*dispatch)(int argc, char *argv[]);
+} Verb;
+
+static void help(void) {
+        printf("%1$s [OPTIONS...] COMMAND ...\n\n"
+               "%2$sInspect and drive mpoold, the model pool.%3$s\n\n"
+               "Commands:\n"
+               "  status [NAME...]           Show the pool and its models, or details of models\n"
+               "  list                       List every known model with state and size\n"
+               "  load NAME                  Load a model, with a progress bar on a terminal\n"
+               "  unload NAME... | --all     Unload models\n"
+               "  hold NAME -- COMMAND...    Keep a model loaded while COMMAND runs\n"
+               "  monitor [NAME]             Print load and unload events as they happen\n"
+               "  top                        Live view of the loaded models\n"
+               "  set memory-limit SIZE      Change the pool's memory limit\n"
+               "  set idle-timeout DURATION  Change the default keep-alive\n"
+               "\nOptions:\n"
+               "  -h --help                  Show this help\n"
+               "     --version               Show the version\n"
+               "     --system                Talk to mpoold on the system bus (default)\n"
+               "     --user                  Talk to mpoold on the user bus\n"
+               "     --address=ADDRESS       Talk to mpoold on the bus at ADDRESS\n"
+               "  -H --host=[USER@]HOST      Talk to mpoold on a remote host, over ssh\n"
+               "     --json=short|pretty     Print JSON (--json alone: short)\n"
+               "     --no-pager              Do not pipe output into a pager\n"
+               "     --no-legend             Print no column headers and footers\n"
+               "  -q --quiet                 Print only what was asked for and errors\n"
+               "     --timeout=DURATION      Method call timeout (default 25s; loads wait\n"
+               "                             until done unless this is given)\n"
+               "     --no-ask-password       Do not ask for authorization interactively\n"
+               "     --keep-alive=DURATION   load: unload after this long unused, or infinity\n"
+               "     --pin                   load: never unload for idleness or memory\n"
+               "     --force                 unload: unload pinned models too\n"
+               "     --all                   unload: unload every model\n"
+               "\nSee the mpool-client(1) man page for details.\n",
+               program_invocation_short_name, ansi(ANSI_BOLD), ansi(ANSI_NORMAL));
+}
+
+static int parse_argv(int argc, char *argv[]) {
+        enum {
+                ARG_VERSION = 0x100,
+                ARG_SYSTEM,
+                ARG_USER,
+                ARG_ADDRESS,
+                ARG_JSON,
+                ARG_NO_PAGER,
+                ARG_NO_LEGEND,
+                ARG_TIMEOUT,
+                ARG_NO_ASK_PASSWORD,
+                ARG_KEEP_ALIVE,
+                ARG_PIN,
+                ARG_FORCE,
+                ARG_ALL,
+        };
+        static const struct option options[] = {
+                { "help",            no_argument,       NULL, 'h'                 },
+                { "version",         no_argument,       NULL, ARG_VERSION         },
+                { "system",          no_argument,       NULL, ARG_SYSTEM          },
+                { "user",            no_argument,       NULL, ARG_USER            },
+                { "address",         required_argument, NULL, ARG_ADDRESS         },
+                { "host",            required_argument, NULL, 'H'                 },
+                { "json",            optional_argument, NULL, ARG_JSON            },
+                { "no-pager",        no_argument,       NULL, ARG_NO_PAGER        },
+                { "no-legend",       no_argument,       NULL, ARG_NO_LEGEND       },
+                { "quiet",           no_argument,       NULL, 'q'                 },
+                { "timeout",         required_argument, NULL, ARG_TIMEOUT         },
+                { "no-ask-password", no_argument,       NULL, ARG_NO_ASK_PASSWORD },
+                { "keep-alive",      required_argument, NULL, ARG_KEEP_ALIVE      },
+                { "pin",             no_argument,       NULL, ARG_PIN             },
+                { "force",           no_argument,       NULL, ARG_FORCE           },
+                { "all",             no_argument,       NULL, ARG_ALL             },
+                {}
+        };
+        int c, r;
+
+        /* "+" would stop at the first non-option; we want options anywhere
+         * before "--", which ends them (hold's command follows it). */
+        while ((c = getopt_long(argc, argv, "hH:q", options, NULL)) >= 0)
+                switch (c) {
+                case 'h':
+                        help();
+                        return 0;
+                case ARG_VERSION:
+                        printf("mpool-client %s\n", MPOOL_VERSION);
+                        return 0;
+                case ARG_SYSTEM:
+                        arg_transport = TRANSPORT_SYSTEM;
+                        break;
+                case ARG_USER:
+                        arg_transport = TRANSPORT_USER;
+                        break;
+                case ARG_ADDRESS:
+                        if (!*optarg) {
+                                print_error("--address= needs a bus address.");
+                                return -EINVAL;
+                        }
+                        arg_transport = TRANSPORT_ADDRESS;
+                        arg_address = optarg;
+                        break;
+                case 'H':
+                        if (!*optarg) {
+                                print_error("--host= needs a host name.");
+                                return -EINVAL;
+                        }
+                        arg_transport = TRANSPORT_REMOTE;
+                        arg_host = optarg;
+                        break;
+                case ARG_JSON:
+                        if (!optarg || strcmp(optarg, "short") == 0)
+                                arg_json = JSON_SHORT;
+                        else if (strcmp(optarg, "pretty") == 0)
+                                arg_json = JSON_PRETTY;
+                        else if (strcmp(optarg, "off") == 0)
+                                arg_json = JSON_OFF;
+                        else if (strcmp(optarg, "help") == 0) {
+                                printf("short\npretty\noff\n");
+                                return 0;
+                        } else {
+                                print_error("Unknown --json= mode '%s'; use short, pretty or off.", optarg);
+                                return -EINVAL;
+                        }
+                        break;
+                case ARG_NO_PAGER:
+                        arg_no_pager = true;
+                        break;
+                case ARG_NO_LEGEND:
+                        arg_no_legend = true;
+                        break;
+                case 'q':
+                        arg_quiet = true;
+                        break;
+                case ARG_TIMEOUT: {
+                        int64_t sec;
+
+                        r = parse_duration_sec(optarg, &sec);
+                        if (r < 0) {
+                                print_error("Invalid --timeout= '%s': expected a duration such as 30s, 5min "
+                                            "or infinity.", optarg);
+                                return -EINVAL;
+                        }
+                        arg_timeout_set = true;
+                        arg_timeout_usec = sec < 0 ? UINT64_MAX : (uint64_t) sec * USEC_PER_SEC;
+                        break;
+                }
+                case ARG_NO_ASK_PASSWORD:
+                        arg_ask_password = false;
+                        break;
+                case ARG_KEEP_ALIVE:
+                        r = parse_duration_sec(optarg, &arg_keep_alive_sec);
+                        if (r < 0) {
+                                print_error("Invalid --keep-alive= '%s': expected a duration such as 90s, "
+                                            "1h 30min or infinity.", optarg);
+                                return -EINVAL;
+                        }
+                        arg_keep_alive_set = true;
+                        break;
+                case ARG_PIN:
+                        arg_pin = true;
+                        break;
+                case ARG_FORCE:
+                        arg_force = true;
+                        break;
+                case ARG_ALL:
+                        arg_all = true;
+                        break;
+                case '?':
+                        return -EINVAL;
+                default:
+                        abort();
+                }
+
+        return 1;
+}
+
+static const Verb verbs[] = {
+        { "status",  1, VERB_ANY, verb_status  },
+        { "list",    1, 1,        verb_list    },
+        { "load",    2, 2,        verb_load    },
+        { "unload",  1, VERB_ANY, verb_unload  },
+        { "hold",    3, VERB_ANY, verb_hold    },
+        { "monitor", 1, 2,        verb_monitor },
+        { "top",     1, 1,        verb_top     },
+        { "set",     3, 3,        verb_set     },
+};
+
+/* Options that only mean something to one verb are refused elsewhere, rather
+ * than silently ignored. */
+static int check_verb_options(const char *verb) {
+        static const struct {
+                bool *set;
+                const char *option;
+                const char *verb;
+        } table[] = {
+                { &arg_pin,            "--pin",        "load"   },
+                { &arg_keep_alive_set, "--keep-alive", "load"   },
+                { &arg_force,          "--force",      "unload" },
+                { &arg_all,            "--all",        "unload" },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(table); i++)
+                if (*table[i].set && strcmp(verb, table[i].verb) != 0) {
+                        print_error("%s applies to '%s' only.", table[i].option, table[i].verb);
+                        return MPOOL_EXIT_USAGE;
+                }
+        return 0;
+}
+
+static int dispatch_verb(int argc, char *argv[]) {
+        static char *default_argv[] = { (char *) "status", NULL };
+        const Verb *verb = NULL;
+        unsigned n;
+        int r;
+
+        if (argc <= 0) {
+                argc = 1;
+                argv = default_argv;
+        }
+
+        for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
+                if (strcmp(argv[0], verbs[i].name) == 0) {
+                        verb = &verbs[i];
+                        break;
+                }
+        if (!verb) {
+                print_error("Unknown command '%s'. See '%s --help'.", argv[0], program_invocation_short_name);
+                return MPOOL_EXIT_USAGE;
+        }
+
+        n = (unsigned) argc;
+        if (n < verb->min_args) {
+                print_error("Too few arguments for '%s'. See '%s --help'.", verb->name,
+                            program_invocation_short_name);
+                return MPOOL_EXIT_USAGE;
+        }
+        if (verb->max_args != VERB_ANY && n > verb->max_args) {
+                print_error("Too many arguments for '%s'. See '%s --help'.", verb->name,
+                            program_invocation_short_name);
+                return MPOOL_EXIT_USAGE;
+        }
+
+        r = check_verb_options(verb->name);
+        if (r != 0)
+                return r;
+
+        return verb->dispatch(argc, argv);
+}
+
+int main(int argc, char *argv[]) {
+        int r;
+
+        setlocale(LC_ALL, "");
+
+        r = parse_argv(argc, argv);
+        if (r < 0)
+                return MPOOL_EXIT_USAGE;
+        if (r == 0)
+                return MPOOL_EXIT_SUCCESS;
+
+        r = dispatch_verb(argc - optind, argv + optind);
+        if (fflush(stdout) != 0 && r == 0)
+                r = print_error_errno(errno, "Cannot write the output: %m");
+        return r < 0 ? MPOOL_EXIT_FAILURE : r;
+}

@@ -1,0 +1,156 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <systemd/sd-event.h>
+#include <unistd.h>
+
+#include "bus-util.h"
+#include "client.h"
+#include "mpool-bus.h"
+#include "terminal.h"
+
+/* Exit statuses of a command that could not be run, as shells use them. */
+#define EXIT_COMMAND_NOT_EXECUTABLE 126
+#define EXIT_COMMAND_NOT_FOUND 127
+
+typedef struct HoldContext {
+        sd_event *event;
+        pid_t pid;
+} HoldContext;
+
+static const int forwarded_signals[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT };
+
+static int on_child_exit(sd_event_source *s, const siginfo_t *si, void *userdata) {
+        HoldContext *c = userdata;
+        int status;
+
+        if (si->si_code == CLD_EXITED)
+                status = si->si_status;
+        else
+                status = 128 + si->si_status;   /* killed or dumped by that signal, as shells report it */
+        c->pid = 0;
+        return sd_event_exit(c->event, status);
+}
+
+static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        HoldContext *c = userdata;
+        int sig = (int) si->ssi_signo;
+
+        /* What the kernel sends (Ctrl-C, Ctrl-\, a hangup) goes to our whole
+         * process group, the command included; what another process sends to
+         * us is passed on. Either way we keep waiting: the hold is released
+         * once the command is gone. */
+        if (si->ssi_code == SI_KERNEL)
+                return 0;
+        if (c->pid > 0)
+                (void) kill(c->pid, sig);
+        return 0;
+}
+
+_Noreturn static void exec_command(char **command) {
+        sigset_t none;
+        int r;
+
+        /* The command starts as if we were not there. */
+        for (size_t i = 0; i < ELEMENTSOF(forwarded_signals); i++)
+                signal(forwarded_signals[i], SIG_DFL);
+        signal(SIGCHLD, SIG_DFL);
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+
+        execvp(command[0], command);
+        r = errno;
+        print_error_errno(r, "Cannot run %s: %m", command[0]);
+        _exit(r == ENOENT ? EXIT_COMMAND_NOT_FOUND : EXIT_COMMAND_NOT_EXECUTABLE);
+}
+
+static int release(sd_bus *bus, const char *name) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r;
+
+        r = sd_bus_call_method(bus, MPOOL_BUS_NAME, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE, "Release", &error,
+                               NULL, "s", name);
+        if (r < 0)
+                return report_bus_error(&error, r, "release", name);
+        return 0;
+}
+
+int verb_hold(int argc, char *argv[]) {
+        _cleanup_(sd_event_unrefp) sd_event *event = NULL;
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        const char *name = argv[1];
+        HoldContext c = {};
+        int status, r;
+
+        r = check_model_name(name);
+        if (r != 0)
+                return r;
+
+        r = client_connect(&bus);
+        if (r != 0)
+                return r;
+
+        r = sd_bus_message_new_method_call(bus, &m, MPOOL_BUS_NAME, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE,
+                                           "Acquire");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "s", name);
+        if (r < 0)
+                return print_error_errno(r, "Cannot build the Acquire call: %m");
+        /* Acquire loads the model if need be: it waits like load does. */
+        r = sd_bus_call(bus, m, load_call_timeout(), &error, NULL);
+        if (r < 0)
+                return report_bus_error(&error, r, "hold", name);
+
+        /* Only now: Ctrl-C while the model loads simply ends us (and the
+         * daemon drops a hold that came too late with our connection). */
+        r = block_signals(SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGCHLD, 0);
+        if (r < 0) {
+                print_error_errno(r, "Cannot block signals: %m");
+                (void) release(bus, name);
+                return r;
+        }
+
+        r = sd_event_default(&event);
+        if (r < 0)
+                return print_error_errno(r, "Cannot create the event loop: %m");
+        c.event = event;
+
+        /* Holds belong to our bus connection: it stays open, and if we die
+         * mpoold drops them. The connection's socket is O_CLOEXEC, so the
+         * command does not inherit it. */
+        c.pid = fork();
+        if (c.pid < 0) {
+                r = print_error_errno(errno, "Cannot start %s: %m", argv[2]);
+                (void) release(bus, name);
+                return r;
+        }
+        if (c.pid == 0)
+                exec_command(argv + 2);
+
+        r = sd_event_add_child(event, NULL, c.pid, WEXITED, on_child_exit, &c);
+        if (r < 0) {
+                print_error_errno(r, "Cannot watch the command: %m");
+                (void) kill(c.pid, SIGTERM);
+                (void) waitpid(c.pid, NULL, 0);
+                (void) release(bus, name);
+                return r;
+        }
+        for (size_t i = 0; i < ELEMENTSOF(forwarded_signals); i++) {
+                r = sd_event_add_signal(event, NULL, forwarded_signals[i], on_signal, &c);
+                if (r < 0)
+                        return print_error_errno(r, "Cannot watch signal %d: %m", forwarded_signals[i]);
+        }
+
+        status = sd_event_loop(event);
+        if (status < 0)
+                return print_error_errno(status, "The event loop failed: %m");
+
+        /* The command's status is ours; a failure to release is only reported
+         * (the hold goes with our connection anyway). */
+        (void) release(bus, name);
+        return status;
+}
