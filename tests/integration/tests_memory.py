@@ -4,7 +4,8 @@ UnloadAll."""
 
 import re
 
-from harness import ERROR_INSUFFICIENT_MEMORY, ERROR_MODEL_PINNED, MiB, expect_dbus_error, model_path
+from harness import ERROR_INSUFFICIENT_MEMORY, ERROR_MODEL_PINNED, MiB, expect_dbus_error, model_path, \
+        python_child_client
 
 
 def loaded_names(d):
@@ -107,3 +108,38 @@ def test_unload_all_skips_pinned_unless_forced(ctx):
         ctx.sync()
         reasons = {s.args[0]: s.args[1] for s in ctx.monitor.signals("ModelUnloaded")}
         assert reasons == {"alpha": "request", "beta": "request", "demo/gamma": "request"}, reasons
+
+
+def test_memory_pressure_unloads_idle_models_only(ctx):
+        """MemoryAvailableMin=100% puts the host permanently "short": the
+        periodic check must unload every idle unpinned model, least recently
+        used first, and spare pinned and held ones."""
+        for name in ("alpha", "beta", "pinned", "held"):
+                ctx.model(name, size="4M")
+        d = ctx.daemon(MemoryAvailableMin="100%")
+        child = python_child_client(d.address, ctx)
+        child.acquire("held")
+        d.load("pinned", pin=True)
+        d.load("alpha")
+        d.load("beta")
+        for name in ("alpha", "beta"):
+                unloaded = ctx.monitor.wait_signal("ModelUnloaded", name)
+                assert unloaded.args[1] == "memory-pressure", unloaded
+        ctx.sync()
+        gone = [s.args[0] for s in ctx.monitor.signals("ModelUnloaded")]
+        assert gone.index("alpha") < gone.index("beta"), f"not least recently used first: {gone}"
+        assert "pinned" not in gone and "held" not in gone, f"a pinned or held model was unloaded: {gone}"
+        assert d.model("pinned")["state"] == "loaded" and d.model("held")["state"] == "loaded"
+        child.exit()
+
+
+def test_max_loaded_models_evicts_least_recently_used(ctx):
+        for name in ("alpha", "beta", "gamma"):
+                ctx.model(name, size="1M")
+        d = ctx.daemon(MaxLoadedModels="2")
+        d.load("alpha")
+        d.load("beta")
+        d.load("gamma")
+        evicted = ctx.monitor.wait_signal("ModelUnloaded", "alpha")
+        assert evicted.args[1] == "memory-limit", evicted
+        assert loaded_names(d) == ["beta", "gamma"]
