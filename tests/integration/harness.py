@@ -7,8 +7,10 @@ Everything that waits, waits on a real event (a bus name owned, a signal seen,
 a process gone, a Status value reached) with a generous deadline; nothing
 sleeps for a fixed time to let something happen."""
 
+import contextlib
 import json
 import os
+import pwd
 import shutil
 import signal
 import struct
@@ -48,6 +50,14 @@ GiB = 1024 * MiB
 # namespace, on an interface the daemon never uses.
 SYNC_PATH = MANAGER_PATH + "/integration_test_sync"
 SYNC_IFACE = "org.mpool.IntegrationTest"
+
+# The real polkitd, started once per run on the private bus, only when a test
+# starts a daemon with polkit=True (tests_polkit.py).
+POLKITD = "/usr/lib/polkit-1/polkitd"
+POLKIT_BUS_NAME = "org.freedesktop.PolicyKit1"
+POLKIT_ACTIONS_DIR = "/usr/share/polkit-1/actions"
+POLKIT_RULES_DIR = "/etc/polkit-1/rules.d"
+NOBODY_UID = 65534
 
 
 def now_usec():
@@ -335,10 +345,13 @@ class Monitor:
         live under /org/mpool/Manager, so a path_namespace match also sees
         signals sent while the daemon is giving up its name at exit)."""
 
-        def __init__(self, address, directory):
+        def __init__(self, address, directory, matches=None, name="monitor"):
                 self.address = address
-                self.out_path = os.path.join(directory, "monitor.jsonl")
-                self.err_path = os.path.join(directory, "monitor.err")
+                # Other match rules make a monitor of other traffic (e.g. the
+                # daemon's polkit checks); signals() then returns those messages.
+                self.matches = matches or [f"type='signal',path_namespace='{MANAGER_PATH}'"]
+                self.out_path = os.path.join(directory, f"{name}.jsonl")
+                self.err_path = os.path.join(directory, f"{name}.err")
                 self.proc = None
                 self._offset = 0
                 self._partial = b""
@@ -349,9 +362,8 @@ class Monitor:
         def start(self):
                 out = open(self.out_path, "wb")
                 err = open(self.err_path, "wb")
-                match = f"type='signal',path_namespace='{MANAGER_PATH}'"
                 self.proc = subprocess.Popen(["busctl", f"--address={self.address}", "--json=short",
-                                              "monitor", f"--match={match}"],
+                                              "monitor"] + [f"--match={m}" for m in self.matches],
                                              stdin=subprocess.DEVNULL, stdout=out, stderr=err)
                 out.close()
                 err.close()
@@ -737,6 +749,8 @@ class TestContext:
         def daemon(self, config=None, start=True, polkit=False, **pool):
                 """A fresh mpoold on the private bus, with the monitor already
                 watching, so that nothing it emits at start-up is missed."""
+                if polkit:
+                        self.suite.ensure_polkitd()
                 self.start_monitor()
                 if config is None:
                         config = self.write_config(**pool)
@@ -812,6 +826,7 @@ class Suite:
                 self.bus_dir = None
                 self.address = None
                 self.client = None
+                self.polkitd = None
 
         def start(self):
                 for program in (self.mpoold, self.mkmodel):
@@ -828,7 +843,19 @@ class Suite:
                 self.address = proc.stdout.strip().splitlines()[0]
                 self.client = PyClient(self.address)
 
+        def ensure_polkitd(self):
+                """Starts polkitd on the private bus the first time a test
+                needs it; a failure to start fails every test that needs it."""
+                if self.polkitd is None:
+                        self.polkitd = Polkitd(self)
+                        self.polkitd.start()
+                self.polkitd.check()
+                return self.polkitd
+
         def stop(self):
+                if self.polkitd:
+                        self.polkitd.stop()
+                        self.polkitd = None
                 if self.client:
                         self.client.close()
                         self.client = None
@@ -838,6 +865,106 @@ class Suite:
                         self.bus_dir = None
                 if self.tmp and not self.keep:
                         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Polkitd:
+        """Debian's polkitd on the private bus (it drops to its own user), with
+        the checkout's actions installed and one test-only rule: the user
+        nobody may use org.mpool.load on the model named granted_model, a
+        name made up for this run, so the rule grants nothing elsewhere. It
+        lets the tests reach the second authorization of a call (pin,
+        force) with an unprivileged caller that passed the first."""
+
+        def __init__(self, suite):
+                self.suite = suite
+                self.proc = None
+                self.error = None
+                self.token = os.urandom(8).hex()
+                self.granted_model = f"polkit-granted-{self.token}"
+                self.rules_path = os.path.join(POLKIT_RULES_DIR, f"10-mpool-integration-{self.token}.rules")
+                self.log_path = os.path.join(suite.tmp, "polkitd.log")
+                self.unique_name = None
+
+        def start(self):
+                try:
+                        self._start()
+                except Exception as e:
+                        self.error = str(e)
+                        raise
+
+        def _start(self):
+                if not os.access(POLKITD, os.X_OK):
+                        raise AssertionError(f"{POLKITD} is not installed; the authorization tests need the "
+                                             f"real polkitd: `make deps` installs it (Debian package polkitd)")
+                if not os.path.isdir(POLKIT_RULES_DIR):
+                        raise AssertionError(f"{POLKIT_RULES_DIR} is missing; is polkitd installed properly? "
+                                             f"`make deps` installs it")
+                shutil.copyfile(os.path.join(self.suite.source_root, "polkit", "org.mpool.policy"),
+                                os.path.join(POLKIT_ACTIONS_DIR, "org.mpool.policy"))
+                os.chmod(os.path.join(POLKIT_ACTIONS_DIR, "org.mpool.policy"), 0o644)
+
+                nobody = pwd.getpwuid(NOBODY_UID).pw_name
+                with open(self.rules_path, "w") as f:
+                        f.write("// Written by mpool's tests/integration (harness.py); removed at the end of the run.\n"
+                                "polkit.addRule(function(action, subject) {\n"
+                                f"        if (action.id == \"org.mpool.load\" && subject.user == \"{nobody}\" &&\n"
+                                f"            action.lookup(\"model\") == \"{self.granted_model}\")\n"
+                                "                return polkit.Result.YES;\n"
+                                "});\n")
+                os.chmod(self.rules_path, 0o644)
+
+                env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.suite.address)
+                log = open(self.log_path, "wb")
+                self.proc = subprocess.Popen([POLKITD, "--no-debug"], stdin=subprocess.DEVNULL, stdout=log,
+                                             stderr=subprocess.STDOUT, env=env)
+                log.close()
+                ctl = Busctl(self.suite.address)
+
+                def up():
+                        if self.proc.poll() is not None:
+                                raise AssertionError(f"polkitd exited with {self.proc.returncode}: {self.log()}")
+                        return ctl.name_has_owner(POLKIT_BUS_NAME)
+                wait_until(up, f"polkitd to own {POLKIT_BUS_NAME}", interval=0.05)
+                self.unique_name = str(self.suite.client.bus.get_name_owner(POLKIT_BUS_NAME))
+
+        def check(self):
+                if self.error:
+                        raise AssertionError(f"polkitd could not be started: {self.error}")
+                if self.proc.poll() is not None:
+                        raise AssertionError(f"polkitd exited with {self.proc.returncode}: {self.log()}")
+
+        @contextlib.contextmanager
+        def paused(self):
+                """polkitd stopped (SIGSTOP): checks the daemon asks for stay
+                unanswered until the block ends. Keep it short: mpoold gives
+                up on a non-interactive check after sd-bus's default call
+                timeout (25 s)."""
+                self.proc.send_signal(signal.SIGSTOP)
+                try:
+                        yield
+                finally:
+                        self.proc.send_signal(signal.SIGCONT)
+
+        def log(self):
+                try:
+                        with open(self.log_path, errors="replace") as f:
+                                return f.read().strip()
+                except OSError:
+                        return ""
+
+        def stop(self):
+                if self.proc and self.proc.poll() is None:
+                        self.proc.send_signal(signal.SIGCONT)
+                        self.proc.terminate()
+                        try:
+                                self.proc.wait(timeout=DEADLINE)
+                        except subprocess.TimeoutExpired:
+                                self.proc.kill()
+                                self.proc.wait()
+                try:
+                        os.unlink(self.rules_path)
+                except FileNotFoundError:
+                        pass
 
 
 def run_in_threads(functions):

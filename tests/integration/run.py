@@ -29,9 +29,10 @@ import tests_lifecycle  # noqa: E402
 import tests_load  # noqa: E402
 import tests_memory  # noqa: E402
 import tests_objects  # noqa: E402
+import tests_polkit  # noqa: E402
 
 MODULES = [tests_load, tests_idle, tests_memory, tests_holds, tests_errors, tests_objects, tests_lifecycle,
-           tests_client]
+           tests_client, tests_polkit]
 
 
 def collect(name_filter):
