@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "bus-manager.h"
+#include "bus-util.h"
 #include "log.h"
 #include "macro.h"
 #include "mpool-bus.h"
@@ -301,6 +302,10 @@ static int method_status(sd_bus_message *message, void *userdata, sd_bus_error *
         if (r < 0)
                 return r;
         for (PoolModel *model = m->pool.models; model; model = model->next) {
+                /* As on the object manager: a name not yet found in the store
+                 * is no model (yet). */
+                if (!model->userdata || !((ModelRuntime *) model->userdata)->announced)
+                        continue;
                 r = append_model_status(reply, m, model);
                 if (r < 0)
                         return r;
@@ -570,12 +575,51 @@ static int filter_property_set(sd_bus_message *message, void *userdata, sd_bus_e
         return 1;
 }
 
+/* sd-bus delivers the loss of the connection as a local signal. */
+static int filter_disconnected(sd_bus_message *message, void *userdata, sd_bus_error *ret_error) {
+        if (sd_bus_message_is_signal(message, "org.freedesktop.DBus.Local", "Disconnected"))
+                manager_bus_lost(userdata);
+        return 0;
+}
+
+static int on_peer_left(sd_bus_message *message, void *userdata, sd_bus_error *ret_error) {
+        const char *name, *old_owner, *new_owner;
+        int r;
+
+        r = sd_bus_message_read(message, "sss", &name, &old_owner, &new_owner);
+        if (r < 0) {
+                log_warning_errno(r, "Cannot read a NameOwnerChanged signal: %m");
+                return 0;
+        }
+        if (name[0] == ':' && new_owner[0] == '\0')
+                manager_peer_left(userdata, name);
+        return 0;
+}
+
+static int on_peer_left_installed(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        const sd_bus_error *e = sd_bus_message_get_error(reply);
+
+        /* Without it holds outlive their holders: refuse to serve like that. */
+        if (e) {
+                log_error("Cannot watch for peers leaving the bus (%s); stopping.", strempty(e->message));
+                manager_begin_shutdown(userdata);
+        }
+        return 0;
+}
+
 int bus_manager_register(Manager *m) {
         int r;
 
         r = sd_bus_add_filter(m->bus, NULL, filter_property_set, m);
         if (r < 0)
                 return log_error_errno(r, "Cannot install the property write filter: %m");
+        r = sd_bus_add_filter(m->bus, NULL, filter_disconnected, m);
+        if (r < 0)
+                return log_error_errno(r, "Cannot watch the bus connection: %m");
+        r = sd_bus_add_match_async(m->bus, &m->peer_left_slot, MATCH_UNIQUE_NAME_LEFT, on_peer_left,
+                                   on_peer_left_installed, m);
+        if (r < 0)
+                return log_error_errno(r, "Cannot watch for peers leaving the bus: %m");
 
         r = sd_bus_add_object_vtable(m->bus, NULL, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE, manager_vtable, m);
         if (r < 0)
@@ -616,7 +660,7 @@ const char *bus_load_error_name(int r) {
 /* Signals are best effort towards listeners, but a failure to queue one is
  * logged: a listener would otherwise miss a change without anyone knowing. */
 static void log_emit(int r, const char *what, const char *name) {
-        if (r < 0)
+        if (r < 0 && r != -ENOTCONN && r != -ECONNRESET)
                 log_warning_errno(r, "Cannot emit %s for %s: %m", what, name);
 }
 

@@ -172,13 +172,15 @@ static void job_fail(LoaderJob *j, int error, const char *format, ...) {
 }
 
 static void post(Loader *l, LoaderJob *j, LoaderMessageType type, uint64_t done, uint64_t total) {
-        LoaderMessage message = {
-                .job = j,
-                .type = type,
-                .bytes_done = done,
-                .bytes_total = total,
-        };
+        LoaderMessage message;
         ssize_t n;
+
+        /* Zeroed whole, padding included: the bytes go through a pipe. */
+        memset(&message, 0, sizeof message);
+        message.job = j;
+        message.type = type;
+        message.bytes_done = done;
+        message.bytes_total = total;
 
         /* The write end blocks: a slow loop slows the loader rather than
          * losing a message. Only EINTR is worth a retry. */
@@ -199,8 +201,11 @@ static void probe(LoaderJob *j) {
         int r;
 
         r = store_resolve(j->model_dir, j->huggingface_cache, j->name, &location, &error);
-        if (r < 0)
-                return job_fail(j, r, "%s", error ?: "Cannot resolve the model's files: %m");
+        if (r < 0) {
+                if (error)
+                        return job_fail(j, r, "%s", error);
+                return job_fail(j, r, "Cannot resolve the model's files: %m");
+        }
 
         files = calloc(location->n_weights, sizeof *files);
         if (!files)
@@ -222,7 +227,9 @@ static void probe(LoaderJob *j) {
                 if (!files[i].path)
                         return job_fail(j, ENOMEM, "Out of memory.");
 
-                files[i].fd = open(files[i].path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+                /* O_NONBLOCK: a FIFO swapped in since the store looked must not
+                 * hang this thread (and with it shutdown) in open(). */
+                files[i].fd = open(files[i].path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
                 if (files[i].fd < 0)
                         return job_fail(j, errno, "Cannot open %s: %m", files[i].path);
                 if (fstat(files[i].fd, &st) < 0)

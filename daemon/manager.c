@@ -125,6 +125,7 @@ Manager *manager_free(Manager *m) {
         loader_free(m->loader);
         sd_event_source_disable_unref(m->idle_timer);
         sd_bus_slot_unref(m->object_manager_slot);
+        sd_bus_slot_unref(m->peer_left_slot);
         sd_bus_flush_close_unref(m->bus);
         sd_event_unref(m->event);
         config_done(&m->config);
@@ -325,8 +326,11 @@ static int serve(Manager *m, PoolModel *model, sd_bus_message *call, WaiterKind 
                 r = manager_hold(m, model, sd_bus_message_get_sender(call));
                 if (r == -EBUSY)
                         return sd_bus_reply_method_errorf(call, MPOOL_ERROR_LIMITS_EXCEEDED,
-                                                          "Too many holds: at most %u models per peer.",
+                                                          "Too many holds: at most %u per peer.",
                                                           HOLDS_PER_PEER_MAX);
+                if (r == -EUSERS)
+                        return sd_bus_reply_method_errorf(call, MPOOL_ERROR_LIMITS_EXCEEDED,
+                                                          "Too many peers hold models (at most %u).", PEERS_MAX);
                 if (r < 0)
                         return sd_bus_reply_method_errnof(call, r, "Cannot hold model %s: %m", model->name);
         }
@@ -388,6 +392,46 @@ static void cancel_load_waiters(PoolModel *model, const char *message) {
         rt->n_waiters = kept;
 }
 
+/* Answers the Unload and UnloadAll callers only, once a cancelled load has
+ * let go of its memory; Load and Acquire callers that came after the
+ * cancellation stay, for the load to start again. */
+static void complete_unload_waiters(PoolModel *model, bool was_loaded) {
+        ModelRuntime *rt = model->userdata;
+        size_t kept = 0;
+
+        for (size_t i = 0; i < rt->n_waiters; i++) {
+                Waiter *w = &rt->waiters[i];
+
+                if (w->kind != WAITER_UNLOAD) {
+                        rt->waiters[kept++] = *w;
+                        continue;
+                }
+                if (w->batch)
+                        batch_unref(w->batch, true);
+                else
+                        reply_or_log(sd_bus_reply_method_return(w->call, "b", was_loaded), model->name);
+                sd_bus_message_unref(w->call);
+        }
+        rt->n_waiters = kept;
+}
+
+/* Forgets a model the bus never heard of (a name that turned out not to
+ * exist, or a load refused before it started), so that callers cannot fill
+ * the pool with names. Returns true when it did. */
+static bool forget_if_unannounced(Manager *m, PoolModel *model) {
+        ModelRuntime *rt = model->userdata;
+
+        if ((rt && (rt->announced || rt->job || rt->n_waiters > 0)) || model->holds > 0)
+                return false;
+        runtime_free(rt);
+        model->userdata = NULL;
+        if (pool_remove(&m->pool, model) < 0) {
+                log_error("Cannot forget the unknown model %s.", model->name);
+                return false;
+        }
+        return true;
+}
+
 static bool has_load_waiters(const PoolModel *model) {
         const ModelRuntime *rt = model->userdata;
 
@@ -416,17 +460,16 @@ static bool load_failed(Manager *m, PoolModel *model, int r, const char *message
         if (!rt->cancel_requested)
                 bus_emit_load_failed(m, model->name, error_name, message);
 
-        complete_waiters(m, model, r, message);
+        rt->pin_requested = false;
+        rt->keep_alive_requested = KEEP_ALIVE_DEFAULT;
+        if (r == -ECANCELED && rt->cancel_requested && !m->shutting_down)
+                complete_unload_waiters(model, false);
+        else
+                complete_waiters(m, model, r, message);
         rt->cancel_requested = false;
 
-        if (r == -ENOENT && !rt->announced && model->holds == 0) {
-                runtime_free(rt);
-                model->userdata = NULL;
-                if (pool_remove(&m->pool, model) >= 0)
-                        return true;
-                log_error("Cannot forget the unknown model %s.", model->name);
-                return false;
-        }
+        if (forget_if_unannounced(m, model))
+                return true;
         model_changed(m, model);
         return false;
 }
@@ -456,6 +499,26 @@ static int start_probe(Manager *m, PoolModel *model) {
         return 0;
 }
 
+static void record_requests(ModelRuntime *rt, int64_t keep_alive_sec, bool pin) {
+        if (keep_alive_sec != KEEP_ALIVE_DEFAULT)
+                rt->keep_alive_requested = keep_alive_sec;
+        if (pin)
+                rt->pin_requested = true;
+}
+
+static void apply_requests(PoolModel *model, ModelRuntime *rt) {
+        if (rt->keep_alive_requested != KEEP_ALIVE_DEFAULT)
+                model->keep_alive_sec = rt->keep_alive_requested;
+        if (rt->pin_requested)
+                model->pinned = true;
+        rt->keep_alive_requested = KEEP_ALIVE_DEFAULT;
+        rt->pin_requested = false;
+}
+
+static bool load_slot_free(const Manager *m) {
+        return loader_running(m->loader) < m->config.max_concurrent_loads;
+}
+
 int manager_request_load(Manager *m, const char *name, int64_t keep_alive_sec, bool pin,
                          sd_bus_message *call, WaiterKind kind, sd_bus_error *error) {
         PoolModel *model;
@@ -469,6 +532,13 @@ int manager_request_load(Manager *m, const char *name, int64_t keep_alive_sec, b
         if (m->shutting_down)
                 return sd_bus_error_set(error, MPOOL_ERROR_BUSY, "mpoold is shutting down.");
 
+        /* Refused before the name is added, so refusals leave nothing behind. */
+        model = pool_find(&m->pool, name);
+        if ((!model || model->state == MODEL_AVAILABLE || model->state == MODEL_ERROR) && !load_slot_free(m))
+                return sd_bus_error_setf(error, MPOOL_ERROR_BUSY,
+                                         "%u loads are under way already; try again when one is done.",
+                                         m->config.max_concurrent_loads);
+
         r = pool_add(&m->pool, name, &model);
         if (r == -E2BIG)
                 return sd_bus_error_setf(error, MPOOL_ERROR_LIMITS_EXCEEDED,
@@ -476,21 +546,18 @@ int manager_request_load(Manager *m, const char *name, int64_t keep_alive_sec, b
         if (r < 0)
                 return r;
         rt = runtime_of(m, model);
-        if (!rt)
+        if (!rt) {
+                (void) forget_if_unannounced(m, model);
                 return -ENOMEM;
-
-        if (keep_alive_sec != KEEP_ALIVE_DEFAULT)
-                model->keep_alive_sec = keep_alive_sec;
-        if (pin)
-                model->pinned = true;
+        }
 
         switch (model->state) {
 
         case MODEL_LOADED:
-                if (call) {
-                        r = serve(m, model, call, kind);
-                        reply_or_log(r, model->name);
-                }
+                record_requests(rt, keep_alive_sec, pin);
+                apply_requests(model, rt);
+                if (call)
+                        reply_or_log(serve(m, model, call, kind), model->name);
                 model_changed(m, model);
                 manager_reschedule_idle(m);
                 return 1;
@@ -502,18 +569,17 @@ int manager_request_load(Manager *m, const char *name, int64_t keep_alive_sec, b
                         if (r < 0)
                                 return waiter_error(r, name, error);
                 }
+                record_requests(rt, keep_alive_sec, pin);
                 return 1;
 
         case MODEL_AVAILABLE:
         case MODEL_ERROR:
-                if (loader_running(m->loader) >= m->config.max_concurrent_loads)
-                        return sd_bus_error_setf(error, MPOOL_ERROR_BUSY,
-                                                 "%u loads are under way already; try again when one is done.",
-                                                 m->config.max_concurrent_loads);
                 if (call) {
                         r = waiter_add(m, model, call, kind);
-                        if (r < 0)
+                        if (r < 0) {
+                                (void) forget_if_unannounced(m, model);
                                 return waiter_error(r, name, error);
+                        }
                 }
                 r = start_probe(m, model);
                 if (r < 0) {
@@ -522,8 +588,10 @@ int manager_request_load(Manager *m, const char *name, int64_t keep_alive_sec, b
                                 rt->n_waiters--;
                                 sd_bus_message_unref(rt->waiters[rt->n_waiters].call);
                         }
+                        (void) forget_if_unannounced(m, model);
                         return log_error_errno(r, "Cannot start loading %s: %m", name);
                 }
+                record_requests(rt, keep_alive_sec, pin);
                 return 1;
 
         default:
@@ -590,10 +658,9 @@ int manager_unload_all(Manager *m, bool force, sd_bus_message *call) {
                 if (model->state != MODEL_LOADING || (model->pinned && !force))
                         continue;
                 r = waiter_add_full(m, model, call, WAITER_UNLOAD, batch);
-                if (r < 0) {
-                        log_warning_errno(r, "UnloadAll cannot wait for the load of %s to stop: %m", model->name);
-                        continue;
-                }
+                if (r < 0)
+                        log_warning_errno(r, "UnloadAll cancels the load of %s without waiting for it to stop: %m",
+                                          model->name);
                 manager_cancel_load(m, model);
         }
         batch_unref(batch, true);
@@ -713,13 +780,20 @@ static void loaded(Manager *m, PoolModel *model, LoaderJob *job) {
         bus_emit_model_loaded(m, model->name, model->memory_bytes);
 
         if (rt->cancel_requested || m->shutting_down) {
-                /* The load finished before it saw the cancellation. */
+                /* The load finished before it saw the cancellation. Callers
+                 * who asked again since get a fresh load (on_loader_done). */
                 rt->cancel_requested = false;
+                rt->pin_requested = false;
+                rt->keep_alive_requested = KEEP_ALIVE_DEFAULT;
                 manager_unload(m, model, m->shutting_down ? MPOOL_REASON_SHUTDOWN : MPOOL_REASON_REQUEST);
-                complete_waiters(m, model, -ECANCELED, "The load was cancelled.");
+                if (m->shutting_down)
+                        complete_waiters(m, model, -ECANCELED, "The load was cancelled.");
+                else
+                        complete_unload_waiters(model, true);
                 return;
         }
 
+        apply_requests(model, rt);
         complete_waiters(m, model, 0, NULL);
         model_changed(m, model);
         pool_changed(m);
@@ -786,8 +860,11 @@ static void on_loader_done(LoaderJob *job, void *userdata) {
                 }
         }
 
-        if (m->shutting_down && loader_running(m->loader) == 0)
-                (void) sd_event_exit(m->event, 0);
+        if (m->shutting_down) {
+                if (loader_running(m->loader) == 0)
+                        (void) sd_event_exit(m->event, 0);
+        } else
+                manager_preload(m);
 }
 
 static void on_memory(MemoryMonitor *monitor, const MemoryInfo *info, bool stalled, void *userdata) {
@@ -846,15 +923,49 @@ int manager_start(Manager *m) {
 }
 
 void manager_preload(Manager *m) {
-        for (char **name = m->config.preload; name && *name; name++) {
+        char **preload = m->config.preload;
+
+        while (preload && preload[m->preload_next] && load_slot_free(m)) {
                 _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+                const char *name = preload[m->preload_next++];
                 int r;
 
-                r = manager_request_load(m, *name, KEEP_ALIVE_DEFAULT, true, NULL, WAITER_LOAD, &error);
+                r = manager_request_load(m, name, KEEP_ALIVE_DEFAULT, true, NULL, WAITER_LOAD, &error);
                 if (r < 0)
-                        log_error_errno(r, "Cannot preload %s: %s", *name,
+                        log_error_errno(r, "Cannot preload %s: %s", name,
                                         sd_bus_error_is_set(&error) ? error.message : strerror(-r));
         }
+}
+
+void manager_peer_left(Manager *m, const char *name) {
+        peer_left(m, name);
+
+        /* Nobody is left to answer; the loads themselves go on. */
+        for (PoolModel *model = m->pool.models; model; model = model->next) {
+                ModelRuntime *rt = model->userdata;
+                size_t kept = 0;
+
+                for (size_t i = 0; rt && i < rt->n_waiters; i++) {
+                        Waiter *w = &rt->waiters[i];
+
+                        if (w->kind == WAITER_UNLOAD ||
+                            strcmp(strempty(sd_bus_message_get_sender(w->call)), name) != 0) {
+                                rt->waiters[kept++] = *w;
+                                continue;
+                        }
+                        sd_bus_message_unref(w->call);
+                }
+                if (rt)
+                        rt->n_waiters = kept;
+        }
+}
+
+void manager_bus_lost(Manager *m) {
+        if (m->bus_lost)
+                return;
+        m->bus_lost = true;
+        log_error("The connection to the bus is gone; unloading every model and stopping.");
+        manager_begin_shutdown(m);
 }
 
 void manager_begin_shutdown(Manager *m) {

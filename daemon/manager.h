@@ -54,6 +54,10 @@ typedef struct ModelRuntime {
         uint64_t progress_emitted_bytes;
         bool progress_started;
         bool cancel_requested;
+        /* What callers asked for while the model was not loaded yet; applied
+         * when the load succeeds, dropped when it fails. */
+        bool pin_requested;
+        int64_t keep_alive_requested; /* KEEP_ALIVE_DEFAULT: nothing asked */
 } ModelRuntime;
 
 /* Bounds on what callers can make the daemon keep. */
@@ -75,6 +79,9 @@ struct Manager {
         uint64_t memory_available_min;
         sd_event_source *idle_timer;
         sd_bus_slot *object_manager_slot;
+        sd_bus_slot *peer_left_slot;
+        size_t preload_next;          /* Preload= entries started so far */
+        bool bus_lost;
         PolkitRegistry *polkit;
         Peer *peers;
         unsigned n_peers;
@@ -90,7 +97,13 @@ int manager_configure(Manager *m, const Config *config);
 int manager_scan_store(Manager *m);
 int manager_start(Manager *m);
 void manager_begin_shutdown(Manager *m);
+/* Starts the Preload= models as load slots allow; called again whenever a
+ * load ends, until every one has been started. */
 void manager_preload(Manager *m);
+/* A unique name left the bus: its holds and waiting calls are dropped. */
+void manager_peer_left(Manager *m, const char *name);
+/* The bus connection is gone: unload and stop, reporting failure. */
+void manager_bus_lost(Manager *m);
 
 uint64_t manager_now(void);                      /* CLOCK_MONOTONIC µs */
 uint64_t manager_realtime(const Manager *m, uint64_t monotonic);

@@ -229,6 +229,8 @@ static int run(int argc, char *argv[]) {
         r = sd_event_loop(m->event);
         if (r < 0)
                 return log_error_errno(r, "The event loop failed: %m");
+        if (m->bus_lost)
+                return -ENOTCONN;   /* already logged; a failure, so that the unit restarts */
 
         log_info("mpoold stopped.");
         return 0;

@@ -14,11 +14,10 @@ typedef struct Hold {
 } Hold;
 
 struct Peer {
-        Manager *manager;
         char *name;
-        sd_bus_track *track;
         Hold *holds;
         size_t n_holds;
+        unsigned n_total;    /* sum of the counts */
         Peer *next;
 };
 
@@ -32,7 +31,6 @@ static Peer *peer_find(const Manager *m, const char *name) {
 static void peer_free(Peer *p) {
         if (!p)
                 return;
-        sd_bus_track_unref(p->track);
         for (size_t i = 0; i < p->n_holds; i++)
                 free(p->holds[i].model_name);
         free(p->holds);
@@ -49,119 +47,97 @@ static void peer_unlink(Manager *m, Peer *p) {
                 }
 }
 
-static int on_peer_gone(sd_bus_track *track, void *userdata) {
-        Peer *p = userdata;
-        Manager *m = p->manager;
-
-        log_info("Peer %s left the bus; dropping its %zu hold(s).", p->name, p->n_holds);
-        peer_unlink(m, p);
-        for (size_t i = 0; i < p->n_holds; i++)
-                manager_drop_holds(m, p->holds[i].model_name, p->holds[i].count);
-        peer_free(p);
-        return 0;
-}
-
-static int peer_get(Manager *m, const char *name, Peer **ret) {
-        Peer *p;
-        int r;
-
-        p = peer_find(m, name);
-        if (p) {
-                *ret = p;
-                return 0;
-        }
-        if (m->n_peers >= PEERS_MAX)
-                return -EBUSY;
-
-        p = calloc(1, sizeof *p);
-        if (!p)
-                return -ENOMEM;
-        p->manager = m;
-        p->name = strdup(name);
-        if (!p->name) {
-                peer_free(p);
-                return -ENOMEM;
-        }
-        r = sd_bus_track_new(m->bus, &p->track, on_peer_gone, p);
-        if (r >= 0)
-                /* Also checks that the peer is still on the bus. */
-                r = sd_bus_track_add_name(p->track, name);
-        if (r < 0) {
-                peer_free(p);
-                return r;
-        }
-
-        p->next = m->peers;
-        m->peers = p;
-        m->n_peers++;
-        *ret = p;
-        return 0;
+static Hold *hold_find(Peer *p, const char *model_name) {
+        for (size_t i = 0; p && i < p->n_holds; i++)
+                if (strcmp(p->holds[i].model_name, model_name) == 0)
+                        return &p->holds[i];
+        return NULL;
 }
 
 int peer_add_hold(Manager *m, const char *peer_name, const char *model_name) {
-        Peer *p;
-        Hold *holds;
-        int r;
+        _cleanup_free_ char *model_copy = NULL;
+        Peer *p, *created = NULL;
+        Hold *hold, *holds;
 
         assert(m);
         assert(peer_name);
         assert(model_name);
 
-        r = peer_get(m, peer_name, &p);
-        if (r < 0)
-                return r;
-
-        for (size_t i = 0; i < p->n_holds; i++)
-                if (strcmp(p->holds[i].model_name, model_name) == 0) {
-                        if (p->holds[i].count >= HOLDS_PER_PEER_MAX)
-                                return -EBUSY;
-                        p->holds[i].count++;
-                        return 0;
-                }
-
-        if (p->n_holds >= HOLDS_PER_PEER_MAX)
+        p = peer_find(m, peer_name);
+        if (p && p->n_total >= HOLDS_PER_PEER_MAX)
                 return -EBUSY;
-        holds = reallocarray(p->holds, p->n_holds + 1, sizeof *holds);
-        if (!holds)
+
+        hold = hold_find(p, model_name);
+        if (hold) {
+                hold->count++;
+                p->n_total++;
+                return 0;
+        }
+
+        if (!p) {
+                if (m->n_peers >= PEERS_MAX)
+                        return -EUSERS;
+                created = calloc(1, sizeof *created);
+                if (!created)
+                        return -ENOMEM;
+                created->name = strdup(peer_name);
+                if (!created->name) {
+                        peer_free(created);
+                        return -ENOMEM;
+                }
+                p = created;
+        }
+
+        /* Everything that can fail happens before the peer is linked, so a
+         * failure leaves no holdless peer behind. */
+        model_copy = strdup(model_name);
+        holds = model_copy ? reallocarray(p->holds, p->n_holds + 1, sizeof *holds) : NULL;
+        if (!holds) {
+                peer_free(created);
                 return -ENOMEM;
+        }
         p->holds = holds;
-        p->holds[p->n_holds].model_name = strdup(model_name);
-        if (!p->holds[p->n_holds].model_name)
-                return -ENOMEM;
-        p->holds[p->n_holds++].count = 1;
+        p->holds[p->n_holds++] = (Hold) { .model_name = TAKE_PTR(model_copy), .count = 1 };
+        p->n_total++;
+
+        if (created) {
+                created->next = m->peers;
+                m->peers = created;
+                m->n_peers++;
+        }
         return 0;
 }
 
 int peer_remove_hold(Manager *m, const char *peer_name, const char *model_name) {
         Peer *p = peer_find(m, peer_name);
+        Hold *hold = hold_find(p, model_name);
 
-        if (!p)
+        if (!hold)
                 return -ENOENT;
-        for (size_t i = 0; i < p->n_holds; i++) {
-                if (strcmp(p->holds[i].model_name, model_name) != 0)
-                        continue;
-                if (--p->holds[i].count == 0) {
-                        free(p->holds[i].model_name);
-                        p->holds[i] = p->holds[--p->n_holds];
-                }
-                if (p->n_holds == 0) {
-                        peer_unlink(m, p);
-                        peer_free(p);
-                }
-                return 0;
+
+        p->n_total--;
+        if (--hold->count == 0) {
+                free(hold->model_name);
+                *hold = p->holds[--p->n_holds];
         }
-        return -ENOENT;
+        if (p->n_holds == 0) {
+                peer_unlink(m, p);
+                peer_free(p);
+        }
+        return 0;
 }
 
-unsigned peer_count_holds(const Manager *m, const char *peer_name, const char *model_name) {
+void peer_left(Manager *m, const char *peer_name) {
         Peer *p = peer_find(m, peer_name);
 
         if (!p)
-                return 0;
+                return;
+
+        log_info("Peer %s left the bus; dropping its %u hold(s).", p->name, p->n_total);
+        peer_unlink(m, p);
         for (size_t i = 0; i < p->n_holds; i++)
-                if (strcmp(p->holds[i].model_name, model_name) == 0)
-                        return p->holds[i].count;
-        return 0;
+                manager_drop_holds(m, p->holds[i].model_name, p->holds[i].count);
+        peer_free(p);
 }
 
 void peers_free(Manager *m) {

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <systemd/sd-event.h>
 
+#include "bus-util.h"
 #include "log.h"
 #include "macro.h"
 #include "mpool-bus.h"
@@ -23,14 +24,6 @@
  * default timeout; one that may show an authentication dialog waits for a
  * person typing a password. */
 #define POLKIT_INTERACTIVE_TIMEOUT_USEC (5 * 60 * USEC_PER_SEC)
-
-/* Every unique name that leaves the bus: a departed caller's pending checks
- * are dropped. Installed once, before the daemon owns its name, so no
- * caller can leave unnoticed between its call and the check. */
-#define MATCH_CALLER_LEFT                                          \
-        "type='signal',sender='org.freedesktop.DBus',"             \
-        "path='/org/freedesktop/DBus',interface='org.freedesktop.DBus'," \
-        "member='NameOwnerChanged',arg2=''"
 
 typedef enum Verdict {
         VERDICT_PENDING,
@@ -500,7 +493,7 @@ int polkit_registry_new(sd_bus *bus, bool enabled, PolkitRegistry **ret) {
         registry->bus = bus ? sd_bus_ref(bus) : NULL;
 
         if (enabled) {
-                r = sd_bus_add_match_async(bus, &registry->caller_left_slot, MATCH_CALLER_LEFT, on_caller_left,
+                r = sd_bus_add_match_async(bus, &registry->caller_left_slot, MATCH_UNIQUE_NAME_LEFT, on_caller_left,
                                            on_caller_left_installed, registry);
                 if (r < 0)
                         return r;

@@ -4,12 +4,15 @@
 import os
 import re
 import shutil
+import subprocess
+import tempfile
 import threading
 
 import dbus
 
-from harness import (DEADLINE, ERROR_CANCELLED, ERROR_MODEL_PINNED, GiB, PyClient, expect_dbus_error, wait_until,
-                     write_sparse_model)
+from harness import (BUS_NAME, DEADLINE, ERROR_CANCELLED, ERROR_INSUFFICIENT_MEMORY, ERROR_MODEL_NOT_FOUND,
+                     ERROR_MODEL_PINNED, MANAGER_IFACE, MANAGER_PATH, GiB, MiB, PyClient,
+                     expect_dbus_error, wait_until, write_sparse_model)
 
 
 def test_preload_pins_at_start(ctx):
@@ -232,3 +235,67 @@ def test_sigterm_during_load_cancels_it(ctx):
         assert outcome["error"][0] == ERROR_CANCELLED, f"the waiting Load got {outcome['error']}"
         failed = ctx.monitor.wait_signal("LoadFailed", name)
         assert failed.args[1] == ERROR_CANCELLED, failed
+
+
+def test_preload_waits_for_free_load_slots(ctx):
+        """More Preload= models than MaxConcurrentLoads: the rest start as
+        slots free up instead of being refused as Busy."""
+        names = ["alpha", "beta", "gamma"]
+        for name in names:
+                ctx.model(name, size="4M")
+        d = ctx.daemon(Preload=" ".join(names), MaxConcurrentLoads="1")
+        for name in names:
+                m = d.wait_model(name, lambda m: m["state"] == "loaded", "preloaded")
+                assert m["pinned"] is True, m
+
+
+def test_failed_pinned_load_leaves_no_pin(ctx):
+        ctx.model("big", size="32M")
+        d = ctx.daemon(MemoryLimit="24M")
+        expect_dbus_error(ERROR_INSUFFICIENT_MEMORY, d.py.load, "big", pin=True, keep_alive_sec=-1)
+        m = d.model("big")
+        assert m["pinned"] is False, f"a refused Load(pin) left the model pinned: {m}"
+        assert d.py.unload("big") is False
+
+        d.ctl.run("set-property", BUS_NAME, MANAGER_PATH, MANAGER_IFACE, "MemoryLimit", "t", str(64 * MiB))
+        d.load("big")
+        m = d.model("big")
+        assert m["pinned"] is False and m["expires_at_usec"] > 0, \
+                f"the refused Load's pin or keep-alive came back on a later load: {m}"
+
+
+def test_names_that_do_not_exist_are_not_kept(ctx):
+        ctx.model("alpha", size="1M")
+        d = ctx.daemon()
+        for i in range(20):
+                expect_dbus_error(ERROR_MODEL_NOT_FOUND, d.py.load, f"ghost-{i}")
+        pool, models = d.status()
+        assert sorted(models) == ["alpha"], f"names that failed to load are still known: {sorted(models)}"
+
+
+def test_daemon_stops_with_failure_when_the_bus_goes_away(ctx):
+        """Unreachable, the daemon would hold memory for nobody: it unloads,
+        and exits non-zero so that systemd's Restart=on-failure applies."""
+        ctx.model("alpha", size="4M")
+        # A socket path must fit in 108 bytes: the test's own directory is too deep.
+        bus_dir = tempfile.mkdtemp(prefix="mpool-bus-")
+        address = subprocess.run([ctx.suite.private_bus, "start", bus_dir], check=True, capture_output=True,
+                                 text=True).stdout.strip()
+        config = ctx.write_config()
+        log_path = os.path.join(ctx.dir, "lost-bus.log")
+        with open(log_path, "wb") as log:
+                proc = ctx.spawn([ctx.suite.mpoold, f"--address={address}", f"--config={config}", "--no-polkit"],
+                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        try:
+                wait_until(lambda: subprocess.run(["busctl", f"--address={address}", "status", BUS_NAME],
+                                                  capture_output=True).returncode == 0, "mpoold on its own bus")
+                subprocess.run(["busctl", f"--address={address}", "call", BUS_NAME, MANAGER_PATH, MANAGER_IFACE,
+                                "Load", "sa{sv}", "alpha", "0"], check=True, capture_output=True)
+        finally:
+                subprocess.run([ctx.suite.private_bus, "stop", bus_dir], check=False, capture_output=True)
+                shutil.rmtree(bus_dir, ignore_errors=True)
+        code = proc.wait(DEADLINE)
+        with open(log_path) as f:
+                log = f.read()
+        assert code != 0, f"mpoold exited {code} after losing its bus:\n{log}"
+        assert "Unloaded alpha (shutdown)" in log, log
