@@ -40,6 +40,21 @@ static bool errno_is_unreachable(int r) {
                r == ENETUNREACH || r == ESHUTDOWN || r == EPIPE;
 }
 
+int client_attach_event(sd_bus *bus, sd_event **ret) {
+        _cleanup_(sd_event_unrefp) sd_event *event = NULL;
+        int r;
+
+        r = sd_event_default(&event);
+        if (r < 0)
+                return print_error_errno(r, "Cannot create the event loop: %m");
+        r = sd_bus_attach_event(bus, event, SD_EVENT_PRIORITY_NORMAL);
+        if (r < 0)
+                return print_error_errno(r, "Cannot attach the bus to the event loop: %m");
+
+        *ret = TAKE_PTR(event);
+        return 0;
+}
+
 int client_connect(sd_bus **ret) {
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
         int r;

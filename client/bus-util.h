@@ -16,6 +16,10 @@
  * (MPOOL_EXIT_UNREACHABLE when there is no bus to talk to). */
 int client_connect(sd_bus **ret);
 
+/* The default event loop with the bus attached to it, for the verbs that
+ * follow signals. Returns 0, or an exit status after saying what failed. */
+int client_attach_event(sd_bus *bus, sd_event **ret);
+
 /* The exit status for a failed call: error (if set) or else r. */
 int bus_error_exit_status(const sd_bus_error *error, int r);
 

@@ -339,13 +339,10 @@ int verb_load(int argc, char *argv[]) {
         if (r != 0)
                 return r;
 
-        r = sd_event_default(&event);
-        if (r < 0)
-                return print_error_errno(r, "Cannot create the event loop: %m");
+        r = client_attach_event(bus, &event);
+        if (r != 0)
+                return r;
         c.event = event;
-        r = sd_bus_attach_event(bus, event, SD_EVENT_PRIORITY_NORMAL);
-        if (r < 0)
-                return print_error_errno(r, "Cannot attach the bus to the event loop: %m");
 
         /* Subscribed before Load is sent, so no progress signal is missed. */
         r = sd_bus_match_signal(bus, NULL, MPOOL_BUS_NAME, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE,

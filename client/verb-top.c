@@ -634,13 +634,10 @@ int verb_top(int argc, char *argv[]) {
                 return r;
         t.bus = bus;
 
-        r = sd_event_default(&event);
-        if (r < 0)
-                return print_error_errno(r, "Cannot create the event loop: %m");
+        r = client_attach_event(bus, &event);
+        if (r != 0)
+                return r;
         t.event = event;
-        r = sd_bus_attach_event(bus, event, SD_EVENT_PRIORITY_NORMAL);
-        if (r < 0)
-                return print_error_errno(r, "Cannot attach the bus to the event loop: %m");
 
         r = subscribe(&t);
         if (r < 0)
