@@ -4,6 +4,8 @@
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -299,3 +301,46 @@ def test_daemon_stops_with_failure_when_the_bus_goes_away(ctx):
                 log = f.read()
         assert code != 0, f"mpoold exited {code} after losing its bus:\n{log}"
         assert "Unloaded alpha (shutdown)" in log, log
+
+
+def test_sd_notify_ready_status_and_stopping(ctx):
+        """systemd learns readiness only once the name is owned, a one-line
+        status, and STOPPING=1 on SIGTERM."""
+        ctx.model("alpha", size="4M")
+        sock_dir = tempfile.mkdtemp(prefix="mpool-notify-")  # socket paths must stay short
+        sock_path = os.path.join(sock_dir, "notify")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(sock_path)
+        sock.settimeout(DEADLINE)
+        config = ctx.write_config()
+        env = dict(os.environ, NOTIFY_SOCKET=sock_path)
+        log_path = os.path.join(ctx.dir, "notify.log")
+        try:
+                with open(log_path, "wb") as log:
+                        proc = ctx.spawn([ctx.suite.mpoold, f"--address={ctx.suite.address}", f"--config={config}",
+                                          "--no-polkit"], env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT)
+
+                def receive_until(key):
+                        while True:
+                                fields = dict(line.split("=", 1) for line in
+                                              sock.recv(4096).decode().splitlines() if "=" in line)
+                                if key in fields:
+                                        return fields
+
+                ready = receive_until("READY")
+                assert ready["READY"] == "1", ready
+                owner = subprocess.run(["busctl", f"--address={ctx.suite.address}", "status", BUS_NAME],
+                                       capture_output=True, text=True)
+                assert owner.returncode == 0 and f"PID={proc.pid}" in owner.stdout, \
+                        f"READY=1 came before mpoold owned {BUS_NAME}: {owner.stdout}{owner.stderr}"
+                status = receive_until("STATUS")
+                assert "model" in status["STATUS"] and "MiB" in status["STATUS"], status
+
+                proc.send_signal(signal.SIGTERM)
+                stopping = receive_until("STOPPING")
+                assert stopping["STOPPING"] == "1", stopping
+                assert proc.wait(DEADLINE) == 0
+        finally:
+                sock.close()
+                shutil.rmtree(sock_dir, ignore_errors=True)
