@@ -372,44 +372,30 @@ static void complete_waiters(Manager *m, PoolModel *model, int r, const char *me
         free(waiters);
 }
 
-/* Answers the Load and Acquire callers only, leaving Unload callers waiting
- * for the cancelled job to give its memory back. */
-static void cancel_load_waiters(PoolModel *model, const char *message) {
+/* Answers one side of the waiters and keeps the other. With unloads, the
+ * Unload and UnloadAll callers, once a cancelled load has let go of its
+ * memory (Load and Acquire callers that came after the cancellation stay,
+ * for the load to start again). Otherwise the Load and Acquire callers of a
+ * load being cancelled, with Cancelled and message (Unload callers stay
+ * until the memory is back). */
+static void answer_waiters(PoolModel *model, bool unloads, bool was_loaded, const char *message) {
         ModelRuntime *rt = model->userdata;
         size_t kept = 0;
 
         for (size_t i = 0; i < rt->n_waiters; i++) {
                 Waiter *w = &rt->waiters[i];
 
-                if (w->kind == WAITER_UNLOAD) {
-                        rt->waiters[kept++] = *w;
-                        continue;
-                }
-                reply_or_log(sd_bus_reply_method_errorf(w->call, MPOOL_ERROR_CANCELLED, "%s", message),
-                             model->name);
-                sd_bus_message_unref(w->call);
-        }
-        rt->n_waiters = kept;
-}
-
-/* Answers the Unload and UnloadAll callers only, once a cancelled load has
- * let go of its memory; Load and Acquire callers that came after the
- * cancellation stay, for the load to start again. */
-static void complete_unload_waiters(PoolModel *model, bool was_loaded) {
-        ModelRuntime *rt = model->userdata;
-        size_t kept = 0;
-
-        for (size_t i = 0; i < rt->n_waiters; i++) {
-                Waiter *w = &rt->waiters[i];
-
-                if (w->kind != WAITER_UNLOAD) {
+                if ((w->kind == WAITER_UNLOAD) != unloads) {
                         rt->waiters[kept++] = *w;
                         continue;
                 }
                 if (w->batch)
                         batch_unref(w->batch, true);
-                else
+                else if (unloads)
                         reply_or_log(sd_bus_reply_method_return(w->call, "b", was_loaded), model->name);
+                else
+                        reply_or_log(sd_bus_reply_method_errorf(w->call, MPOOL_ERROR_CANCELLED, "%s", message),
+                                     model->name);
                 sd_bus_message_unref(w->call);
         }
         rt->n_waiters = kept;
@@ -463,7 +449,7 @@ static bool load_failed(Manager *m, PoolModel *model, int r, const char *message
         rt->pin_requested = false;
         rt->keep_alive_requested = KEEP_ALIVE_DEFAULT;
         if (r == -ECANCELED && rt->cancel_requested && !m->shutting_down)
-                complete_unload_waiters(model, false);
+                answer_waiters(model, true, false, NULL);
         else
                 complete_waiters(m, model, r, message);
         rt->cancel_requested = false;
@@ -681,7 +667,7 @@ void manager_cancel_load(Manager *m, PoolModel *model) {
         loader_job_cancel(rt->job);
         if (asprintf(&message, "Loading %s was cancelled by an unload request.", model->name) < 0)
                 message = NULL;
-        cancel_load_waiters(model, message ?: "The load was cancelled.");
+        answer_waiters(model, false, false, message ?: "The load was cancelled.");
         bus_emit_load_failed(m, model->name, MPOOL_ERROR_CANCELLED, message ?: "The load was cancelled.");
 }
 
@@ -789,7 +775,7 @@ static void loaded(Manager *m, PoolModel *model, LoaderJob *job) {
                 if (m->shutting_down)
                         complete_waiters(m, model, -ECANCELED, "The load was cancelled.");
                 else
-                        complete_unload_waiters(model, true);
+                        answer_waiters(model, true, true, NULL);
                 return;
         }
 
@@ -982,7 +968,7 @@ void manager_begin_shutdown(Manager *m) {
                         manager_unload(m, model, MPOOL_REASON_SHUTDOWN);
                 else if (rt && rt->job) {
                         loader_job_cancel(rt->job);
-                        cancel_load_waiters(model, "mpoold is shutting down.");
+                        answer_waiters(model, false, false, "mpoold is shutting down.");
                 }
         }
 
