@@ -649,10 +649,9 @@ const char *bus_load_error_name(int r) {
                 return MPOOL_ERROR_CANCELLED;
         case -ENOMEM:
                 return SD_BUS_ERROR_NO_MEMORY;
-        case -EACCES:
-        case -EPERM:
-                return SD_BUS_ERROR_ACCESS_DENIED;
         default:
+                /* Unreadable files too (EACCES): that is the store's problem,
+                 * not the caller's authorization, so no AccessDenied. */
                 return SD_BUS_ERROR_IO_ERROR;
         }
 }
