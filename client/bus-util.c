@@ -40,6 +40,51 @@ static bool errno_is_unreachable(int r) {
                r == ENETUNREACH || r == ESHUTDOWN || r == EPIPE;
 }
 
+/* The transports sd-bus can connect with; it skips any other, so that an
+ * address of only those fails as "connection refused". */
+static bool bus_transport_known(const char *entry, size_t length) {
+        static const char *const known[] = { "unix:", "tcp:", "unixexec:", "x-machine-unix:" };
+
+        for (size_t i = 0; i < ELEMENTSOF(known); i++)
+                if (length >= strlen(known[i]) && strncmp(entry, known[i], strlen(known[i])) == 0)
+                        return true;
+        return false;
+}
+
+/* A D-Bus address is "transport:key=value,..." entries separated by ";".
+ * Returns 0, or MPOOL_EXIT_USAGE after saying what is wrong. */
+static int check_bus_address(const char *address) {
+        size_t entries = 0;
+
+        for (const char *p = address; *p;) {
+                size_t length = strcspn(p, ";");
+
+                if (length > 0) {
+                        if (!memchr(p, ':', length)) {
+                                print_error("Invalid bus address '%s': '%.*s' names no transport "
+                                            "(e.g. unix:path=/run/dbus/system_bus_socket).",
+                                            address, (int) length, p);
+                                return MPOOL_EXIT_USAGE;
+                        }
+                        if (!bus_transport_known(p, length)) {
+                                print_error("Invalid bus address '%s': unknown transport in '%.*s'; "
+                                            "use unix:, tcp:, unixexec: or x-machine-unix:.",
+                                            address, (int) length, p);
+                                return MPOOL_EXIT_USAGE;
+                        }
+                        entries++;
+                }
+                p += length;
+                if (*p == ';')
+                        p++;
+        }
+        if (entries == 0) {
+                print_error("Invalid bus address '%s': it names no bus.", address);
+                return MPOOL_EXIT_USAGE;
+        }
+        return 0;
+}
+
 int client_attach_event(sd_bus *bus, sd_event **ret) {
         _cleanup_(sd_event_unrefp) sd_event *event = NULL;
         int r;
@@ -67,6 +112,9 @@ int client_connect(sd_bus **ret) {
                 r = sd_bus_open_system_remote(&bus, arg_host);
                 break;
         case TRANSPORT_ADDRESS:
+                r = check_bus_address(arg_address);
+                if (r != 0)
+                        return r;
                 r = sd_bus_new(&bus);
                 if (r < 0)
                         break;
@@ -79,6 +127,12 @@ int client_connect(sd_bus **ret) {
                 if (r < 0)
                         break;
                 r = sd_bus_start(bus);
+                /* sd-bus parses the address only now: EINVAL is a malformed
+                 * key or value, not a bus that refused us. */
+                if (r == -EINVAL) {
+                        print_error_errno(r, "Invalid bus address '%s': %m", arg_address);
+                        return MPOOL_EXIT_USAGE;
+                }
                 break;
         case TRANSPORT_SYSTEM:
         default:
@@ -133,6 +187,7 @@ static ErrorClass classify(const sd_bus_error *error, int r) {
                 { MPOOL_ERROR_CANCELLED,                                ERROR_CANCELLED },
                 { MPOOL_ERROR_BUSY,                                     ERROR_BUSY },
                 { MPOOL_ERROR_LIMITS_EXCEEDED,                          ERROR_LIMITS },
+                { SD_BUS_ERROR_LIMITS_EXCEEDED,                         ERROR_LIMITS },
                 { MPOOL_ERROR_NOT_HELD,                                 ERROR_NOT_HELD },
                 { SD_BUS_ERROR_UNKNOWN_OBJECT,                          ERROR_NOT_FOUND },
                 { SD_BUS_ERROR_ACCESS_DENIED,                           ERROR_ACCESS_DENIED },
@@ -306,6 +361,10 @@ uint64_t load_call_timeout(void) {
         return arg_timeout_set ? arg_timeout_usec : UINT64_MAX;
 }
 
+uint64_t authorized_call_timeout(void) {
+        return arg_timeout_set ? arg_timeout_usec : AUTHORIZED_CALL_TIMEOUT_USEC;
+}
+
 int model_object_path(const char *name, char **ret) {
         return sd_bus_path_encode(MPOOL_MODELS_PATH, name, ret);
 }
@@ -349,8 +408,8 @@ const cJSON *models_find(const cJSON *models, const char *name) {
         return NULL;
 }
 
-int block_signals(int first, ...) {
-        sigset_t set;
+int block_signals(sigset_t *ret_old, int first, ...) {
+        sigset_t set, old;
         va_list ap;
 
         sigemptyset(&set);
@@ -359,8 +418,10 @@ int block_signals(int first, ...) {
                 sigaddset(&set, sig);
         va_end(ap);
 
-        if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
+        if (sigprocmask(SIG_BLOCK, &set, &old) < 0)
                 return negative_errno();
+        if (ret_old)
+                *ret_old = old;
         return 0;
 }
 

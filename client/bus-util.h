@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cjson/cJSON.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
@@ -35,6 +36,12 @@ int check_model_name(const char *name);
 /* The timeout for calls that load (Load, Acquire): none unless --timeout=. */
 uint64_t load_call_timeout(void);
 
+/* The timeout for the other calls that polkit may have to ask a password
+ * for (Unload, UnloadAll, setting a property): long enough to type it,
+ * unless --timeout=. */
+#define AUTHORIZED_CALL_TIMEOUT_USEC (5 * 60 * USEC_PER_SEC)
+uint64_t authorized_call_timeout(void);
+
 /* The object path of a model. */
 int model_object_path(const char *name, char **ret);
 
@@ -45,8 +52,9 @@ int mpool_status(sd_bus *bus, cJSON **ret_pool, cJSON **ret_models, sd_bus_error
 /* The model of that name in the models array, or NULL. */
 const cJSON *models_find(const cJSON *models, const char *name);
 
-/* Blocks these signals (0-terminated) so that sd-event can take them. */
-int block_signals(int first, ...);
+/* Blocks these signals (0-terminated) so that sd-event can take them;
+ * ret_old (if not NULL) gets the mask as it was, for a child to start with. */
+int block_signals(sigset_t *ret_old, int first, ...);
 
 /* Calls handler once mpoold leaves the bus (it crashed or stopped), with
  * bus_lost false, or when the connection to the bus itself is lost, with

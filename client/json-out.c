@@ -8,6 +8,7 @@
 
 #include "client.h"
 #include "json-out.h"
+#include "terminal.h"
 
 static cJSON *json_raw_number(const char *format, ...) _printf_(1, 2);
 static cJSON *json_raw_number(const char *format, ...) {
@@ -280,11 +281,15 @@ const char *json_get_string(const cJSON *object, const char *key, const char *fa
 
 int json_print(const cJSON *j, FILE *f) {
         _cleanup_free_ char *text = NULL;
+        int r;
 
         text = arg_json == JSON_PRETTY ? cJSON_Print(j) : cJSON_PrintUnformatted(j);
         if (!text)
-                return -ENOMEM;
+                return print_oom();
         fputs(text, f);
         fputc('\n', f);
-        return fflush(f) == 0 ? 0 : negative_errno();
+        r = fflush_and_check(f);
+        if (r < 0)
+                return print_output_error(r);
+        return 0;
 }

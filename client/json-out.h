@@ -40,5 +40,6 @@ bool json_get_bool(const cJSON *object, const char *key, bool fallback);
 const char *json_get_string(const cJSON *object, const char *key, const char *fallback);
 
 /* Writes j to f, compact (one line) or indented as --json= says, with a
- * newline, and flushes. Returns 0 or a negative errno. */
+ * newline, and flushes. Returns 0, or a negative errno after saying what
+ * failed (but nothing for EPIPE: the reader went away). */
 int json_print(const cJSON *j, FILE *f);

@@ -61,8 +61,9 @@ static void help(void) {
                "     --no-pager              Do not pipe output into a pager\n"
                "     --no-legend             Print no column headers and footers\n"
                "  -q --quiet                 Print only what was asked for and errors\n"
-               "     --timeout=DURATION      Method call timeout (default 25s; loads wait\n"
-               "                             until done unless this is given)\n"
+               "     --timeout=DURATION      Method call timeout (default 25s; unless this is\n"
+               "                             given, loads wait until done, and unload and\n"
+               "                             set up to 5min for a password to be typed)\n"
                "     --no-ask-password       Do not ask for authorization interactively\n"
                "     --keep-alive=DURATION   load: unload after this long unused, or infinity\n"
                "     --pin                   load: never unload for idleness or memory\n"
@@ -289,11 +290,15 @@ int main(int argc, char *argv[]) {
         r = parse_argv(argc, argv);
         if (r < 0)
                 return MPOOL_EXIT_USAGE;
-        if (r == 0)
-                return MPOOL_EXIT_SUCCESS;
+        if (r > 0)
+                r = dispatch_verb(argc - optind, argv + optind);
 
-        r = dispatch_verb(argc - optind, argv + optind);
-        if (fflush(stdout) != 0 && r == 0)
-                r = print_error_errno(errno, "Cannot write the output: %m");
+        /* What is still buffered, and anything stdio failed to write before:
+         * success is only what reached stdout. */
+        if (r == 0) {
+                r = fflush_and_check(stdout);
+                if (r < 0)
+                        print_output_error(r);
+        }
         return r < 0 ? MPOOL_EXIT_FAILURE : r;
 }

@@ -53,15 +53,22 @@ static int write_all(int fd, const char *s, size_t n) {
  * else less, else more; and if none can run, the text is copied as it is. */
 _Noreturn static void exec_pager(void) {
         const char *pager = getenv("MPOOL_PAGER") ?: getenv("PAGER");
+        const char *less_options = getenv("MPOOL_LESS") ?: "FRSXMK";
         char buffer[4096];
         ssize_t k;
+
+        /* As systemd's tools do: our options for less override $LESS, which
+         * users set for other purposes (e.g. -i) and without R would show
+         * our colors as raw escape codes. $MPOOL_LESS is how to change them.
+         * Set for $PAGER too, which is often less. */
+        if (setenv("LESS", less_options, 1) < 0)
+                _exit(EXIT_FAILURE);
 
         if (pager) {
                 /* "" and "cat" mean no pager. */
                 if (*pager && strcmp(pager, "cat") != 0)
                         execl("/bin/sh", "sh", "-c", pager, (char *) NULL);
         } else {
-                setenv("LESS", "FRSXMK", 0);
                 execlp("less", "less", (char *) NULL);
                 execlp("more", "more", (char *) NULL);
         }
@@ -117,7 +124,7 @@ int pager_close(Pager *p) {
         int r;
 
         if (!p->memstream)
-                return fflush(stdout) == 0 ? 0 : negative_errno();
+                return fflush_and_check(stdout);
 
         if (fclose(p->memstream) != 0) {
                 p->memstream = NULL;
@@ -129,7 +136,7 @@ int pager_close(Pager *p) {
         /* Short output needs no pager; it would only flash the screen. */
         if (count_lines(p->buffer, p->size) < terminal_lines(STDOUT_FILENO)) {
                 fwrite(p->buffer, 1, p->size, stdout);
-                r = fflush(stdout) == 0 ? 0 : negative_errno();
+                r = fflush_and_check(stdout);
         } else {
                 fflush(stdout);
                 r = run_pager(p->buffer, p->size);

@@ -7,8 +7,9 @@
 
 /* Output that goes through a pager when it is long: on a terminal, and
  * unless --no-pager, what a verb writes is collected, and if it has more
- * lines than the terminal it is shown with $PAGER or "less -FRSXMK", as
- * systemd does. Otherwise it goes straight to stdout. */
+ * lines than the terminal it is shown with $MPOOL_PAGER, $PAGER or less,
+ * with $LESS set to "FRSXMK" (or to $MPOOL_LESS), as systemd does.
+ * Otherwise it goes straight to stdout. */
 
 typedef struct Pager {
         FILE *f;        /* write here */

@@ -122,3 +122,17 @@ int print_error_errno(int r, const char *format, ...) {
 int print_oom(void) {
         return print_error_errno(ENOMEM, "Out of memory.");
 }
+
+int fflush_and_check(FILE *f) {
+        errno = 0;
+        if (fflush(f) != 0 || ferror(f))
+                return negative_errno();
+        return 0;
+}
+
+int print_output_error(int r) {
+        r = r < 0 ? r : -r;
+        if (r == -EPIPE)
+                return r;
+        return print_error_errno(r, "Cannot write the output: %m");
+}

@@ -45,3 +45,12 @@ void print_error(const char *format, ...) _printf_(1, 2);
 void print_warning(const char *format, ...) _printf_(1, 2);
 int print_error_errno(int r, const char *format, ...) _printf_(2, 3);
 int print_oom(void);
+
+/* Flushes f and returns 0, or a negative errno if that or any write to f
+ * since its error flag was last cleared failed (stdio may have written, and
+ * failed, before: fflush() alone misses that). */
+int fflush_and_check(FILE *f);
+
+/* Says "Cannot write the output: …" for a failure r to write stdout, except
+ * EPIPE (the reader went away: nothing to tell it), and returns r. */
+int print_output_error(int r);

@@ -9,6 +9,7 @@
 #include "bus-util.h"
 #include "client.h"
 #include "mpool-bus.h"
+#include "polkit-agent.h"
 #include "terminal.h"
 
 /* Exit statuses of a command that could not be run, as shells use them. */
@@ -18,6 +19,7 @@
 typedef struct HoldContext {
         sd_event *event;
         pid_t pid;
+        sigset_t original_mask;         /* ours before we blocked the signals we handle */
 } HoldContext;
 
 static const int forwarded_signals[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT };
@@ -41,7 +43,10 @@ static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void
         /* What the kernel sends (Ctrl-C, Ctrl-\, a hangup) goes to our whole
          * process group, the command included; what another process sends to
          * us is passed on. Either way we keep waiting: the hold is released
-         * once the command is gone. */
+         * once the command is gone. A process may also signal our whole
+         * group (kill -TERM -PGID); the command then gets that signal from
+         * it and once more from us, as nothing tells such a signal apart from
+         * one sent to us alone (see BUGS in mpool-client(1)). */
         if (si->ssi_code == SI_KERNEL)
                 return 0;
         if (c->pid > 0)
@@ -49,16 +54,17 @@ static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void
         return 0;
 }
 
-_Noreturn static void exec_command(char **command) {
-        sigset_t none;
+_Noreturn static void exec_command(char **command, const sigset_t *original_mask) {
         int r;
 
-        /* The command starts as if we were not there. */
-        for (size_t i = 0; i < ELEMENTSOF(forwarded_signals); i++)
-                signal(forwarded_signals[i], SIG_DFL);
-        signal(SIGCHLD, SIG_DFL);
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
+        /* The command starts as if we were not there: with the signal mask
+         * we were started with. Dispositions we never changed (blocking is
+         * all we did), so one ignored by whoever started us (nohup) stays
+         * ignored, as they meant. */
+        if (sigprocmask(SIG_SETMASK, original_mask, NULL) < 0) {
+                print_error_errno(errno, "Cannot restore the signal mask for %s: %m", command[0]);
+                _exit(EXIT_COMMAND_NOT_EXECUTABLE);
+        }
 
         execvp(command[0], command);
         r = errno;
@@ -101,13 +107,16 @@ int verb_hold(int argc, char *argv[]) {
         if (r < 0)
                 return print_error_errno(r, "Cannot build the Acquire call: %m");
         /* Acquire loads the model if need be: it waits like load does. */
+        (void) polkit_agent_open();
         r = sd_bus_call(bus, m, load_call_timeout(), &error, NULL);
+        /* Release needs no authorization: the command has the terminal to itself. */
+        polkit_agent_close();
         if (r < 0)
                 return report_bus_error(&error, r, "hold", name);
 
         /* Only now: Ctrl-C while the model loads simply ends us (and the
          * daemon drops a hold that came too late with our connection). */
-        r = block_signals(SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGCHLD, 0);
+        r = block_signals(&c.original_mask, SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGCHLD, 0);
         if (r < 0) {
                 print_error_errno(r, "Cannot block signals: %m");
                 (void) release(bus, name);
@@ -129,7 +138,7 @@ int verb_hold(int argc, char *argv[]) {
                 return r;
         }
         if (c.pid == 0)
-                exec_command(argv + 2);
+                exec_command(argv + 2, &c.original_mask);
 
         r = sd_event_add_child(event, NULL, c.pid, WEXITED, on_child_exit, &c);
         if (r < 0) {

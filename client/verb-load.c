@@ -10,6 +10,7 @@
 #include "format.h"
 #include "json-out.h"
 #include "mpool-bus.h"
+#include "polkit-agent.h"
 #include "terminal.h"
 
 /* Rate and ETA are shown once the load has run this long, so that the first
@@ -27,6 +28,8 @@ typedef struct LoadContext {
         bool was_loaded;        /* already loaded when we asked */
         bool started_by_us;     /* neither loading nor loaded when we asked: the load is ours */
         bool cancelling;
+        bool load_replied;      /* while cancelling: the reply to Load came */
+        bool awaiting_load;     /* Unload came before our Load took effect: wait for Load, then undo it */
         int signal;             /* the signal that interrupted us */
         bool show_progress;
         bool bar_drawn;
@@ -150,15 +153,37 @@ static int print_result(LoadContext *c) {
         return 0;
 }
 
+static int cancel_load(LoadContext *c);
+
+/* Cancelled, and the load stopped or undone. */
+static int finish_cancelled(LoadContext *c) {
+        if (!arg_quiet)
+                fprintf(stderr, "Cancelled loading %s.\n", c->name);
+        return sd_event_exit(c->event, 128 + c->signal);
+}
+
 static int on_load_reply(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
         LoadContext *c = userdata;
         const sd_bus_error *error = sd_bus_message_get_error(m);
         const char *path;
         int r;
 
-        /* Cancelled on our own request: the Unload reply ends it. */
-        if (c->cancelling)
+        /* Cancelling on our own request: the Unload reply ends it, unless
+         * that Unload came too early (see on_unload_reply). */
+        if (c->cancelling) {
+                c->load_replied = true;
+                if (!c->awaiting_load)
+                        return 0;
+                c->awaiting_load = false;
+                if (error)      /* it never loaded: nothing to undo */
+                        return finish_cancelled(c);
+                r = cancel_load(c);
+                if (r < 0) {
+                        print_error_errno(r, "Cannot unload %s after cancelling its load: %m", c->name);
+                        return sd_event_exit(c->event, 128 + c->signal);
+                }
                 return 0;
+        }
 
         progress_clear(c);
 
@@ -183,12 +208,26 @@ static int on_load_reply(sd_bus_message *m, void *userdata, sd_bus_error *ret_er
 static int on_unload_reply(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
         LoadContext *c = userdata;
         const sd_bus_error *error = sd_bus_message_get_error(m);
+        int was_loaded, r;
 
-        if (error)
+        if (error) {
                 report_bus_error(error, sd_bus_message_get_errno(m), "cancel the load of", c->name);
-        else if (!arg_quiet)
-                fprintf(stderr, "Cancelled loading %s.\n", c->name);
-        return sd_event_exit(c->event, 128 + c->signal);
+                return sd_event_exit(c->event, 128 + c->signal);
+        }
+        r = sd_bus_message_read(m, "b", &was_loaded);
+        if (r < 0) {
+                print_error_errno(r, "Cannot read the reply to Unload: %m");
+                return sd_event_exit(c->event, 128 + c->signal);
+        }
+
+        /* Nothing was loading or loaded: our Load has not taken effect yet
+         * (it may still wait for polkit), and would go on after we left.
+         * Wait for it, and undo what it did. */
+        if (!was_loaded && !c->load_replied) {
+                c->awaiting_load = true;
+                return 0;
+        }
+        return finish_cancelled(c);
 }
 
 static int cancel_load(LoadContext *c) {
@@ -206,7 +245,7 @@ static int cancel_load(LoadContext *c) {
                 r = sd_bus_message_append(m, "sa{sv}", c->name, 0);
         if (r < 0)
                 return r;
-        return sd_bus_call_async(c->bus, NULL, m, on_unload_reply, c, 0);
+        return sd_bus_call_async(c->bus, NULL, m, on_unload_reply, c, authorized_call_timeout());
 }
 
 static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
@@ -322,7 +361,7 @@ int verb_load(int argc, char *argv[]) {
                 return r;
 
         /* Taken by the event loop: Ctrl-C cancels the load rather than killing us. */
-        r = block_signals(SIGINT, SIGTERM, SIGHUP, 0);
+        r = block_signals(NULL, SIGINT, SIGTERM, SIGHUP, 0);
         if (r < 0)
                 return print_error_errno(r, "Cannot block signals: %m");
 
@@ -359,6 +398,7 @@ int verb_load(int argc, char *argv[]) {
                         return print_error_errno(r, "Cannot watch signal %d: %m", handled_signals[i]);
         }
 
+        (void) polkit_agent_open();
         r = start_load(&c);
         if (r < 0)
                 return report_bus_error(NULL, r, "load", c.name);

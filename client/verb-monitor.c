@@ -78,6 +78,14 @@ static cJSON *json_event_new(const char *event, const char *name) {
         return j;
 }
 
+/* Each line is out as soon as it is written. Returns 0, or a negative errno
+ * after saying what failed (nothing for EPIPE: the reader went away). */
+static int flush_line(void) {
+        int r = fflush_and_check(stdout);
+
+        return r < 0 ? print_output_error(r) : 0;
+}
+
 /* Writes the line with its timestamp_usec; takes j. ok is false when adding
  * a field failed. */
 static int json_event_emit(cJSON *j, bool ok, uint64_t now) {
@@ -126,7 +134,7 @@ static int on_load_progress(MonitorContext *c, sd_bus_message *m, uint64_t now) 
                 printf("%s: loading started, %s to load\n", name, FORMAT_BYTES(total));
         else
                 printf("%s: loading, %d%% (%s of %s)\n", name, percent, FORMAT_BYTES(done), FORMAT_BYTES(total));
-        return fflush(stdout) == 0 ? 0 : negative_errno();
+        return flush_line();
 }
 
 static int on_model_loaded(MonitorContext *c, sd_bus_message *m, uint64_t now) {
@@ -148,7 +156,7 @@ static int on_model_loaded(MonitorContext *c, sd_bus_message *m, uint64_t now) {
 
         print_time_prefix(now);
         printf("%s: %sloaded%s, %s in memory\n", name, ansi(ANSI_GREEN), ansi(ANSI_NORMAL), FORMAT_BYTES(memory));
-        return fflush(stdout) == 0 ? 0 : negative_errno();
+        return flush_line();
 }
 
 static int on_load_failed(MonitorContext *c, sd_bus_message *m, uint64_t now) {
@@ -173,7 +181,7 @@ static int on_load_failed(MonitorContext *c, sd_bus_message *m, uint64_t now) {
         print_time_prefix(now);
         printf("%s: %s%s%s: %s\n", name, ansi(cancelled ? ANSI_YELLOW : ANSI_RED),
                cancelled ? "load cancelled" : "load failed", ansi(ANSI_NORMAL), message);
-        return fflush(stdout) == 0 ? 0 : negative_errno();
+        return flush_line();
 }
 
 static int on_model_unloaded(MonitorContext *c, sd_bus_message *m, uint64_t now) {
@@ -194,7 +202,17 @@ static int on_model_unloaded(MonitorContext *c, sd_bus_message *m, uint64_t now)
 
         print_time_prefix(now);
         printf("%s: unloaded (%s)\n", name, reason);
-        return fflush(stdout) == 0 ? 0 : negative_errno();
+        return flush_line();
+}
+
+/* Output that cannot be written ends the monitor (said once, already):
+ * with status 0 if the reader went away, as when it quits a pipe. */
+static int end_on_output_error(MonitorContext *c, int r) {
+        if (r == -EPIPE) {
+                clearerr(stdout);       /* nothing more to say about it at exit */
+                return sd_event_exit(c->event, MPOOL_EXIT_SUCCESS);
+        }
+        return sd_event_exit(c->event, MPOOL_EXIT_FAILURE);
 }
 
 static int on_manager_signal(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
@@ -214,9 +232,9 @@ static int on_manager_signal(sd_bus_message *m, void *userdata, sd_bus_error *re
         for (size_t i = 0; i < ELEMENTSOF(handlers); i++)
                 if (member && strcmp(member, handlers[i].member) == 0) {
                         r = handlers[i].handler(c, m, now_realtime_usec());
-                        if (r == -EPIPE)        /* the reader went away: we are done */
-                                return sd_event_exit(c->event, MPOOL_EXIT_SUCCESS);
-                        if (r < 0)
+                        if (ferror(stdout))
+                                return end_on_output_error(c, r);
+                        if (r < 0 && r != -ENOMEM)      /* out of memory was said already */
                                 print_warning("Cannot show a %s signal: %s", member, strerror(-r));
                         return 0;
                 }
@@ -227,6 +245,7 @@ static int on_name_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error
         MonitorContext *c = userdata;
         const char *name, *old_owner, *new_owner, *event;
         uint64_t now = now_realtime_usec();
+        int r;
 
         if (sd_bus_message_read(m, "sss", &name, &old_owner, &new_owner) < 0 || strcmp(name, MPOOL_BUS_NAME) != 0)
                 return 0;
@@ -240,17 +259,15 @@ static int on_name_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error
         for (size_t i = 0; i < c->n_milestones; i++)
                 c->milestones[i].percent = -1;
 
-        if (arg_json != JSON_OFF) {
-                int r = json_event_emit(json_event_new(event, NULL), true, now);
-
-                if (r == -EPIPE)
-                        return sd_event_exit(c->event, MPOOL_EXIT_SUCCESS);
-                return 0;
+        if (arg_json != JSON_OFF)
+                r = json_event_emit(json_event_new(event, NULL), true, now);
+        else {
+                print_time_prefix(now);
+                printf("mpoold %s\n", *new_owner ? "started" : "stopped");
+                r = flush_line();
         }
-        print_time_prefix(now);
-        printf("mpoold %s\n", *new_owner ? "started" : "stopped");
-        if (fflush(stdout) != 0 && errno == EPIPE)
-                return sd_event_exit(c->event, MPOOL_EXIT_SUCCESS);
+        if (ferror(stdout))
+                return end_on_output_error(c, r);
         return 0;
 }
 
@@ -266,9 +283,11 @@ static int on_disconnected(sd_bus_message *m, void *userdata, sd_bus_error *ret_
 
 static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
         MonitorContext *c = userdata;
+        int sig = (int) si->ssi_signo;
 
-        /* Ctrl-C is how a monitor is meant to end. */
-        return sd_event_exit(c->event, MPOOL_EXIT_SUCCESS);
+        /* Ctrl-C is how a monitor is meant to end; being terminated or hung
+         * up on is reported as shells report it. */
+        return sd_event_exit(c->event, sig == SIGINT ? MPOOL_EXIT_SUCCESS : 128 + sig);
 }
 
 int verb_monitor(int argc, char *argv[]) {
@@ -286,7 +305,7 @@ int verb_monitor(int argc, char *argv[]) {
 
         /* A reader that goes away ends us with EPIPE on write, not SIGPIPE. */
         signal(SIGPIPE, SIG_IGN);
-        r = block_signals(SIGINT, SIGTERM, SIGHUP, 0);
+        r = block_signals(NULL, SIGINT, SIGTERM, SIGHUP, 0);
         if (r < 0)
                 return print_error_errno(r, "Cannot block signals: %m");
 

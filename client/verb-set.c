@@ -9,6 +9,7 @@
 #include "json-out.h"
 #include "mpool-bus.h"
 #include "parse-util.h"
+#include "polkit-agent.h"
 #include "terminal.h"
 
 typedef struct Setting {
@@ -25,15 +26,27 @@ static const Setting settings[] = {
 
 static int set_property(sd_bus *bus, const Setting *s, char type, const void *value) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         char what[64];
         int r;
 
-        if (type == 't')
-                r = sd_bus_set_property(bus, MPOOL_BUS_NAME, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE,
-                                        s->property, &error, "t", *(const uint64_t *) value);
-        else
-                r = sd_bus_set_property(bus, MPOOL_BUS_NAME, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE,
-                                        s->property, &error, "x", *(const int64_t *) value);
+        /* Built by hand rather than with sd_bus_set_property(), for a timeout
+         * long enough to type a password in. */
+        r = sd_bus_message_new_method_call(bus, &m, MPOOL_BUS_NAME, MPOOL_MANAGER_PATH,
+                                           "org.freedesktop.DBus.Properties", "Set");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "ss", MPOOL_MANAGER_INTERFACE, s->property);
+        if (r >= 0) {
+                if (type == 't')
+                        r = sd_bus_message_append(m, "v", "t", *(const uint64_t *) value);
+                else
+                        r = sd_bus_message_append(m, "v", "x", *(const int64_t *) value);
+        }
+        if (r < 0)
+                return print_error_errno(r, "Cannot build the call that sets %s: %m", s->name);
+
+        (void) polkit_agent_open();
+        r = sd_bus_call(bus, m, authorized_call_timeout(), &error, NULL);
         if (r >= 0)
                 return 0;
 

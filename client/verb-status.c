@@ -246,7 +246,7 @@ int verb_status(int argc, char *argv[]) {
                 fputc('\n', pager.f);
                 r = print_models_table(pager.f, models);
                 if (r < 0)
-                        return r;
+                        return print_output_error(r);
         }
 
         r = pager_close(&pager);

@@ -51,6 +51,7 @@ typedef struct Top {
         size_t n_tracked;
         sd_bus_slot *status_call;       /* a Status call in flight */
         bool refresh_again;             /* something changed while it was */
+        bool asked_once;                /* the first Status went out (and may have started mpoold) */
         unsigned columns, rows;
         bool utf8, colors;
 } Top;
@@ -464,18 +465,29 @@ static int on_status_reply(sd_bus_message *reply, void *userdata, sd_bus_error *
 
 /* Asks for a new snapshot; changes during a call in flight ask again after it. */
 static void request_refresh(Top *t) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         int r;
 
         if (t->status_call) {
                 t->refresh_again = true;
                 return;
         }
-        r = sd_bus_call_method_async(t->bus, &t->status_call, MPOOL_BUS_NAME, MPOOL_MANAGER_PATH,
-                                     MPOOL_MANAGER_INTERFACE, "Status", on_status_reply, t, NULL);
+        r = sd_bus_message_new_method_call(t->bus, &m, MPOOL_BUS_NAME, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE,
+                                           "Status");
+        /* Only the first call may start mpoold through D-Bus activation, as
+         * busctl's would: refreshing every second must not start again, at
+         * once, a daemon that was just stopped. The bus then says the name
+         * has no owner, which we show as mpoold not running. */
+        if (r >= 0 && t->asked_once)
+                r = sd_bus_message_set_auto_start(m, false);
+        if (r >= 0)
+                r = sd_bus_call_async(t->bus, &t->status_call, m, on_status_reply, t, 0);
         if (r < 0) {
                 free(t->problem);
                 t->problem = strdup("Cannot ask mpoold for its status.");
+                return;
         }
+        t->asked_once = true;
 }
 
 static int on_manager_signal(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
@@ -583,8 +595,11 @@ static int on_resize(sd_event_source *s, const struct signalfd_siginfo *si, void
 
 static int on_quit_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
         Top *t = userdata;
+        int sig = (int) si->ssi_signo;
 
-        return sd_event_exit(t->event, MPOOL_EXIT_SUCCESS);
+        /* SIGINT is a Ctrl-C and quits like q; being terminated or hung up
+         * on is reported as shells report it. */
+        return sd_event_exit(t->event, sig == SIGINT ? MPOOL_EXIT_SUCCESS : 128 + sig);
 }
 
 static int subscribe(Top *t) {
@@ -625,7 +640,7 @@ int verb_top(int argc, char *argv[]) {
                 return MPOOL_EXIT_USAGE;
         }
 
-        r = block_signals(SIGINT, SIGTERM, SIGHUP, SIGWINCH, 0);
+        r = block_signals(NULL, SIGINT, SIGTERM, SIGHUP, SIGWINCH, 0);
         if (r < 0)
                 return print_error_errno(r, "Cannot block signals: %m");
 

@@ -6,6 +6,7 @@
 #include "client.h"
 #include "json-out.h"
 #include "mpool-bus.h"
+#include "polkit-agent.h"
 #include "strv.h"
 #include "terminal.h"
 
@@ -49,7 +50,7 @@ static int unload_one(sd_bus *bus, const char *name, char ***unloaded) {
         if (r < 0)
                 return print_error_errno(r, "Cannot build the Unload call: %m");
 
-        r = sd_bus_call(bus, m, 0, &error, &reply);
+        r = sd_bus_call(bus, m, authorized_call_timeout(), &error, &reply);
         if (r < 0)
                 return report_bus_error(&error, r, "unload", name);
         r = sd_bus_message_read(reply, "b", &was_loaded);
@@ -87,7 +88,7 @@ static int unload_all(sd_bus *bus, char ***unloaded) {
         if (r < 0)
                 return print_error_errno(r, "Cannot build the UnloadAll call: %m");
 
-        r = sd_bus_call(bus, m, 0, &error, &reply);
+        r = sd_bus_call(bus, m, authorized_call_timeout(), &error, &reply);
         if (r < 0)
                 return report_bus_error(&error, r, "unload every model", NULL);
 
@@ -132,6 +133,7 @@ int verb_unload(int argc, char *argv[]) {
         if (r != 0)
                 return r;
 
+        (void) polkit_agent_open();
         if (arg_all)
                 ret = unload_all(bus, &unloaded);
         else

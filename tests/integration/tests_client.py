@@ -5,6 +5,12 @@ client exits or is killed, the progress bar on a pseudo-terminal and none of
 it through a pipe, Ctrl-C cancelling a load, monitor --json, and top on a
 real terminal (tmux).
 
+Where the real daemon cannot be made to do something on cue, a stand-in
+(FAKE_MANAGER) owns org.mpool.Manager instead: a Load that waits until the
+test lets it finish, as one waiting for polkit does. Where the shared private
+bus cannot do something, a test starts a bus of its own (OwnBus): D-Bus
+activation of mpoold, bus limits.
+
 Every wait is for a real event (a line printed, a Status value, a pane's
 text) with the harness's deadline; nothing sleeps to synchronise."""
 
@@ -19,14 +25,15 @@ import shutil
 import signal
 import struct
 import subprocess
+import tempfile
 import termios
 import threading
 import time
 
 import dbus
 
-from harness import (DEADLINE, ERROR_CANCELLED, GiB, MiB, PyClient, model_path, now_usec, wait_until,
-                     write_config_json, write_safetensors_raw, safetensors_header, write_sparse_model)
+from harness import (BUS_NAME, DEADLINE, ERROR_CANCELLED, GiB, MiB, NOBODY_UID, PyClient, model_path, now_usec,
+                     wait_until, write_config_json, write_safetensors_raw, safetensors_header, write_sparse_model)
 
 ESC = "\x1b"
 
@@ -41,6 +48,8 @@ EXIT_PINNED = 8
 EXIT_CANCELLED = 9
 EXIT_BUSY = 10
 EXIT_INTERRUPTED = 130
+
+POLKIT_AGENT = "/usr/bin/pkttyagent"
 
 POOL_KEYS = {"version": str, "memory_total": int, "memory_available": int, "memory_limit": int,
              "memory_used": int, "models_loaded": int, "idle_timeout_sec": int, "idle_policy": str,
@@ -110,6 +119,38 @@ def check_types(obj, spec, what):
                         f"{what}[{key}] is {obj[key]!r}, not {types}"
 
 
+def setpriv_nobody(*argv):
+        return ["/usr/bin/setpriv", f"--reuid={NOBODY_UID}", f"--regid={NOBODY_UID}", "--clear-groups", *argv]
+
+
+def process_children(pid):
+        """(pid, comm, state) of every process whose parent is pid."""
+        children = []
+        for entry in os.listdir("/proc"):
+                if not entry.isdigit():
+                        continue
+                try:
+                        with open(f"/proc/{entry}/stat") as f:
+                                stat = f.read()
+                except OSError:
+                        continue
+                comm = stat[stat.index("(") + 1:stat.rindex(")")]
+                state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
+                if int(ppid) == pid:
+                        children.append((int(entry), comm, state))
+        return children
+
+
+def process_gone(pid):
+        """The process has exited (a zombie nobody reaps counts as gone)."""
+        try:
+                with open(f"/proc/{pid}/stat") as f:
+                        stat = f.read()
+        except OSError:
+                return True
+        return stat[stat.rindex(")") + 2:].split()[0] in ("Z", "X")
+
+
 class PtyRun:
         """mpool-client on a pseudo-terminal of a given size: its output is
         collected as it comes; keys can be typed into it."""
@@ -120,6 +161,11 @@ class PtyRun:
                 if self.pid == 0:
                         try:
                                 fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+                                # As a login on a terminal starts: the test
+                                # runner may run with SIGINT and SIGQUIT
+                                # ignored (a background job of a script).
+                                for sig in (signal.SIGINT, signal.SIGQUIT):
+                                        signal.signal(sig, signal.SIG_DFL)
                                 os.execve(argv[0], argv, env)
                         finally:
                                 os._exit(127)
@@ -268,6 +314,15 @@ def test_client_pager_for_long_output(ctx):
                 assert term.wait() == 0
                 out = term.output.decode(errors="replace")
                 assert "PAGED:" not in out and "m11" in out, out
+
+        # Our options for less replace the user's $LESS (without R our colors
+        # would show as escape codes), for $PAGER too; $MPOOL_LESS sets them.
+        for extra, expected in (({"LESS": "-i"}, "FRSXMK"), ({"LESS": "-i", "MPOOL_LESS": "FRX"}, "FRX")):
+                env = client_env(PAGER='echo "LESS=[$LESS]"; cat > /dev/null', LC_ALL="C", **extra)
+                term = PtyRun(client_argv(ctx, d, "list"), env, rows=8)
+                assert term.wait() == 0
+                out = term.output.decode(errors="replace")
+                assert f"LESS=[{expected}]" in out, (extra, out)
 
 
 # ---------------------------------------------------------------------------
@@ -474,6 +529,12 @@ def test_client_exit_status_per_error(ctx):
         check_error(run(ctx, d, "load", "alpha", "--keep-alive=soon", expect=EXIT_USAGE), "soon")
         check_error(run(ctx, d, "set", "memory-limit", "lots", expect=EXIT_USAGE), "lots")
         run(ctx, d, "--no-such-option", expect=EXIT_USAGE)
+        # A malformed bus address is a usage error too, not a bus out of reach.
+        for address in ("garbage", "unix:path", "unix:path=%zz", "frob:x=y", ";"):
+                proc = subprocess.run([client_path(ctx), f"--address={address}", "status"], stdin=subprocess.DEVNULL,
+                                      capture_output=True, text=True, timeout=DEADLINE)
+                assert proc.returncode == EXIT_USAGE, (address, proc)
+                check_error(proc, "Invalid bus address", address)
 
         # The daemon gone: unreachable, and how to start it.
         d.stop()
@@ -560,14 +621,45 @@ def test_client_hold_dropped_when_client_is_killed(ctx):
         assert d.model("alpha")["holds"] == 0
 
 
+def test_client_hold_starts_the_command_with_our_signal_state(ctx):
+        ctx.model("alpha", size="1M")
+        d = ctx.daemon(IdleTimeoutSec="300")
+
+        # A signal ignored by whoever started us (nohup, trap '') stays
+        # ignored in the command: we never changed it, only blocked it.
+        hold = " ".join(shlex.quote(a) for a in client_argv(ctx, d, "hold", "alpha", "--", "/bin/sh", "-c",
+                                                              "kill -HUP $$; echo ok"))
+        proc = subprocess.run(["/bin/bash", "-c", f"trap '' HUP; {hold}"], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=DEADLINE * 2, env=client_env())
+        assert (proc.returncode, proc.stdout) == (0, "ok\n"), proc
+        assert d.model("alpha")["holds"] == 0
+
+        # The command gets the signal mask we were started with: neither
+        # ours (we block what we handle) nor an empty one.
+        def block_usr1():
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+
+        def blocked_mask(argv):
+                proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                      timeout=DEADLINE * 2, env=client_env(), preexec_fn=block_usr1)
+                assert proc.returncode == 0, proc
+                return int(proc.stdout.split()[1], 16)
+        expected = blocked_mask(["grep", "^SigBlk:", "/proc/self/status"])
+        assert expected & (1 << (signal.SIGUSR1 - 1)), hex(expected)
+        held = blocked_mask(client_argv(ctx, d, "hold", "alpha", "--", "grep", "^SigBlk:", "/proc/self/status"))
+        assert held == expected, f"the command's blocked signals are {held:#x}, not {expected:#x}"
+
+
 # ---------------------------------------------------------------------------
 # monitor
 
 
 class MonitorRun:
-        def __init__(self, ctx, d, *args):
+        def __init__(self, ctx, d, *args, stdout_path=None):
                 self.out_path = os.path.join(ctx.dir, f"client-monitor-{len(ctx.children)}.out")
                 self.err_path = self.out_path + ".err"
+                if stdout_path:
+                        self.out_path = stdout_path
                 with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
                         self.proc = ctx.spawn(client_argv(ctx, d, "monitor", *args), stdin=subprocess.DEVNULL,
                                               stdout=out, stderr=err, env=client_env())
@@ -589,8 +681,8 @@ class MonitorRun:
         def wait_line(self, predicate, what):
                 return wait_until(lambda: next((line for line in self.lines() if predicate(line)), None), what)
 
-        def stop(self):
-                self.proc.send_signal(signal.SIGINT)
+        def stop(self, sig=signal.SIGINT):
+                self.proc.send_signal(sig)
                 return self.proc.wait(timeout=DEADLINE)
 
 
@@ -640,6 +732,49 @@ def test_client_monitor_json(ctx):
 
         assert everything.stop() == 0
         assert only_alpha.stop() == 0
+
+
+def test_client_monitor_exit_status_on_signals(ctx):
+        d = ctx.daemon()
+        # Ctrl-C is how a monitor ends; being terminated or hung up on is not.
+        for sig, status in ((signal.SIGINT, 0), (signal.SIGTERM, 128 + signal.SIGTERM),
+                            (signal.SIGHUP, 128 + signal.SIGHUP)):
+                monitor = MonitorRun(ctx, d)
+                assert monitor.stop(sig) == status, (sig, monitor.err())
+
+
+def test_client_output_errors_are_reported(ctx):
+        ctx.model("alpha", size="1M")
+        for i in range(60):
+                ctx.model(f"m{i:02d}", size="4K")
+        d = ctx.daemon()
+        # More than stdio buffers: a write fails before the final flush, which
+        # then has nothing left to write and succeeds.
+        size = len(run(ctx, d, "--json=pretty", "status").stdout)
+        assert size > 16384, size
+        with open("/dev/full", "wb") as full:
+                for args in (("--json", "status"), ("--json", "list"), ("--json=pretty", "status", "alpha"),
+                             ("--json", "set", "idle-timeout", "5min"), ("status",), ("list",), ("--help",)):
+                        proc = subprocess.run(client_argv(ctx, d, *args), stdin=subprocess.DEVNULL, stdout=full,
+                                              stderr=subprocess.PIPE, text=True, timeout=DEADLINE, env=client_env())
+                        assert proc.returncode == EXIT_FAILURE, (args, proc)
+                        check_error(proc, "Cannot write the output: No space left on device")
+                proc = subprocess.run(client_argv(ctx, d, "--json=pretty", "status"), stdin=subprocess.DEVNULL,
+                                      stdout=full, stderr=subprocess.PIPE, text=True, timeout=DEADLINE,
+                                      env=client_env())
+                assert proc.returncode == EXIT_FAILURE, proc
+                check_error(proc, "Cannot write the output")
+
+        # A monitor whose events cannot be written ends at the first, saying
+        # so once.
+        for args in (("--json",), ()):
+                monitor = MonitorRun(ctx, d, *args, stdout_path="/dev/full")
+                d.load("alpha")
+                assert monitor.proc.wait(timeout=DEADLINE) == EXIT_FAILURE, monitor.err()
+                lines = monitor.err().splitlines()
+                assert lines[0].startswith("Monitoring"), lines
+                assert lines[1:] == ["Cannot write the output: No space left on device"], lines
+                d.unload("alpha")
 
 
 # ---------------------------------------------------------------------------
@@ -730,3 +865,373 @@ def test_client_top_on_a_terminal(ctx):
                 assert tmux.show("#{alternate_on} #{cursor_flag}") == "0 1", "the terminal was not restored"
         finally:
                 tmux.close()
+
+
+def top_argv(ctx, d):
+        return ["/usr/bin/env", "LC_ALL=C.UTF-8", "TERM=xterm-256color"] + client_argv(ctx, d, "top")
+
+
+def pane_clock(pane):
+        """The time top shows at the end of its first line."""
+        first = pane.split("\n", 1)[0]
+        found = re.search(r"(\d\d:\d\d:\d\d)\s*$", first)
+        return found.group(1) if found else None
+
+
+def test_client_top_exit_status_on_signals(ctx):
+        d = ctx.daemon()
+        tmux = Tmux(ctx, top_argv(ctx, d))
+        try:
+                tmux.wait_pane(lambda p: "q: quit" in p and "0 loaded" in p, "top to draw the pool")
+                shell = int(tmux.show("#{pane_pid}"))
+                top = wait_until(lambda: next((pid for pid, comm, _ in process_children(shell)
+                                               if comm == "mpool-client"), None), "top's process")
+                os.kill(top, signal.SIGTERM)
+                pane = tmux.wait_pane(lambda p: "exited with " in p, "top to exit on SIGTERM")
+                assert f"exited with {128 + signal.SIGTERM}" in pane, pane
+                assert tmux.show("#{alternate_on} #{cursor_flag}") == "0 1", "the terminal was not restored"
+        finally:
+                tmux.close()
+
+
+# ---------------------------------------------------------------------------
+# A bus of the test's own
+
+
+class OwnBus:
+        """A dbus-daemon of the test's own, for what the shared private bus
+        cannot do: D-Bus activation (with mpoold_config, mpoold is activatable,
+        through a script that appends the pid of each start to self.starts)
+        and limits (<limit> elements). A session-type bus with an open policy;
+        a child of the test, killed at teardown."""
+
+        def __init__(self, ctx, mpoold_config=None, limits=None):
+                # A short directory: a socket's path has at most 107 bytes.
+                self.dir = tempfile.mkdtemp(prefix="bus-", dir=ctx.suite.tmp)
+                os.chmod(self.dir, 0o755)
+                services = os.path.join(self.dir, "services")
+                os.makedirs(services)
+                socket = os.path.join(self.dir, "socket")
+                self.address = f"unix:path={socket}"
+                self.starts = os.path.join(self.dir, "mpoold-starts")
+                if mpoold_config:
+                        script = os.path.join(self.dir, "start-mpoold")
+                        log = os.path.join(ctx.dir, "mpoold-activated.log")
+                        with open(script, "w") as f:
+                                f.write("#!/bin/sh\n"
+                                        f"echo $$ >> {shlex.quote(self.starts)}\n"
+                                        f"exec {shlex.quote(ctx.suite.mpoold)} --address={shlex.quote(self.address)} "
+                                        f"--config={shlex.quote(mpoold_config)} --no-polkit >> {shlex.quote(log)} 2>&1\n")
+                        os.chmod(script, 0o755)
+                        with open(os.path.join(services, "org.mpool.Manager.service"), "w") as f:
+                                f.write(f"[D-BUS Service]\nName={BUS_NAME}\nExec={script}\n")
+                limit_lines = "".join(f'  <limit name="{name}">{value}</limit>\n'
+                                      for name, value in (limits or {}).items())
+                config = os.path.join(self.dir, "bus.conf")
+                with open(config, "w") as f:
+                        f.write('<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"\n'
+                                ' "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">\n'
+                                "<busconfig>\n"
+                                "  <type>session</type>\n"
+                                f"  <listen>{self.address}</listen>\n"
+                                "  <auth>EXTERNAL</auth>\n"
+                                f"  <servicedir>{services}</servicedir>\n"
+                                '  <policy context="default">\n'
+                                '    <allow send_destination="*" eavesdrop="true"/>\n'
+                                '    <allow eavesdrop="true"/>\n'
+                                '    <allow own="*"/>\n'
+                                "  </policy>\n"
+                                f"{limit_lines}"
+                                "</busconfig>\n")
+                with open(os.path.join(self.dir, "dbus-daemon.log"), "wb") as log:
+                        self.proc = ctx.spawn(["dbus-daemon", f"--config-file={config}", "--nofork", "--nopidfile",
+                                               "--print-address=1"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                              stderr=log)
+                ready, _, _ = select.select([self.proc.stdout], [], [], DEADLINE)
+                printed = self.proc.stdout.readline().decode(errors="replace").strip() if ready else ""
+                assert printed.startswith("unix:"), f"dbus-daemon printed no address: {printed!r}"
+
+        def name_has_owner(self):
+                """Asked of the bus itself, so that nothing is activated."""
+                proc = subprocess.run(["busctl", f"--address={self.address}", "call", "org.freedesktop.DBus",
+                                       "/org/freedesktop/DBus", "org.freedesktop.DBus", "NameHasOwner", "s", BUS_NAME],
+                                      stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=DEADLINE)
+                assert proc.returncode == 0, proc
+                return proc.stdout.strip() == "b true"
+
+        def started(self):
+                """The pids of the mpoold the bus has activated, in order."""
+                try:
+                        with open(self.starts) as f:
+                                return [int(line) for line in f.read().split()]
+                except FileNotFoundError:
+                        return []
+
+        def stop_activated(self):
+                """Stops every activated mpoold still running (the bus's
+                children, not ours)."""
+                for pid in self.started():
+                        try:
+                                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                                        if b"mpoold" not in f.read():
+                                                continue
+                                os.kill(pid, signal.SIGTERM)
+                        except (FileNotFoundError, ProcessLookupError):
+                                continue
+                        wait_until(lambda: process_gone(pid), f"activated mpoold (pid {pid}) to exit")
+
+
+def test_client_top_does_not_restart_a_stopped_daemon(ctx):
+        bus = OwnBus(ctx, mpoold_config=ctx.write_config())
+        tmux = Tmux(ctx, top_argv(ctx, bus))
+        try:
+                # The first call may start mpoold, as busctl's would.
+                tmux.wait_pane(lambda p: "Memory: 0B used of 512.0M limit" in p, "top to show the activated mpoold")
+                started = bus.started()
+                assert len(started) == 1, started
+
+                os.kill(started[0], signal.SIGTERM)
+                wait_until(lambda: process_gone(started[0]), "mpoold to stop")
+                # Refreshing (on the daemon's leaving, and every second) does
+                # not start it again: top says it is not running.
+                tmux.wait_pane(lambda p: "mpoold is not running" in p or len(bus.started()) > 1,
+                               "top to see mpoold stopped")
+                assert bus.started() == started, f"top started mpoold again: {bus.started()}"
+                clocks = set()
+
+                def refreshed_twice_more(pane):
+                        assert "mpoold is not running" in pane, f"mpoold came back:\n{pane}"
+                        clocks.add(pane_clock(pane))
+                        return len(clocks) >= 3
+                tmux.wait_pane(refreshed_twice_more, "two more refreshes of top")
+                assert bus.started() == started, f"mpoold was started again: {bus.started()}"
+                assert not bus.name_has_owner()
+
+                tmux.tmux("send-keys", "-t", "top", "q")
+                assert "exited with 0" in tmux.wait_pane(lambda p: "exited with " in p, "top to quit on q")
+        finally:
+                tmux.close()
+                bus.stop_activated()
+
+
+def test_client_bus_limits_are_busy(ctx):
+        # The bus refuses every call that expects a reply.
+        bus = OwnBus(ctx, limits={"max_replies_per_connection": 0})
+        with open(os.path.join(ctx.dir, "mpoold-own-bus.log"), "wb") as log:
+                daemon = ctx.spawn([ctx.suite.mpoold, f"--address={bus.address}", f"--config={ctx.write_config()}",
+                                    "--no-polkit"], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        wait_until(lambda: daemon.poll() is not None or bus.name_has_owner(), "mpoold to own its name")
+        assert daemon.poll() is None, f"mpoold exited with {daemon.returncode}"
+        check_error(run(ctx, bus, "status", expect=EXIT_BUSY), "limit")
+
+
+# ---------------------------------------------------------------------------
+# A stand-in for mpoold
+
+
+FAKE_MANAGER = r"""
+import sys
+
+import dbus
+import dbus.service
+from dbus.mainloop.glib import DBusGMainLoop
+from gi.repository import GLib
+
+BUS_NAME = MANAGER_IFACE = "org.mpool.Manager"
+MODELS_PATH = "/org/mpool/Manager/models"
+
+
+def say(*words):
+        print(*words, flush=True)
+
+
+class Manager(dbus.service.Object):
+        def __init__(self, bus):
+                super().__init__(bus, "/org/mpool/Manager")
+                self.state = "available"
+                self.pending = []
+
+        @dbus.service.method(MANAGER_IFACE, in_signature="sa{sv}", out_signature="o",
+                             async_callbacks=("reply", "error"))
+        def Load(self, name, options, reply, error):
+                self.pending.append((str(name), reply, error))
+                say("Load", name)
+
+        @dbus.service.method(MANAGER_IFACE, in_signature="sa{sv}", out_signature="b")
+        def Unload(self, name, options):
+                was_loaded = self.state == "loaded"
+                self.state = "available"
+                say("Unload", name, "true" if was_loaded else "false")
+                return was_loaded
+
+        def finish_loads(self, succeed):
+                for name, reply, error in self.pending:
+                        if succeed:
+                                self.state = "loaded"
+                                reply(dbus.ObjectPath(f"{MODELS_PATH}/{name}"))
+                        else:
+                                error(dbus.exceptions.DBusException(
+                                        "Not authorized.", name="org.freedesktop.DBus.Error.AccessDenied"))
+                        say("finished Load", name)
+                self.pending = []
+
+
+class Models(dbus.service.FallbackObject):
+        def __init__(self, bus, manager):
+                super().__init__(bus, MODELS_PATH)
+                self.manager = manager
+
+        @dbus.service.method("org.freedesktop.DBus.Properties", in_signature="ss", out_signature="v")
+        def Get(self, interface, prop):
+                if prop == "State":
+                        return dbus.String(self.manager.state)
+                if prop == "MemoryBytes":
+                        return dbus.UInt64(4096)
+                raise dbus.exceptions.DBusException(f"No property {prop}.",
+                                                    name="org.freedesktop.DBus.Error.UnknownProperty")
+
+
+def on_command(fd, condition):
+        line = sys.stdin.readline()
+        if not line:
+                loop.quit()
+                return False
+        command = line.strip()
+        if command in ("answer-loads", "fail-loads"):
+                manager.finish_loads(command == "answer-loads")
+        return True
+
+
+bus = dbus.bus.BusConnection(sys.argv[1], mainloop=DBusGMainLoop())
+manager = Manager(bus)
+models = Models(bus, manager)
+name = dbus.service.BusName(BUS_NAME, bus, do_not_queue=True)
+loop = GLib.MainLoop()
+GLib.io_add_watch(sys.stdin.fileno(), GLib.IO_IN | GLib.IO_HUP, on_command)
+say("ready")
+loop.run()
+"""
+
+
+class FakeManager:
+        """FAKE_MANAGER on the private bus, in place of mpoold (none may run):
+        it says every call it gets as a line ("Load NAME", "Unload NAME
+        true|false"); a Load waits, as one waiting for polkit does, until
+        answer_loads() or fail_loads(). Unload says whether the model was
+        loaded."""
+
+        def __init__(self, ctx):
+                self.address = ctx.suite.address
+                self.proc = ctx.spawn(["/usr/bin/python3", "-s", "-E", "-c", FAKE_MANAGER, self.address],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                self._lines = []
+                self._lock = threading.Lock()
+                threading.Thread(target=self._read, daemon=True).start()
+                self.wait_line("ready")
+
+        def _read(self):
+                for line in self.proc.stdout:
+                        with self._lock:
+                                self._lines.append(line.strip())
+
+        def lines(self):
+                with self._lock:
+                        return list(self._lines)
+
+        def wait_line(self, line, count=1):
+                wait_until(lambda: self.lines().count(line) >= count or self.proc.poll() is not None,
+                           f"the stand-in for mpoold to say {line!r} ({count})")
+                assert self.lines().count(line) >= count, \
+                        f"the stand-in for mpoold exited with {self.proc.returncode}: {self.lines()}"
+
+        def _command(self, command):
+                self.proc.stdin.write(command + "\n")
+                self.proc.stdin.flush()
+
+        def answer_loads(self):
+                self._command("answer-loads")
+
+        def fail_loads(self):
+                self._command("fail-loads")
+
+
+def test_client_ctrl_c_before_the_load_took_effect(ctx):
+        fake = FakeManager(ctx)
+
+        # Our Load waits (for polkit, say) when Ctrl-C comes: Unload finds
+        # nothing loaded. The client waits for the Load to finish, then
+        # unloads what it loaded.
+        proc = start_client(ctx, fake, "load", "alpha")
+        fake.wait_line("Load alpha")
+        proc.send_signal(signal.SIGINT)
+        fake.wait_line("Unload alpha false")
+        fake.answer_loads()
+        fake.wait_line("Unload alpha true")
+        out, err = proc.communicate(timeout=DEADLINE)
+        assert proc.returncode == EXIT_INTERRUPTED, (proc.returncode, out, err)
+        assert "Cancelled loading alpha." in err and out == "", (out, err)
+
+        # If that Load fails instead, there is nothing to undo.
+        proc = start_client(ctx, fake, "load", "alpha")
+        fake.wait_line("Load alpha", count=2)
+        proc.send_signal(signal.SIGTERM)
+        fake.wait_line("Unload alpha false", count=2)
+        fake.fail_loads()
+        out, err = proc.communicate(timeout=DEADLINE)
+        assert proc.returncode == 128 + signal.SIGTERM, (proc.returncode, out, err)
+        assert "Cancelled loading alpha." in err and out == "", (out, err)
+        assert fake.lines().count("Unload alpha true") == 1, fake.lines()
+
+
+def test_client_polkit_agent_on_a_terminal(ctx):
+        assert os.access(POLKIT_AGENT, os.X_OK), f"{POLKIT_AGENT} is missing (Debian package polkitd)"
+        ctx.suite.ensure_polkitd()      # the agent registers with it, or it would exit at once
+        fake = FakeManager(ctx)
+        env = client_env(DBUS_SYSTEM_BUS_ADDRESS=ctx.suite.address, LC_ALL="C")
+        loads = [0]
+
+        def agents_during_load(start):
+                """Starts a load with start(), and returns the polkit agents
+                the client runs while the Load waits; then lets it finish."""
+                client = start()
+                loads[0] += 1
+                fake.wait_line("Load alpha", count=loads[0])
+                agents = [(pid, state) for pid, comm, state in process_children(client.pid) if comm == "pkttyagent"]
+                fake.answer_loads()
+                return client, agents
+
+        # As nobody on a terminal: pkttyagent runs, registered with polkit
+        # (it would have exited otherwise) before the Load was sent; it is
+        # gone once the client is.
+        term, agents = agents_during_load(lambda: PtyRun(setpriv_nobody(*client_argv(ctx, fake, "load", "alpha")), env))
+        try:
+                assert term.wait() == 0, term.output
+        finally:
+                term.kill()
+        assert len(agents) == 1 and agents[0][1] not in ("Z", "X"), agents
+        assert process_gone(agents[0][0]), "the polkit agent outlived mpool-client"
+
+        # No agent without a terminal, with --no-ask-password, or for root
+        # (polkit never asks root); the calls work all the same.
+        proc, agents = agents_during_load(lambda: ctx.spawn(setpriv_nobody(*client_argv(ctx, fake, "load", "alpha")),
+                                                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                                            stderr=subprocess.PIPE, env=env))
+        assert proc.wait(timeout=DEADLINE) == 0 and agents == [], (proc.stderr.read(), agents)
+        for argv in (setpriv_nobody(*client_argv(ctx, fake, "--no-ask-password", "load", "alpha")),
+                     client_argv(ctx, fake, "load", "alpha")):
+                term, agents = agents_during_load(lambda: PtyRun(argv, env))
+                try:
+                        assert term.wait() == 0 and agents == [], (argv, term.output, agents)
+                finally:
+                        term.kill()
+
+        # Killed, the client takes its agent along.
+        term = PtyRun(setpriv_nobody(*client_argv(ctx, fake, "load", "alpha")), env)
+        try:
+                fake.wait_line("Load alpha", count=loads[0] + 1)
+                agents = [pid for pid, comm, _ in process_children(term.pid) if comm == "pkttyagent"]
+                assert len(agents) == 1, agents
+                term.kill()
+                wait_until(lambda: process_gone(agents[0]), "the polkit agent to exit with mpool-client")
+        finally:
+                term.kill()
