@@ -446,12 +446,15 @@ static bool load_failed(Manager *m, PoolModel *model, int r, const char *message
         if (!rt->cancel_requested)
                 bus_emit_load_failed(m, model->name, error_name, message);
 
-        rt->pin_requested = false;
-        rt->keep_alive_requested = KEEP_ALIVE_DEFAULT;
         if (r == -ECANCELED && rt->cancel_requested && !m->shutting_down)
+                /* Callers who asked since the cancellation keep their pin
+                 * and keep-alive requests for the load that starts again. */
                 answer_waiters(model, true, false, NULL);
-        else
+        else {
+                rt->pin_requested = false;
+                rt->keep_alive_requested = KEEP_ALIVE_DEFAULT;
                 complete_waiters(m, model, r, message);
+        }
         rt->cancel_requested = false;
 
         if (forget_if_unannounced(m, model))
@@ -663,7 +666,9 @@ void manager_cancel_load(Manager *m, PoolModel *model) {
         if (rt->cancel_requested)
                 return;
         rt->cancel_requested = true;
-        model->pinned = false;
+        /* What the cancelled callers asked for goes with them. */
+        rt->pin_requested = false;
+        rt->keep_alive_requested = KEEP_ALIVE_DEFAULT;
         loader_job_cancel(rt->job);
         if (asprintf(&message, "Loading %s was cancelled by an unload request.", model->name) < 0)
                 message = NULL;
@@ -769,8 +774,6 @@ static void loaded(Manager *m, PoolModel *model, LoaderJob *job) {
                 /* The load finished before it saw the cancellation. Callers
                  * who asked again since get a fresh load (on_loader_done). */
                 rt->cancel_requested = false;
-                rt->pin_requested = false;
-                rt->keep_alive_requested = KEEP_ALIVE_DEFAULT;
                 manager_unload(m, model, m->shutting_down ? MPOOL_REASON_SHUTDOWN : MPOOL_REASON_REQUEST);
                 if (m->shutting_down)
                         complete_waiters(m, model, -ECANCELED, "The load was cancelled.");
