@@ -40,6 +40,9 @@ PROGRAMS = $(B)/mpoold $(B)/mpool-mkmodel $(B)/mpool-client
 
 .PHONY: all deps check check-unit check-integration check-system run install clean bench
 .DEFAULT_GOAL := all
+# Keep intermediate objects (unit test .o files): rebuilding is needless, and
+# make's cleanup line would otherwise follow the test summary in logs.
+.SECONDARY:
 
 all: $(PROGRAMS)
 
