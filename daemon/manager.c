@@ -996,9 +996,7 @@ void manager_drop_holds(Manager *m, const char *model_name, unsigned count) {
 
         if (!model)
                 return;
-        assert(model->holds >= count);
-        model->holds -= count;
-        model->last_used = MAX(model->last_used, manager_now());
+        pool_model_release(&m->pool, model, count, manager_now());
         model_changed(m, model);
         manager_reschedule_idle(m);
 }
@@ -1009,12 +1007,7 @@ int manager_release(Manager *m, PoolModel *model, const char *peer_name) {
         r = peer_remove_hold(m, peer_name, model->name);
         if (r < 0)
                 return r;
-        assert(model->holds > 0);
-        model->holds--;
-        /* Letting go counts as use: the keep-alive runs from here. */
-        model->last_used = MAX(model->last_used, manager_now());
-        model_changed(m, model);
-        manager_reschedule_idle(m);
+        manager_drop_holds(m, model->name, 1);
         return 0;
 }
 

@@ -157,6 +157,17 @@ void pool_model_use(Pool *p, PoolModel *m, uint64_t now) {
                 p->global_last_used = now;
 }
 
+void pool_model_release(Pool *p, PoolModel *m, unsigned count, uint64_t now) {
+        assert(p);
+        assert(m);
+        assert(m->holds >= count);
+
+        m->holds -= count;
+        m->last_used = MAX(m->last_used, now);
+        if (p->idle_policy == POOL_IDLE_GLOBAL)
+                p->global_last_used = MAX(p->global_last_used, now);
+}
+
 bool pool_model_is_evictable(const PoolModel *m) {
         return m->state == MODEL_LOADED && !m->pinned && m->holds == 0 && m->in_flight == 0;
 }

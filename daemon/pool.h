@@ -83,6 +83,10 @@ void pool_model_use(Pool *p, PoolModel *m, uint64_t now);
 
 /* Neither pinned, held, in use nor mid-transition: may be unloaded for
  * idleness, room or pressure. */
+/* count holds let go: letting go renews the idle deadline as a use does
+ * (of every model under the global policy), without counting a request. */
+void pool_model_release(Pool *p, PoolModel *m, unsigned count, uint64_t now);
+
 bool pool_model_is_evictable(const PoolModel *m);
 int64_t pool_model_keep_alive_sec(const Pool *p, const PoolModel *m);
 /* Monotonic µs at which the model is to be unloaded for idleness, or

@@ -90,6 +90,22 @@ def load_starts(ctx, name):
         return [s for s in ctx.monitor.signals("LoadProgress", name) if s.args[1] == 0]
 
 
+def load_in_thread(d, name, outcome):
+        """Loads name from a client of its own in a thread; outcome gets
+        "path" or "error" (name, message)."""
+        def load():
+                client = PyClient(d.address)
+                try:
+                        outcome["path"] = client.load(name)
+                except dbus.exceptions.DBusException as e:
+                        outcome["error"] = (e.get_dbus_name(), e.get_dbus_message())
+                finally:
+                        client.close()
+        thread = threading.Thread(target=load, daemon=True)
+        thread.start()
+        return thread
+
+
 def attempt_cancel(ctx, d, name, mid_load=False, cancel=None):
         """Starts a Load of name in a thread and cancels it with Unload (or
         cancel(client)) as soon as that load's first LoadProgress is seen
@@ -107,16 +123,7 @@ def attempt_cancel(ctx, d, name, mid_load=False, cancel=None):
                         ctx.monitor.signals("LoadProgress", name)[-1].args[1] > 0
         unloader = PyClient(d.address)
 
-        def load():
-                client = PyClient(d.address)
-                try:
-                        outcome["path"] = client.load(name)
-                except dbus.exceptions.DBusException as e:
-                        outcome["error"] = (e.get_dbus_name(), e.get_dbus_message())
-                finally:
-                        client.close()
-        thread = threading.Thread(target=load, daemon=True)
-        thread.start()
+        thread = load_in_thread(d, name, outcome)
         try:
                 wait_until(started, f"LoadProgress of {name}", interval=0.002)
                 unloaded = cancel(unloader) if cancel else unloader.unload(name)
@@ -218,16 +225,7 @@ def test_sigterm_during_load_cancels_it(ctx):
         write_sparse_model(os.path.join(ctx.store, name), 4 * GiB)
         outcome = {}
 
-        def load():
-                client = PyClient(d.address)
-                try:
-                        outcome["path"] = client.load(name)
-                except dbus.exceptions.DBusException as e:
-                        outcome["error"] = (e.get_dbus_name(), e.get_dbus_message())
-                finally:
-                        client.close()
-        thread = threading.Thread(target=load, daemon=True)
-        thread.start()
+        thread = load_in_thread(d, name, outcome)
         ctx.monitor.wait(lambda sigs: outcome or load_starts(ctx, name), f"LoadProgress of {name}")
         assert d.stop() == 0
         thread.join(DEADLINE)

@@ -802,6 +802,37 @@ static void test_model_use(void **state) {
         pool_done(&pool);
 }
 
+static void test_release(void **state) {
+        PoolModel *a, *b;
+
+        /* Letting go of the last hold starts the keep-alive from then, and
+         * is no request. */
+        pool_init(&pool, 1000, 0, 10, POOL_IDLE_PER_MODEL);
+        a = add_model(&pool, "a", MODEL_LOADED, 10, SEC(1));
+        a->holds = 2;
+        assert_int_equal(pool_model_deadline(&pool, a), UINT64_MAX);
+        pool_model_release(&pool, a, 1, SEC(5));
+        assert_int_equal(a->holds, 1);
+        assert_int_equal(pool_model_deadline(&pool, a), UINT64_MAX);
+        pool_model_release(&pool, a, 1, SEC(7));
+        assert_int_equal(a->holds, 0);
+        assert_int_equal(a->requests_total, 0);
+        assert_int_equal(pool_model_deadline(&pool, a), SEC(17));
+        /* A clock that seems to go back never shortens the keep-alive. */
+        a->holds = 1;
+        pool_model_release(&pool, a, 1, SEC(6));
+        assert_int_equal(pool_model_deadline(&pool, a), SEC(17));
+        pool_done(&pool);
+
+        /* Under the global policy, a release renews every model. */
+        pool_init(&pool, 1000, 0, 10, POOL_IDLE_GLOBAL);
+        a = add_model(&pool, "a", MODEL_LOADED, 10, SEC(1));
+        b = add_model(&pool, "b", MODEL_LOADED, 10, SEC(1));
+        a->holds = 1;
+        pool_model_release(&pool, a, 1, SEC(20));
+        assert_int_equal(pool_model_deadline(&pool, b), SEC(30));
+}
+
 static void test_global_idle(void **state) {
         PoolModel *a, *b, *c, *d, *victims[8];
 
@@ -954,6 +985,7 @@ int main(void) {
                 cmocka_unit_test_teardown(test_deadline_overflow, teardown_pool),
                 cmocka_unit_test_teardown(test_collect_expired, teardown_pool),
                 cmocka_unit_test_teardown(test_model_use, teardown_pool),
+                cmocka_unit_test_teardown(test_release, teardown_pool),
                 cmocka_unit_test_teardown(test_global_idle, teardown_pool),
                 cmocka_unit_test_teardown(test_pressure_victims, teardown_pool),
         };
