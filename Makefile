@@ -25,10 +25,14 @@ DEPS_PC = libsystemd libcjson inih
 CFLAGS ?= -O2 -g
 override CFLAGS += -std=gnu11 -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers \
 	-Wshadow -Wformat=2 -Wundef -fno-strict-aliasing -pthread -MMD -MP
-override CPPFLAGS += -D_GNU_SOURCE -Iinclude -Idaemon $(shell $(PKG_CONFIG) --cflags $(DEPS_PC) 2>/dev/null)
+override CPPFLAGS += -D_GNU_SOURCE -Iinclude -Ibase $(shell $(PKG_CONFIG) --cflags $(DEPS_PC) 2>/dev/null)
 LIBS = $(shell $(PKG_CONFIG) --libs $(DEPS_PC) 2>/dev/null) -pthread
 CMOCKA_LIBS = $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null)
 
+# base/: what daemon, client and tests all use (macros, logging, parsers,
+# string vectors, clocks). The client links it alone, never the daemon's code.
+BASE_SRCS := $(wildcard base/*.c)
+BASE_OBJS := $(BASE_SRCS:%.c=$(B)/%.o)
 DAEMON_LIB_SRCS := $(filter-out daemon/mpoold.c,$(wildcard daemon/*.c))
 DAEMON_LIB_OBJS := $(DAEMON_LIB_SRCS:%.c=$(B)/%.o)
 CLIENT_SRCS := $(wildcard client/*.c)
@@ -50,20 +54,27 @@ $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
+# The daemon's headers are visible to the daemon and the tests, not the client.
+$(B)/daemon/%.o $(B)/tests/%.o: override CPPFLAGS += -Idaemon
+
+$(B)/libmpool-base.a: $(BASE_OBJS)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
 $(B)/libmpoold.a: $(DAEMON_LIB_OBJS)
 	@rm -f $@
 	$(AR) rcs $@ $^
 
-$(B)/mpoold: $(B)/daemon/mpoold.o $(B)/libmpoold.a
+$(B)/mpoold: $(B)/daemon/mpoold.o $(B)/libmpoold.a $(B)/libmpool-base.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
 
-$(B)/mpool-client: $(CLIENT_OBJS) $(B)/libmpoold.a
+$(B)/mpool-client: $(CLIENT_OBJS) $(B)/libmpool-base.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
 
-$(B)/mpool-mkmodel: $(B)/tests/tools/mkmodel.o $(B)/libmpoold.a
+$(B)/mpool-mkmodel: $(B)/tests/tools/mkmodel.o $(B)/libmpoold.a $(B)/libmpool-base.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
 
-$(B)/tests/test-%: $(B)/tests/unit/test-%.o $(B)/libmpoold.a
+$(B)/tests/test-%: $(B)/tests/unit/test-%.o $(B)/libmpoold.a $(B)/libmpool-base.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(LIBS)
 

@@ -129,19 +129,3 @@ char *format_seconds(char *buf, size_t l, int64_t sec) {
                 return format_timespan(buf, l, UINT64_MAX, USEC_PER_SEC);
         return format_timespan(buf, l, (uint64_t) sec * USEC_PER_SEC, USEC_PER_SEC);
 }
-
-static uint64_t now_usec(clockid_t clock) {
-        struct timespec ts;
-
-        if (clock_gettime(clock, &ts) < 0)
-                return 0;
-        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000;
-}
-
-uint64_t now_realtime_usec(void) {
-        return now_usec(CLOCK_REALTIME);
-}
-
-uint64_t now_monotonic_usec(void) {
-        return now_usec(CLOCK_MONOTONIC);
-}

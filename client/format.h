@@ -4,6 +4,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "time-util.h"
+
 /* Human-readable figures, written the way systemd's tools write them. Each
  * formatter writes into buf (of size l) and returns buf. */
 
@@ -29,9 +31,6 @@ char *format_percent(char *buf, size_t l, double percent);
 
 /* Seconds of keep-alive as systemd writes a duration: "30s", "5min", "infinity". */
 char *format_seconds(char *buf, size_t l, int64_t sec);
-
-uint64_t now_realtime_usec(void);
-uint64_t now_monotonic_usec(void);
 
 #define FORMAT_BYTES(b) format_bytes((char[FORMAT_BYTES_MAX]){}, FORMAT_BYTES_MAX, (b))
 #define FORMAT_TIMESPAN(u, a) format_timespan((char[FORMAT_TIMESPAN_MAX]){}, FORMAT_TIMESPAN_MAX, (u), (a))

@@ -14,6 +14,7 @@
 #include "parse-util.h"
 #include "peer.h"
 #include "polkit.h"
+#include "time-util.h"
 
 /* A keep-alive longer than ten years is a mistake, not a wish. */
 #define KEEP_ALIVE_SEC_MAX (INT64_C(10) * 366 * 24 * 3600)
@@ -294,7 +295,7 @@ static int method_status(sd_bus_message *message, void *userdata, sd_bus_error *
                         "models_loaded", "u", pool_models_loaded(&m->pool),
                         "idle_timeout_sec", "x", m->pool.idle_timeout_sec,
                         "idle_policy", "s", m->pool.idle_policy == POOL_IDLE_GLOBAL ? "global" : "per-model",
-                        "uptime_usec", "t", manager_now() - m->started_monotonic);
+                        "uptime_usec", "t", now_monotonic_usec() - m->started_monotonic);
         if (r < 0)
                 return r;
 

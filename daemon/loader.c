@@ -18,6 +18,7 @@
 #include "macro.h"
 #include "safetensors.h"
 #include "store.h"
+#include "time-util.h"
 
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22
@@ -54,13 +55,6 @@ struct Loader {
         loader_done_handler_t on_done;
         void *userdata;
 };
-
-static uint64_t now_usec(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000;
-}
 
 static void loader_files_free(LoaderFile *files, size_t n) {
         for (size_t i = 0; i < n; i++) {
@@ -293,7 +287,7 @@ static uint64_t resident_bytes(const LoaderMapping *mapping) {
 }
 
 static void map(Loader *l, LoaderJob *j) {
-        uint64_t done = 0, last_post = 0, started = now_usec();
+        uint64_t done = 0, last_post = 0, started = now_monotonic_usec();
         bool lock = true;
 
         j->mappings = calloc(j->n_files ?: 1, sizeof *j->mappings);
@@ -338,9 +332,9 @@ static void map(Loader *l, LoaderJob *j) {
                                 return job_fail(j, r, "Cannot read %s into memory: %m", f->path);
 
                         done += length;
-                        if (now_usec() - last_post >= PROGRESS_INTERVAL_USEC && done < j->total_bytes) {
+                        if (now_monotonic_usec() - last_post >= PROGRESS_INTERVAL_USEC && done < j->total_bytes) {
                                 post(l, j, LOADER_MESSAGE_PROGRESS, done, j->total_bytes);
-                                last_post = now_usec();
+                                last_post = now_monotonic_usec();
                         }
                 }
 
@@ -356,7 +350,7 @@ static void map(Loader *l, LoaderJob *j) {
                         j->resident_bytes += lock ? page_align(j->mappings[i].length)
                                                   : resident_bytes(&j->mappings[i]);
         post(l, j, LOADER_MESSAGE_PROGRESS, j->total_bytes, j->total_bytes);
-        j->duration_usec = now_usec() - started;
+        j->duration_usec = now_monotonic_usec() - started;
 }
 
 typedef struct ThreadArgs {
@@ -366,7 +360,7 @@ typedef struct ThreadArgs {
 
 static void *loader_thread(void *p) {
         ThreadArgs args = *(ThreadArgs *) p;
-        uint64_t started = now_usec();
+        uint64_t started = now_monotonic_usec();
 
         free(p);
 
@@ -376,7 +370,7 @@ static void *loader_thread(void *p) {
                 map(args.loader, args.job);
 
         if (args.job->kind == LOADER_JOB_PROBE)
-                args.job->duration_usec = now_usec() - started;
+                args.job->duration_usec = now_monotonic_usec() - started;
         post(args.loader, args.job, LOADER_MESSAGE_DONE, 0, 0);
         return NULL;
 }

@@ -17,6 +17,7 @@
 #include "parse-util.h"
 #include "peer.h"
 #include "store.h"
+#include "time-util.h"
 
 /* MemAvailable has no event of its own; this often is cheap (one read of
  * /proc/meminfo) and quick enough to act before the kernel's OOM killer. */
@@ -25,20 +26,6 @@
 #define PROGRESS_SIGNAL_INTERVAL_USEC (50 * USEC_PER_MSEC)
 /* Idle unloads happen within this of their deadline. */
 #define IDLE_TIMER_ACCURACY_USEC (10 * USEC_PER_MSEC)
-
-uint64_t manager_now(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000;
-}
-
-static uint64_t realtime_now(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000;
-}
 
 uint64_t manager_realtime(const Manager *m, uint64_t monotonic) {
         if (monotonic == 0 || monotonic == UINT64_MAX)
@@ -103,8 +90,8 @@ int manager_new(Manager **ret) {
         m = calloc(1, sizeof *m);
         if (!m)
                 return -ENOMEM;
-        m->started_realtime = realtime_now();
-        m->started_monotonic = manager_now();
+        m->started_realtime = now_realtime_usec();
+        m->started_monotonic = now_monotonic_usec();
 
         *ret = TAKE_PTR(m);
         return 0;
@@ -225,7 +212,7 @@ static int on_idle_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         PoolModel *victims[POOL_MODELS_MAX];
         size_t n;
 
-        n = pool_collect_expired(&m->pool, manager_now(), victims, ELEMENTSOF(victims));
+        n = pool_collect_expired(&m->pool, now_monotonic_usec(), victims, ELEMENTSOF(victims));
         for (size_t i = 0; i < n; i++)
                 manager_unload(m, victims[i], MPOOL_REASON_IDLE);
 
@@ -335,7 +322,7 @@ static int serve(Manager *m, PoolModel *model, sd_bus_message *call, WaiterKind 
                         return sd_bus_reply_method_errnof(call, r, "Cannot hold model %s: %m", model->name);
         }
 
-        pool_model_use(&m->pool, model, manager_now());
+        pool_model_use(&m->pool, model, now_monotonic_usec());
 
         if (kind == WAITER_ACQUIRE)
                 return sd_bus_reply_method_return(call, NULL);
@@ -440,7 +427,7 @@ static bool load_failed(Manager *m, PoolModel *model, int r, const char *message
         }
 
         log_model_event(r == -ECANCELED ? LOG_INFO : LOG_WARNING, model->name, "load-failed", error_name,
-                        UINT64_MAX, rt->load_started_usec ? manager_now() - rt->load_started_usec : UINT64_MAX,
+                        UINT64_MAX, rt->load_started_usec ? now_monotonic_usec() - rt->load_started_usec : UINT64_MAX,
                         "Loading %s failed: %s", model->name, message);
         /* A cancelled load told its callers and the bus already, when it was cancelled. */
         if (!rt->cancel_requested)
@@ -478,7 +465,7 @@ static int start_probe(Manager *m, PoolModel *model) {
         }
 
         rt->job = job;
-        rt->load_started_usec = manager_now();
+        rt->load_started_usec = now_monotonic_usec();
         rt->progress_started = false;
         rt->progress_emitted_bytes = 0;
         model->state = MODEL_LOADING;
@@ -752,7 +739,7 @@ static void admit(Manager *m, PoolModel *model, LoaderJob *probe) {
 
 static void loaded(Manager *m, PoolModel *model, LoaderJob *job) {
         ModelRuntime *rt = model->userdata;
-        uint64_t now = manager_now();
+        uint64_t now = now_monotonic_usec();
 
         rt->mappings = loader_job_steal_mappings(job, &rt->n_mappings);
         rt->locked = job->locked;
@@ -793,7 +780,7 @@ static void on_loader_progress(LoaderJob *job, uint64_t done, uint64_t total, vo
         Manager *m = userdata;
         PoolModel *model = job->userdata;
         ModelRuntime *rt = model->userdata;
-        uint64_t now = manager_now();
+        uint64_t now = now_monotonic_usec();
 
         /* The chunk under way when a cancellation arrives still reports. */
         if (rt->cancel_requested || m->shutting_down)
@@ -996,7 +983,7 @@ void manager_drop_holds(Manager *m, const char *model_name, unsigned count) {
 
         if (!model)
                 return;
-        pool_model_release(&m->pool, model, count, manager_now());
+        pool_model_release(&m->pool, model, count, now_monotonic_usec());
         model_changed(m, model);
         manager_reschedule_idle(m);
 }

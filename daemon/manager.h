@@ -105,7 +105,6 @@ void manager_peer_left(Manager *m, const char *name);
 /* The bus connection is gone: unload and stop, reporting failure. */
 void manager_bus_lost(Manager *m);
 
-uint64_t manager_now(void);                      /* CLOCK_MONOTONIC µs */
 uint64_t manager_realtime(const Manager *m, uint64_t monotonic);
 
 /* Loads the model (or joins the load under way) and queues the waiter, or
