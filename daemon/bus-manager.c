@@ -12,7 +12,8 @@
 #include "macro.h"
 #include "mpool-bus.h"
 #include "parse-util.h"
-#include "peer.h"
+#include "model-lifecycle.h"
+#include "bus-model.h"
 #include "polkit.h"
 #include "time-util.h"
 
@@ -121,6 +122,44 @@ static int read_options(sd_bus_message *message, unsigned allowed, RequestOption
         return 0;
 }
 
+static int reply_strv(sd_bus_message *call, char **l) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        int r;
+
+        r = sd_bus_message_new_method_return(call, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append_strv(reply, l);
+        if (r < 0)
+                return r;
+        return sd_bus_message_send(reply);
+}
+
+const char *bus_error_name(int error) {
+        switch (error) {
+        case -ENOENT:
+                return MPOOL_ERROR_MODEL_NOT_FOUND;
+        case -EBADMSG:
+                return MPOOL_ERROR_INVALID_MODEL;
+        case -ENOSPC:
+                return MPOOL_ERROR_INSUFFICIENT_MEMORY;
+        case -ECANCELED:
+                return MPOOL_ERROR_CANCELLED;
+        case -EBUSY:
+                return MPOOL_ERROR_BUSY;
+        case -EUSERS:
+                return MPOOL_ERROR_LIMITS_EXCEEDED;
+        case -EPERM:
+                return MPOOL_ERROR_MODEL_PINNED;
+        case -ENOMEM:
+                return SD_BUS_ERROR_NO_MEMORY;
+        default:
+                /* Unreadable files too (EACCES): that is the store's problem,
+                 * not the caller's authorization, so no AccessDenied. */
+                return SD_BUS_ERROR_IO_ERROR;
+        }
+}
+
 static int read_model_name(sd_bus_message *message, const char **ret, sd_bus_error *error) {
         _cleanup_free_ char *problem = NULL;
         const char *name;
@@ -155,6 +194,64 @@ static int verify_actions(Manager *m, sd_bus_message *message, const char *model
         return r;
 }
 
+/* The bus's answer to a request the core completed: the reply, or the
+ * named error. Owns the reference on the call taken by submit(). */
+static void on_request_complete(Request *req, void *userdata) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *call = userdata;
+        _cleanup_free_ char *path = NULL;
+        int r;
+
+        if (req->error < 0)
+                r = sd_bus_reply_method_errorf(call, bus_error_name(req->error), "%s",
+                                               req->error_message ?: "Out of memory.");
+        else
+                switch (req->kind) {
+                case REQUEST_LOAD:
+                        r = bus_model_path(req->model, &path);
+                        if (r >= 0)
+                                r = sd_bus_reply_method_return(call, "o", path);
+                        else
+                                r = sd_bus_reply_method_errnof(call, r, "Cannot name the object of %s: %m",
+                                                               req->model);
+                        break;
+                case REQUEST_ACQUIRE:
+                        r = sd_bus_reply_method_return(call, NULL);
+                        break;
+                case REQUEST_UNLOAD:
+                        r = sd_bus_reply_method_return(call, "b", req->was_loaded);
+                        break;
+                case REQUEST_UNLOAD_ALL:
+                        r = reply_strv(call, req->unloaded);
+                        break;
+                default:
+                        assert(false);
+                        return;
+                }
+
+        /* A caller that went away cannot be answered; that is no failure of ours. */
+        if (r < 0 && r != -ENOTCONN && r != -ECONNRESET)
+                log_warning_errno(r, "Cannot send the reply about %s: %m", strempty(req->model));
+}
+
+/* Hands the call to the core as a request; the reply follows its completion. */
+static int submit(Manager *m, sd_bus_message *message, RequestKind kind, const char *name,
+                  const RequestOptions *options) {
+        _cleanup_(request_unrefp) Request *req = NULL;
+        int r;
+
+        r = request_new(kind, name, sd_bus_message_get_sender(message), on_request_complete, message, &req);
+        if (r < 0)
+                return r;
+        if (options) {
+                req->keep_alive_sec = options->keep_alive_sec;
+                req->pin = options->pin;
+                req->force = options->force;
+        }
+        sd_bus_message_ref(message);   /* the completion's, given back there */
+        manager_submit(m, req);
+        return 1;
+}
+
 static int method_load(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         Manager *m = userdata;
         RequestOptions options;
@@ -172,7 +269,7 @@ static int method_load(sd_bus_message *message, void *userdata, sd_bus_error *er
         if (r <= 0)
                 return r < 0 ? r : 1;   /* 1: polkit will answer, the call comes back */
 
-        return manager_request_load(m, name, options.keep_alive_sec, options.pin, message, WAITER_LOAD, error);
+        return submit(m, message, REQUEST_LOAD, name, &options);
 }
 
 static int method_acquire(sd_bus_message *message, void *userdata, sd_bus_error *error) {
@@ -187,12 +284,11 @@ static int method_acquire(sd_bus_message *message, void *userdata, sd_bus_error 
         if (r <= 0)
                 return r < 0 ? r : 1;
 
-        return manager_request_load(m, name, KEEP_ALIVE_DEFAULT, false, message, WAITER_ACQUIRE, error);
+        return submit(m, message, REQUEST_ACQUIRE, name, NULL);
 }
 
 static int method_release(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         Manager *m = userdata;
-        PoolModel *model;
         const char *name;
         int r;
 
@@ -200,8 +296,7 @@ static int method_release(sd_bus_message *message, void *userdata, sd_bus_error 
         if (r < 0)
                 return r;
 
-        model = pool_find(&m->pool, name);
-        r = model ? manager_release(m, model, sd_bus_message_get_sender(message)) : -ENOENT;
+        r = model_release(m, name, sd_bus_message_get_sender(message));
         if (r == -ENOENT)
                 return sd_bus_error_setf(error, MPOOL_ERROR_NOT_HELD, "You hold no hold on model %s.", name);
         if (r < 0)
@@ -227,7 +322,7 @@ static int method_unload(sd_bus_message *message, void *userdata, sd_bus_error *
         if (r <= 0)
                 return r < 0 ? r : 1;
 
-        return manager_request_unload(m, name, options.force, message, error);
+        return submit(m, message, REQUEST_UNLOAD, name, &options);
 }
 
 static int method_unload_all(sd_bus_message *message, void *userdata, sd_bus_error *error) {
@@ -243,7 +338,7 @@ static int method_unload_all(sd_bus_message *message, void *userdata, sd_bus_err
         if (r <= 0)
                 return r < 0 ? r : 1;
 
-        return manager_unload_all(m, options.force, message);
+        return submit(m, message, REQUEST_UNLOAD_ALL, NULL, &options);
 }
 
 static double percent(uint64_t part, uint64_t whole) {
@@ -302,10 +397,10 @@ static int method_status(sd_bus_message *message, void *userdata, sd_bus_error *
         r = sd_bus_message_open_container(reply, 'a', "a{sv}");
         if (r < 0)
                 return r;
-        for (PoolModel *model = m->pool.models; model; model = model->next) {
+        POOL_FOREACH(model, &m->pool) {
                 /* As on the object manager: a name not yet found in the store
                  * is no model (yet). */
-                if (!model->userdata || !((ModelRuntime *) model->userdata)->announced)
+                if (!model_is_announced(model))
                         continue;
                 r = append_model_status(reply, m, model);
                 if (r < 0)
@@ -338,34 +433,13 @@ static int property_get_manager(sd_bus *bus, const char *path, const char *inter
         r = sd_bus_message_open_container(reply, 'a', "s");
         if (r < 0)
                 return r;
-        for (PoolModel *model = m->pool.models; model; model = model->next)
+        POOL_FOREACH(model, &m->pool)
                 if (model->state == MODEL_LOADED) {
                         r = sd_bus_message_append(reply, "s", model->name);
                         if (r < 0)
                                 return r;
                 }
         return sd_bus_message_close_container(reply);
-}
-
-static int property_get_model(sd_bus *bus, const char *path, const char *interface, const char *property,
-                              sd_bus_message *reply, void *userdata, sd_bus_error *error) {
-        PoolModel *model = userdata;
-
-        if (strcmp(property, "Name") == 0)
-                return sd_bus_message_append(reply, "s", model->name);
-        if (strcmp(property, "State") == 0)
-                return sd_bus_message_append(reply, "s", model_state_to_string(model->state));
-        if (strcmp(property, "SizeBytes") == 0)
-                return sd_bus_message_append(reply, "t", model->size_bytes);
-        if (strcmp(property, "MemoryBytes") == 0)
-                return sd_bus_message_append(reply, "t", model->memory_bytes);
-        if (strcmp(property, "Pinned") == 0)
-                return sd_bus_message_append(reply, "b", model->pinned);
-        if (strcmp(property, "Holds") == 0)
-                return sd_bus_message_append(reply, "u", model->holds);
-        if (strcmp(property, "RequestsTotal") == 0)
-                return sd_bus_message_append(reply, "t", model->requests_total);
-        return -EINVAL;
 }
 
 static int property_set_memory_limit(sd_bus *bus, const char *path, const char *interface,
@@ -455,90 +529,6 @@ static const sd_bus_vtable manager_vtable[] = {
         SD_BUS_VTABLE_END
 };
 
-/* Times need the manager (for the realtime clock), so they have getters of their own. */
-static int property_get_model_time(sd_bus *bus, const char *path, const char *interface, const char *property,
-                                   sd_bus_message *reply, void *userdata, sd_bus_error *error) {
-        PoolModel *model = userdata;
-        Manager *m = ((ModelRuntime *) model->userdata)->manager;
-        uint64_t t;
-
-        if (strcmp(property, "LoadedAt") == 0)
-                t = model->state == MODEL_LOADED ? model->loaded_at : 0;
-        else if (strcmp(property, "LastUsed") == 0)
-                t = model->last_used;
-        else
-                t = pool_model_deadline(&m->pool, model);
-        return sd_bus_message_append(reply, "t", manager_realtime(m, t));
-}
-
-static const sd_bus_vtable model_vtable[] = {
-        SD_BUS_VTABLE_START(0),
-        SD_BUS_PROPERTY("Name", "s", property_get_model, 0, SD_BUS_VTABLE_PROPERTY_CONST),
-        SD_BUS_PROPERTY("State", "s", property_get_model, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
-        SD_BUS_PROPERTY("SizeBytes", "t", property_get_model, 0, 0),
-        SD_BUS_PROPERTY("MemoryBytes", "t", property_get_model, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
-        SD_BUS_PROPERTY("Pinned", "b", property_get_model, 0, 0),
-        SD_BUS_PROPERTY("Holds", "u", property_get_model, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
-        SD_BUS_PROPERTY("LoadedAt", "t", property_get_model_time, 0, 0),
-        SD_BUS_PROPERTY("LastUsed", "t", property_get_model_time, 0, 0),
-        SD_BUS_PROPERTY("ExpiresAt", "t", property_get_model_time, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
-        SD_BUS_PROPERTY("RequestsTotal", "t", property_get_model, 0, 0),
-        SD_BUS_VTABLE_END
-};
-
-int bus_model_path(const char *name, char **ret) {
-        return sd_bus_path_encode(MPOOL_MODELS_PATH, name, ret);
-}
-
-static PoolModel *model_from_path(Manager *m, const char *path) {
-        _cleanup_free_ char *name = NULL;
-        PoolModel *model;
-
-        if (sd_bus_path_decode(path, MPOOL_MODELS_PATH, &name) <= 0)
-                return NULL;
-        model = pool_find(&m->pool, name);
-        if (!model || !model->userdata || !((ModelRuntime *) model->userdata)->announced)
-                return NULL;
-        return model;
-}
-
-static int model_object_find(sd_bus *bus, const char *path, const char *interface, void *userdata,
-                             void **found, sd_bus_error *error) {
-        PoolModel *model = model_from_path(userdata, path);
-
-        if (!model)
-                return 0;
-        *found = model;
-        return 1;
-}
-
-static int model_node_enumerator(sd_bus *bus, const char *path, void *userdata, char ***ret_nodes,
-                                 sd_bus_error *error) {
-        Manager *m = userdata;
-        char **nodes;
-        size_t n = 0;
-        int r;
-
-        nodes = calloc(m->pool.n_models + 1, sizeof *nodes);
-        if (!nodes)
-                return -ENOMEM;
-        for (PoolModel *model = m->pool.models; model; model = model->next) {
-                if (!model->userdata || !((ModelRuntime *) model->userdata)->announced)
-                        continue;
-                r = bus_model_path(model->name, &nodes[n]);
-                if (r < 0) {
-                        for (size_t i = 0; i < n; i++)
-                                free(nodes[i]);
-                        free(nodes);
-                        return r;
-                }
-                n++;
-        }
-
-        *ret_nodes = nodes;
-        return 0;
-}
-
 /* sd-bus replies to Properties.Set as soon as the setter returns, so a
  * setter cannot wait for polkit. Writes to the manager's properties are
  * therefore authorized here, before dispatch: the call is held until polkit
@@ -608,8 +598,81 @@ static int on_peer_left_installed(sd_bus_message *reply, void *userdata, sd_bus_
         return 0;
 }
 
+/* Signals are best effort towards listeners, but a failure to queue one is
+ * logged: a listener would otherwise miss a change without anyone knowing. */
+void bus_log_emit(int r, const char *what, const char *name) {
+        if (r < 0 && r != -ENOTCONN && r != -ECONNRESET)
+                log_warning_errno(r, "Cannot emit %s for %s: %m", what, name);
+}
+
+static void emit_manager_changed(Manager *m, ManagerChange what) {
+        static const struct {
+                ManagerChange change;
+                const char *property;
+        } table[] = {
+                { MANAGER_CHANGED_MEMORY_TOTAL, "MemoryTotal" },
+                { MANAGER_CHANGED_MEMORY_LIMIT, "MemoryLimit" },
+                { MANAGER_CHANGED_MEMORY_USED, "MemoryUsed" },
+                { MANAGER_CHANGED_LOADED_MODELS, "LoadedModels" },
+                { MANAGER_CHANGED_IDLE_TIMEOUT, "IdleTimeoutSec" },
+        };
+        char *names[ELEMENTSOF(table) + 1];
+        size_t n = 0;
+
+        if (!m->bus)
+                return;
+        for (size_t i = 0; i < ELEMENTSOF(table); i++)
+                if (what & table[i].change)
+                        names[n++] = (char *) table[i].property;
+        names[n] = NULL;
+        if (n > 0)
+                bus_log_emit(sd_bus_emit_properties_changed_strv(m->bus, MPOOL_MANAGER_PATH,
+                                                                 MPOOL_MANAGER_INTERFACE, names),
+                             "PropertiesChanged", "the manager");
+}
+
+static void emit_load_progress(Manager *m, PoolModel *model, uint64_t done, uint64_t total) {
+        if (m->bus)
+                bus_log_emit(sd_bus_emit_signal(m->bus, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE,
+                                                "LoadProgress", "stt", model->name, done, total),
+                             "LoadProgress", model->name);
+}
+
+static void emit_model_loaded(Manager *m, PoolModel *model) {
+        if (m->bus)
+                bus_log_emit(sd_bus_emit_signal(m->bus, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE,
+                                                "ModelLoaded", "st", model->name, model->memory_bytes),
+                             "ModelLoaded", model->name);
+}
+
+static void emit_load_failed(Manager *m, PoolModel *model, int error, const char *message) {
+        if (m->bus)
+                bus_log_emit(sd_bus_emit_signal(m->bus, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE,
+                                                "LoadFailed", "sss", model->name, bus_error_name(error), message),
+                             "LoadFailed", model->name);
+}
+
+static void emit_model_unloaded(Manager *m, PoolModel *model, const char *reason) {
+        if (m->bus)
+                bus_log_emit(sd_bus_emit_signal(m->bus, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE,
+                                                "ModelUnloaded", "ss", model->name, reason),
+                             "ModelUnloaded", model->name);
+}
+
+static const ManagerEvents bus_events = {
+        .manager_changed = emit_manager_changed,
+        .model_announced = bus_model_emit_added,
+        .model_changed = bus_model_emit_changed,
+        .load_progress = emit_load_progress,
+        .model_loaded = emit_model_loaded,
+        .load_failed = emit_load_failed,
+        .model_unloaded = emit_model_unloaded,
+};
+
 int bus_manager_register(Manager *m) {
         int r;
+
+        m->events = &bus_events;
 
         r = sd_bus_add_filter(m->bus, NULL, filter_property_set, m);
         if (r < 0)
@@ -625,119 +688,12 @@ int bus_manager_register(Manager *m) {
         r = sd_bus_add_object_vtable(m->bus, NULL, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE, manager_vtable, m);
         if (r < 0)
                 return log_error_errno(r, "Cannot register the manager object: %m");
-        r = sd_bus_add_fallback_vtable(m->bus, NULL, MPOOL_MODELS_PATH, MPOOL_MODEL_INTERFACE, model_vtable,
-                                       model_object_find, m);
+        r = bus_model_register(m);
         if (r < 0)
-                return log_error_errno(r, "Cannot register the model objects: %m");
-        r = sd_bus_add_node_enumerator(m->bus, NULL, MPOOL_MODELS_PATH, model_node_enumerator, m);
-        if (r < 0)
-                return log_error_errno(r, "Cannot register the model enumerator: %m");
+                return r;
         r = sd_bus_add_object_manager(m->bus, &m->object_manager_slot, MPOOL_MANAGER_PATH);
         if (r < 0)
                 return log_error_errno(r, "Cannot register the object manager: %m");
         return 0;
 }
 
-const char *bus_load_error_name(int r) {
-        switch (r) {
-        case -ENOENT:
-                return MPOOL_ERROR_MODEL_NOT_FOUND;
-        case -EBADMSG:
-                return MPOOL_ERROR_INVALID_MODEL;
-        case -ENOSPC:
-                return MPOOL_ERROR_INSUFFICIENT_MEMORY;
-        case -ECANCELED:
-                return MPOOL_ERROR_CANCELLED;
-        case -ENOMEM:
-                return SD_BUS_ERROR_NO_MEMORY;
-        default:
-                /* Unreadable files too (EACCES): that is the store's problem,
-                 * not the caller's authorization, so no AccessDenied. */
-                return SD_BUS_ERROR_IO_ERROR;
-        }
-}
-
-/* Signals are best effort towards listeners, but a failure to queue one is
- * logged: a listener would otherwise miss a change without anyone knowing. */
-static void log_emit(int r, const char *what, const char *name) {
-        if (r < 0 && r != -ENOTCONN && r != -ECONNRESET)
-                log_warning_errno(r, "Cannot emit %s for %s: %m", what, name);
-}
-
-void bus_emit_load_progress(Manager *m, const char *name, uint64_t done, uint64_t total) {
-        if (m->bus)
-                log_emit(sd_bus_emit_signal(m->bus, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE, "LoadProgress",
-                                            "stt", name, done, total), "LoadProgress", name);
-}
-
-void bus_emit_model_loaded(Manager *m, const char *name, uint64_t memory_bytes) {
-        if (m->bus)
-                log_emit(sd_bus_emit_signal(m->bus, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE, "ModelLoaded",
-                                            "st", name, memory_bytes), "ModelLoaded", name);
-}
-
-void bus_emit_load_failed(Manager *m, const char *name, const char *error_name, const char *message) {
-        if (m->bus)
-                log_emit(sd_bus_emit_signal(m->bus, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE, "LoadFailed",
-                                            "sss", name, error_name, message), "LoadFailed", name);
-}
-
-void bus_emit_model_unloaded(Manager *m, const char *name, const char *reason) {
-        if (m->bus)
-                log_emit(sd_bus_emit_signal(m->bus, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE, "ModelUnloaded",
-                                            "ss", name, reason), "ModelUnloaded", name);
-}
-
-#define PROPERTIES_MAX 8
-
-static size_t collect_names(const char *first, va_list ap, char **names) {
-        size_t n = 0;
-
-        for (const char *p = first; p && n < PROPERTIES_MAX; p = va_arg(ap, const char *))
-                names[n++] = (char *) p;
-        names[n] = NULL;
-        return n;
-}
-
-void bus_emit_manager_changed(Manager *m, const char *property, ...) {
-        char *names[PROPERTIES_MAX + 1];
-        va_list ap;
-
-        if (!m->bus)
-                return;
-        va_start(ap, property);
-        collect_names(property, ap, names);
-        va_end(ap);
-        log_emit(sd_bus_emit_properties_changed_strv(m->bus, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE, names),
-                 "PropertiesChanged", "the manager");
-}
-
-void bus_emit_model_changed(Manager *m, PoolModel *model, const char *property, ...) {
-        char *names[PROPERTIES_MAX + 1];
-        _cleanup_free_ char *path = NULL;
-        va_list ap;
-
-        if (!m->bus || !model->userdata || !((ModelRuntime *) model->userdata)->announced)
-                return;
-        if (bus_model_path(model->name, &path) < 0) {
-                log_oom();
-                return;
-        }
-        va_start(ap, property);
-        collect_names(property, ap, names);
-        va_end(ap);
-        log_emit(sd_bus_emit_properties_changed_strv(m->bus, path, MPOOL_MODEL_INTERFACE, names),
-                 "PropertiesChanged", model->name);
-}
-
-void bus_model_announce(Manager *m, PoolModel *model) {
-        _cleanup_free_ char *path = NULL;
-
-        if (!m->bus)
-                return;
-        if (bus_model_path(model->name, &path) < 0) {
-                log_oom();
-                return;
-        }
-        log_emit(sd_bus_emit_object_added(m->bus, path), "InterfacesAdded", model->name);
-}

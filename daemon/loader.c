@@ -18,6 +18,7 @@
 #include "macro.h"
 #include "safetensors.h"
 #include "store.h"
+#include "test-hooks.h"
 #include "time-util.h"
 
 #ifndef MADV_POPULATE_READ
@@ -32,29 +33,6 @@
  * thread reports a little more often so that the loop always has a fresh
  * figure, and no more, so the pipe never fills with stale ones. */
 #define PROGRESS_INTERVAL_USEC (25 * USEC_PER_MSEC)
-
-typedef enum LoaderMessageType {
-        LOADER_MESSAGE_PROGRESS,
-        LOADER_MESSAGE_DONE,
-} LoaderMessageType;
-
-/* Smaller than PIPE_BUF, so every write of one is atomic. */
-typedef struct LoaderMessage {
-        LoaderJob *job;
-        LoaderMessageType type;
-        uint64_t bytes_done;
-        uint64_t bytes_total;
-} LoaderMessage;
-
-struct Loader {
-        sd_event_source *source;
-        int read_fd;
-        int write_fd;
-        unsigned n_running;
-        loader_progress_handler_t on_progress;
-        loader_done_handler_t on_done;
-        void *userdata;
-};
 
 static void loader_files_free(LoaderFile *files, size_t n) {
         for (size_t i = 0; i < n; i++) {
@@ -71,6 +49,8 @@ void loader_mappings_release(LoaderMapping *mappings, size_t n) {
                         log_error_errno(errno, "Failed to unmap %zu bytes: %m", mappings[i].length);
         free(mappings);
 }
+
+static void run(WorkItem *item);
 
 LoaderJob *loader_job_free(LoaderJob *j) {
         if (!j)
@@ -101,8 +81,8 @@ int loader_job_new_probe(const char *name, const char *model_dir, const char *hu
         if (!j)
                 return -ENOMEM;
         j->kind = LOADER_JOB_PROBE;
+        j->item.run = run;
         j->userdata = userdata;
-        atomic_init(&j->cancelled, false);
         j->name = strdup(name);
         j->model_dir = strdup(model_dir);
         if (!j->name || !j->model_dir)
@@ -129,8 +109,12 @@ int loader_job_new_map(LoaderJob *probe, LoaderJob **ret) {
         if (!j)
                 return -ENOMEM;
         j->kind = LOADER_JOB_MAP;
+        j->item = (WorkItem) {
+                .run = run,
+                .done = probe->item.done,
+                .progress = probe->item.progress,
+        };
         j->userdata = probe->userdata;
-        atomic_init(&j->cancelled, false);
         j->name = strdup(probe->name);
         if (!j->name)
                 return -ENOMEM;
@@ -165,29 +149,6 @@ static void job_fail(LoaderJob *j, int error, const char *format, ...) {
         va_end(ap);
 }
 
-static void post(Loader *l, LoaderJob *j, LoaderMessageType type, uint64_t done, uint64_t total) {
-        LoaderMessage message;
-        ssize_t n;
-
-        /* Zeroed whole, padding included: the bytes go through a pipe. */
-        memset(&message, 0, sizeof message);
-        message.job = j;
-        message.type = type;
-        message.bytes_done = done;
-        message.bytes_total = total;
-
-        /* The write end blocks: a slow loop slows the loader rather than
-         * losing a message. Only EINTR is worth a retry. */
-        do
-                n = write(l->write_fd, &message, sizeof message);
-        while (n < 0 && errno == EINTR);
-
-        /* A lost DONE would leak the job and hang its callers; there is no
-         * way to report it but to stop. */
-        if (n != (ssize_t) sizeof message)
-                abort();
-}
-
 static void probe(LoaderJob *j) {
         _cleanup_(model_location_freep) ModelLocation *location = NULL;
         _cleanup_free_ char *error = NULL;
@@ -214,7 +175,7 @@ static void probe(LoaderJob *j) {
                 SafetensorsInfo info;
                 struct stat st;
 
-                if (atomic_load(&j->cancelled))
+                if (work_item_cancelled(&j->item))
                         return job_fail(j, ECANCELED, "The load was cancelled.");
 
                 files[i].path = strdup(location->weight_paths[i]);
@@ -286,15 +247,16 @@ static uint64_t resident_bytes(const LoaderMapping *mapping) {
         return n * page;
 }
 
-static void map(Loader *l, LoaderJob *j) {
-        uint64_t done = 0, last_post = 0, started = now_monotonic_usec();
+static void map(LoaderJob *j) {
+        uint64_t done = 0, last_post = 0;
         bool lock = true;
 
         j->mappings = calloc(j->n_files ?: 1, sizeof *j->mappings);
         if (!j->mappings)
                 return job_fail(j, ENOMEM, "Out of memory.");
 
-        post(l, j, LOADER_MESSAGE_PROGRESS, 0, j->total_bytes);
+        work_item_progress(&j->item, 0, j->total_bytes);
+        test_hook_load_gate(j->name, &j->item);
 
         for (size_t i = 0; i < j->n_files; i++) {
                 LoaderFile *f = &j->files[i];
@@ -324,7 +286,7 @@ static void map(Loader *l, LoaderJob *j) {
                         size_t length = MIN(MAP_CHUNK_BYTES, f->size - offset);
                         int r;
 
-                        if (atomic_load(&j->cancelled))
+                        if (work_item_cancelled(&j->item))
                                 return job_fail(j, ECANCELED, "The load was cancelled.");
 
                         r = populate(j, (uint8_t *) m->address + offset, length, &lock);
@@ -333,7 +295,7 @@ static void map(Loader *l, LoaderJob *j) {
 
                         done += length;
                         if (now_monotonic_usec() - last_post >= PROGRESS_INTERVAL_USEC && done < j->total_bytes) {
-                                post(l, j, LOADER_MESSAGE_PROGRESS, done, j->total_bytes);
+                                work_item_progress(&j->item, done, j->total_bytes);
                                 last_post = now_monotonic_usec();
                         }
                 }
@@ -349,149 +311,16 @@ static void map(Loader *l, LoaderJob *j) {
                 if (j->mappings[i].address)
                         j->resident_bytes += lock ? page_align(j->mappings[i].length)
                                                   : resident_bytes(&j->mappings[i]);
-        post(l, j, LOADER_MESSAGE_PROGRESS, j->total_bytes, j->total_bytes);
-        j->duration_usec = now_monotonic_usec() - started;
+        work_item_progress(&j->item, j->total_bytes, j->total_bytes);
 }
 
-typedef struct ThreadArgs {
-        Loader *loader;
-        LoaderJob *job;
-} ThreadArgs;
-
-static void *loader_thread(void *p) {
-        ThreadArgs args = *(ThreadArgs *) p;
+static void run(WorkItem *item) {
+        LoaderJob *j = loader_job_from_item(item);
         uint64_t started = now_monotonic_usec();
 
-        free(p);
-
-        if (args.job->kind == LOADER_JOB_PROBE)
-                probe(args.job);
+        if (j->kind == LOADER_JOB_PROBE)
+                probe(j);
         else
-                map(args.loader, args.job);
-
-        if (args.job->kind == LOADER_JOB_PROBE)
-                args.job->duration_usec = now_monotonic_usec() - started;
-        post(args.loader, args.job, LOADER_MESSAGE_DONE, 0, 0);
-        return NULL;
-}
-
-int loader_start(Loader *l, LoaderJob *job) {
-        _cleanup_free_ ThreadArgs *args = NULL;
-        pthread_attr_t attr;
-        sigset_t all, saved;
-        pthread_t thread;
-        int r;
-
-        assert(l);
-        assert(job);
-
-        args = malloc(sizeof *args);
-        if (!args)
-                return -ENOMEM;
-        *args = (ThreadArgs) { .loader = l, .job = job };
-
-        r = pthread_attr_init(&attr);
-        if (r != 0)
-                return -r;
-        r = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        if (r != 0) {
-                pthread_attr_destroy(&attr);
-                return -r;
-        }
-
-        /* Signals belong to the loop (sd-event's signalfd), never to a loader. */
-        sigfillset(&all);
-        pthread_sigmask(SIG_SETMASK, &all, &saved);
-        r = pthread_create(&thread, &attr, loader_thread, args);
-        pthread_sigmask(SIG_SETMASK, &saved, NULL);
-        pthread_attr_destroy(&attr);
-        if (r != 0)
-                return -r;
-
-        TAKE_PTR(args);
-        l->n_running++;
-        return 0;
-}
-
-static int on_loader_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        Loader *l = userdata;
-
-        for (;;) {
-                LoaderMessage message;
-                ssize_t n = read(fd, &message, sizeof message);
-
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        if (errno == EAGAIN)
-                                return 0;
-                        return log_error_errno(errno, "Failed to read from the loader pipe: %m");
-                }
-                if (n != (ssize_t) sizeof message)
-                        return log_error_errno(EIO, "Short read from the loader pipe (%zd bytes).", n);
-
-                if (message.type == LOADER_MESSAGE_PROGRESS)
-                        l->on_progress(message.job, message.bytes_done, message.bytes_total, l->userdata);
-                else {
-                        assert(l->n_running > 0);
-                        l->n_running--;
-                        l->on_done(message.job, l->userdata);
-                }
-        }
-}
-
-int loader_new(sd_event *event, loader_progress_handler_t on_progress, loader_done_handler_t on_done,
-               void *userdata, Loader **ret) {
-        _cleanup_free_ Loader *l = NULL;
-        int fds[2], r;
-
-        assert(event);
-        assert(on_progress);
-        assert(on_done);
-        assert(ret);
-
-        l = calloc(1, sizeof *l);
-        if (!l)
-                return -ENOMEM;
-        if (pipe2(fds, O_CLOEXEC) < 0)
-                return -errno;
-        l->read_fd = fds[0];
-        l->write_fd = fds[1];
-        if (fcntl(l->read_fd, F_SETFL, O_NONBLOCK) < 0) {
-                r = -errno;
-                goto fail;
-        }
-        l->on_progress = on_progress;
-        l->on_done = on_done;
-        l->userdata = userdata;
-
-        r = sd_event_add_io(event, &l->source, l->read_fd, EPOLLIN, on_loader_io, l);
-        if (r < 0)
-                goto fail;
-        (void) sd_event_source_set_description(l->source, "loader");
-
-        *ret = TAKE_PTR(l);
-        return 0;
-
-fail:
-        close(fds[0]);
-        close(fds[1]);
-        return r;
-}
-
-Loader *loader_free(Loader *l) {
-        if (!l)
-                return NULL;
-        /* Threads still running hold the write end; freeing under them would
-         * be a use after free, which the owner prevents by draining first. */
-        assert(l->n_running == 0);
-        sd_event_source_disable_unref(l->source);
-        close(l->read_fd);
-        close(l->write_fd);
-        free(l);
-        return NULL;
-}
-
-unsigned loader_running(const Loader *l) {
-        return l->n_running;
+                map(j);
+        j->duration_usec = now_monotonic_usec() - started;
 }

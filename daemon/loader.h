@@ -1,18 +1,18 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
-#include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <systemd/sd-event.h>
 
-/* Loading runs on worker threads so that the event loop never waits on the
- * file system. A job is handed to a thread with its inputs fixed; the thread
- * writes only the job's result fields and then posts the job back through a
- * pipe that the loop watches, which is what orders those writes before the
- * loop's reads. Two kinds of job make up a load: a probe (find the files,
- * validate every header, learn the size) and, once the pool has admitted
- * that size, a map (bring the weights into memory and keep them there). */
+#include "workpool.h"
+
+/* The two jobs a load is made of, run on a WorkPool: a probe (find the
+ * files, validate every header, learn the size) and, once the pool has
+ * admitted that size, a map (bring the weights into memory and keep them
+ * there). Inputs are fixed before the job is submitted; the worker writes
+ * only the results. */
 
 typedef enum LoaderJobKind {
         LOADER_JOB_PROBE,
@@ -31,15 +31,14 @@ typedef struct LoaderMapping {
 } LoaderMapping;
 
 typedef struct LoaderJob {
+        WorkItem item;            /* the owner sets item.done and item.progress */
+
         /* Inputs, fixed before the job starts. */
         LoaderJobKind kind;
         char *name;
         char *model_dir;          /* probe */
         char *huggingface_cache;  /* probe, may be NULL */
         void *userdata;
-
-        /* The one field both sides touch while the job runs. */
-        atomic_bool cancelled;
 
         /* Results, read by the loop once the job is posted back done. The
          * probe's files become the map job's input (loader_job_new_map). */
@@ -55,20 +54,9 @@ typedef struct LoaderJob {
         uint64_t duration_usec;
 } LoaderJob;
 
-typedef struct Loader Loader;
-
-typedef void (*loader_progress_handler_t)(LoaderJob *job, uint64_t bytes_done, uint64_t bytes_total,
-                                          void *userdata);
-typedef void (*loader_done_handler_t)(LoaderJob *job, void *userdata);
-
-int loader_new(sd_event *event, loader_progress_handler_t on_progress, loader_done_handler_t on_done,
-               void *userdata, Loader **ret);
-Loader *loader_free(Loader *l);
-unsigned loader_running(const Loader *l);
-
 int loader_job_new_probe(const char *name, const char *model_dir, const char *huggingface_cache,
                          void *userdata, LoaderJob **ret);
-/* Moves the probe's files into a new map job. */
+/* Moves the probe's files into a new map job, with the probe's callbacks. */
 int loader_job_new_map(LoaderJob *probe, LoaderJob **ret);
 LoaderJob *loader_job_free(LoaderJob *j);
 /* Takes the job's mappings (the caller now owns them and unmaps with
@@ -76,9 +64,6 @@ LoaderJob *loader_job_free(LoaderJob *j);
 LoaderMapping *loader_job_steal_mappings(LoaderJob *j, size_t *ret_n);
 void loader_mappings_release(LoaderMapping *mappings, size_t n);
 
-/* Starts the job on a thread of its own. On success the loader owns nothing:
- * the job comes back to on_done, where the callee takes it. */
-int loader_start(Loader *l, LoaderJob *job);
-static inline void loader_job_cancel(LoaderJob *j) {
-        atomic_store(&j->cancelled, true);
+static inline LoaderJob *loader_job_from_item(WorkItem *item) {
+        return (LoaderJob *) ((char *) item - offsetof(LoaderJob, item));
 }

@@ -7,6 +7,11 @@
 #include "macro.h"
 #include "pool.h"
 
+/* uthash aborts on allocation failure unless told otherwise: a full memory
+ * must make pool_add() fail, not end the daemon. */
+#undef uthash_nonfatal_oom
+#define uthash_nonfatal_oom(obj) (hash_oom = true)
+
 static const char *const model_state_table[_MODEL_STATE_MAX] = {
         [MODEL_AVAILABLE] = "available",
         [MODEL_LOADING] = "loading",
@@ -44,26 +49,35 @@ static void pool_model_free(PoolModel *m) {
 void pool_done(Pool *p) {
         assert(p);
 
-        while (p->models) {
-                PoolModel *m = p->models;
-                p->models = m->next;
+        PoolModel *m, *tmp;
+
+        HASH_ITER(hh, p->models, m, tmp) {
+                HASH_DELETE(hh, p->models, m);
                 pool_model_free(m);
         }
-        p->n_models = 0;
+}
+
+size_t pool_size(const Pool *p) {
+        return HASH_COUNT(p->models);
 }
 
 PoolModel *pool_find(const Pool *p, const char *name) {
+        PoolModel *m;
+
         assert(p);
         assert(name);
 
-        for (PoolModel *m = p->models; m; m = m->next)
-                if (strcmp(m->name, name) == 0)
-                        return m;
-        return NULL;
+        HASH_FIND_STR(p->models, name, m);
+        return m;
+}
+
+static int by_name(const PoolModel *a, const PoolModel *b) {
+        return strcmp(a->name, b->name);
 }
 
 int pool_add(Pool *p, const char *name, PoolModel **ret) {
-        PoolModel **link, *m;
+        bool hash_oom = false;
+        PoolModel *m;
 
         assert(p);
         assert(name);
@@ -74,7 +88,7 @@ int pool_add(Pool *p, const char *name, PoolModel **ret) {
                         *ret = m;
                 return 0;
         }
-        if (p->n_models >= POOL_MODELS_MAX)
+        if (pool_size(p) >= POOL_MODELS_MAX)
                 return -E2BIG;
 
         m = calloc(1, sizeof *m);
@@ -88,12 +102,12 @@ int pool_add(Pool *p, const char *name, PoolModel **ret) {
         m->state = MODEL_AVAILABLE;
         m->keep_alive_sec = KEEP_ALIVE_DEFAULT;
 
-        /* Sorted by name, so that listings are stable for people and tests. */
-        for (link = &p->models; *link && strcmp((*link)->name, name) < 0; link = &(*link)->next)
-                ;
-        m->next = *link;
-        *link = m;
-        p->n_models++;
+        /* Kept in name order, so that listings are stable for people and tests. */
+        HASH_ADD_KEYPTR_INORDER(hh, p->models, m->name, strlen(m->name), m, by_name);
+        if (hash_oom) {
+                pool_model_free(m);
+                return -ENOMEM;
+        }
 
         if (ret)
                 *ret = m;
@@ -112,20 +126,17 @@ int pool_remove(Pool *p, PoolModel *m) {
             model_occupies_slot(m))
                 return -EBUSY;
 
-        for (PoolModel **link = &p->models; *link; link = &(*link)->next)
-                if (*link == m) {
-                        *link = m->next;
-                        p->n_models--;
-                        pool_model_free(m);
-                        return 0;
-                }
-        return -ENOENT;
+        if (pool_find(p, m->name) != m)
+                return -ENOENT;
+        HASH_DELETE(hh, p->models, m);
+        pool_model_free(m);
+        return 0;
 }
 
 uint64_t pool_memory_used(const Pool *p) {
         uint64_t sum = 0;
 
-        for (PoolModel *m = p->models; m; m = m->next)
+        POOL_FOREACH(m, p)
                 sum += m->memory_bytes;
         return sum;
 }
@@ -133,15 +144,24 @@ uint64_t pool_memory_used(const Pool *p) {
 uint64_t pool_memory_committed(const Pool *p) {
         uint64_t sum = 0;
 
-        for (PoolModel *m = p->models; m; m = m->next)
+        POOL_FOREACH(m, p)
                 sum += m->memory_bytes + m->reserved_bytes;
+        return sum;
+}
+
+uint64_t pool_memory_pinned(const Pool *p) {
+        uint64_t sum = 0;
+
+        POOL_FOREACH(m, p)
+                if (m->pinned)
+                        sum += m->memory_bytes + m->reserved_bytes;
         return sum;
 }
 
 unsigned pool_models_loaded(const Pool *p) {
         unsigned n = 0;
 
-        for (PoolModel *m = p->models; m; m = m->next)
+        POOL_FOREACH(m, p)
                 if (m->state == MODEL_LOADED)
                         n++;
         return n;
@@ -172,6 +192,49 @@ bool pool_model_is_evictable(const PoolModel *m) {
         return m->state == MODEL_LOADED && !m->pinned && m->holds == 0 && m->in_flight == 0;
 }
 
+void pool_model_charge(Pool *p, PoolModel *m, uint64_t bytes) {
+        assert(p);
+        assert(m);
+
+        m->charged_bytes += bytes;
+        m->memory_bytes += bytes;
+}
+
+void pool_model_uncharge(Pool *p, PoolModel *m, uint64_t bytes) {
+        assert(p);
+        assert(m);
+        assert(m->charged_bytes >= bytes && m->memory_bytes >= bytes);
+
+        m->charged_bytes -= bytes;
+        m->memory_bytes -= bytes;
+}
+
+int pool_set_memory_limit(Pool *p, uint64_t limit, uint64_t *ret_needed) {
+        uint64_t pinned = pool_memory_pinned(p);
+
+        assert(p);
+
+        if (limit < pinned) {
+                if (ret_needed)
+                        *ret_needed = pinned;
+                return -EBUSY;
+        }
+        p->memory_limit = limit;
+        return 0;
+}
+
+size_t pool_collect_over_limit(const Pool *p, PoolModel **victims, size_t n_max) {
+        uint64_t committed = pool_memory_committed(p);
+
+        if (committed <= p->memory_limit)
+                return 0;
+        return pool_collect_pressure_victims(p, committed - p->memory_limit, victims, n_max);
+}
+
+PoolModel **pool_victims_new(const Pool *p) {
+        return calloc(pool_size(p) ?: 1, sizeof(PoolModel *));
+}
+
 int64_t pool_model_keep_alive_sec(const Pool *p, const PoolModel *m) {
         return m->keep_alive_sec == KEEP_ALIVE_DEFAULT ? p->idle_timeout_sec : m->keep_alive_sec;
 }
@@ -196,50 +259,50 @@ uint64_t pool_model_deadline(const Pool *p, const PoolModel *m) {
 uint64_t pool_next_deadline(const Pool *p) {
         uint64_t next = UINT64_MAX;
 
-        for (PoolModel *m = p->models; m; m = m->next)
+        POOL_FOREACH(m, p)
                 next = MIN(next, pool_model_deadline(p, m));
         return next;
 }
 
-/* Insertion sort into a small caller-provided array, by a key per model. */
-static size_t insert_sorted(PoolModel **list, uint64_t *keys, size_t n, size_t n_max,
-                            PoolModel *m, uint64_t key) {
+typedef uint64_t (*model_key_t)(const Pool *p, const PoolModel *m);
+
+/* Insertion sort into the caller's array, by a key derived from each model,
+ * so that no scratch memory is needed. */
+static size_t insert_sorted(const Pool *p, PoolModel **list, size_t n, size_t n_max, PoolModel *m,
+                            model_key_t key_of) {
+        uint64_t key = key_of(p, m);
         size_t i;
 
-        if (n == n_max && (n == 0 || keys[n - 1] <= key))
+        if (n == n_max && (n == 0 || key_of(p, list[n - 1]) <= key))
                 return n;
         if (n < n_max)
                 n++;
-        for (i = n - 1; i > 0 && keys[i - 1] > key; i--) {
+        for (i = n - 1; i > 0 && key_of(p, list[i - 1]) > key; i--)
                 list[i] = list[i - 1];
-                keys[i] = keys[i - 1];
-        }
         list[i] = m;
-        keys[i] = key;
         return n;
 }
 
+static uint64_t last_used_of(const Pool *p, const PoolModel *m) {
+        return m->last_used;
+}
+
 size_t pool_collect_expired(const Pool *p, uint64_t now, PoolModel **victims, size_t n_max) {
-        uint64_t keys[n_max ?: 1];
         size_t n = 0;
 
-        for (PoolModel *m = p->models; m; m = m->next) {
-                uint64_t deadline = pool_model_deadline(p, m);
-
-                if (deadline <= now)
-                        n = insert_sorted(victims, keys, n, n_max, m, deadline);
-        }
+        POOL_FOREACH(m, p)
+                if (pool_model_deadline(p, m) <= now)
+                        n = insert_sorted(p, victims, n, n_max, m, pool_model_deadline);
         return n;
 }
 
 /* Evictable models other than `except`, least recently used first. */
 static size_t collect_lru(const Pool *p, const PoolModel *except, PoolModel **list, size_t n_max) {
-        uint64_t keys[n_max ?: 1];
         size_t n = 0;
 
-        for (PoolModel *m = p->models; m; m = m->next)
+        POOL_FOREACH(m, p)
                 if (m != except && pool_model_is_evictable(m))
-                        n = insert_sorted(list, keys, n, n_max, m, m->last_used);
+                        n = insert_sorted(p, list, n, n_max, m, last_used_of);
         return n;
 }
 
@@ -247,18 +310,21 @@ int pool_plan_admission(const Pool *p, const PoolModel *m, uint64_t needed_bytes
                         PoolModel **victims, size_t n_max, uint64_t *ret_available) {
         uint64_t committed;
         unsigned slots_used = 0;
-        size_t n_lru, n = 0;
+        size_t n_lru;
 
         assert(p);
         assert(victims || n_max == 0);
 
         committed = pool_memory_committed(p) - (m ? m->memory_bytes + m->reserved_bytes : 0);
-        for (PoolModel *i = p->models; i; i = i->next)
+        POOL_FOREACH(i, p)
                 if (i != m && model_occupies_slot(i))
                         slots_used++;
 
-        PoolModel *lru[POOL_MODELS_MAX];
-        n_lru = collect_lru(p, m, lru, MIN((size_t) POOL_MODELS_MAX, n_max));
+        /* The victims are a prefix of the LRU order; only they are stored. */
+        _cleanup_free_ PoolModel **lru = calloc(n_max ?: 1, sizeof *lru);
+        if (!lru)
+                return -ENOMEM;
+        n_lru = collect_lru(p, m, lru, n_max);
 
         for (size_t i = 0;; i++) {
                 bool memory_fits = needed_bytes <= p->memory_limit &&
@@ -266,18 +332,17 @@ int pool_plan_admission(const Pool *p, const PoolModel *m, uint64_t needed_bytes
                 bool slot_free = p->max_loaded_models == 0 || slots_used < p->max_loaded_models;
 
                 if (memory_fits && slot_free)
-                        break;
+                        return (int) i;
                 if (i >= n_lru) {
                         /* Every evictable model is already taken off committed. */
                         if (ret_available)
                                 *ret_available = p->memory_limit > committed ? p->memory_limit - committed : 0;
                         return -ENOSPC;
                 }
-                victims[n++] = lru[i];
+                victims[i] = lru[i];
                 committed -= lru[i]->memory_bytes;
                 slots_used--;
         }
-        return (int) n;
 }
 
 size_t pool_collect_pressure_victims(const Pool *p, uint64_t bytes_to_free,

@@ -4,6 +4,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <uthash.h>
 
 /* The pool's policy: which models are known, what they hold, when they
  * expire and whom to evict. It does no I/O and knows nothing of D-Bus; every
@@ -32,7 +33,8 @@ struct PoolModel {
         char *name;
         ModelState state;
         uint64_t size_bytes;      /* on disk */
-        uint64_t memory_bytes;    /* held now */
+        uint64_t memory_bytes;    /* held now: resident weights plus charged_bytes */
+        uint64_t charged_bytes;   /* memory that is no file mapping (converted weights, buffers) */
         uint64_t reserved_bytes;  /* admitted for a load under way */
         bool pinned;
         unsigned holds;
@@ -43,12 +45,11 @@ struct PoolModel {
         uint64_t requests_total;
         char *error;              /* last failure, NULL if none */
         void *userdata;           /* the owner's runtime data for this model */
-        PoolModel *next;
+        UT_hash_handle hh;        /* by name; the hash's order is sorted by name */
 };
 
 typedef struct Pool {
-        PoolModel *models;        /* sorted by name */
-        size_t n_models;
+        PoolModel *models;        /* hash table by name, iterated in name order */
         uint64_t memory_limit;
         unsigned max_loaded_models;   /* 0 = no limit */
         int64_t idle_timeout_sec;     /* KEEP_ALIVE_FOREVER or ≥ 1 */
@@ -60,12 +61,17 @@ typedef struct Pool {
  * flood of Load calls cannot grow the daemon without bound. */
 #define POOL_MODELS_MAX 4096U
 
+/* Every model, in name order, stable for people and tests. The body may not
+ * remove models other than the current one. */
+#define POOL_FOREACH(model, pool) for (PoolModel *model = (pool)->models; model; model = (model)->hh.next)
+
 const char *model_state_to_string(ModelState s);
 
 void pool_init(Pool *p, uint64_t memory_limit, unsigned max_loaded_models,
                int64_t idle_timeout_sec, PoolIdlePolicy idle_policy);
 void pool_done(Pool *p);
 
+size_t pool_size(const Pool *p);
 PoolModel *pool_find(const Pool *p, const char *name);
 /* Returns the model of that name, adding it (state available) if unknown.
  * -E2BIG when the pool already knows POOL_MODELS_MAX models. */
@@ -74,6 +80,8 @@ int pool_add(Pool *p, const char *name, PoolModel **ret);
 int pool_remove(Pool *p, PoolModel *m);
 
 uint64_t pool_memory_used(const Pool *p);
+/* What pinned models hold or have been admitted for: the floor of the limit. */
+uint64_t pool_memory_pinned(const Pool *p);
 /* Held plus admitted for loads under way: what admission counts against the limit. */
 uint64_t pool_memory_committed(const Pool *p);
 unsigned pool_models_loaded(const Pool *p);
@@ -81,18 +89,36 @@ unsigned pool_models_loaded(const Pool *p);
 /* A use: renews the idle deadline (of every model under the global policy). */
 void pool_model_use(Pool *p, PoolModel *m, uint64_t now);
 
-/* Neither pinned, held, in use nor mid-transition: may be unloaded for
- * idleness, room or pressure. */
 /* count holds let go: letting go renews the idle deadline as a use does
  * (of every model under the global policy), without counting a request. */
 void pool_model_release(Pool *p, PoolModel *m, unsigned count, uint64_t now);
 
+/* Neither pinned, held, in use nor mid-transition: may be unloaded for
+ * idleness, room or pressure. */
 bool pool_model_is_evictable(const PoolModel *m);
+
+/* Memory a loaded model holds besides its mapped weights. Charging does not
+ * check the limit: plan it first with pool_plan_admission() for
+ * memory_bytes + bytes. Uncharging more than was charged is a programming
+ * error. */
+void pool_model_charge(Pool *p, PoolModel *m, uint64_t bytes);
+void pool_model_uncharge(Pool *p, PoolModel *m, uint64_t bytes);
+
+/* A new memory limit. -EBUSY when it is below what pinned models hold
+ * (ret_needed, if non-NULL, gets that figure); the limit is then unchanged.
+ * What must go to fit the new limit: pool_collect_over_limit(). */
+int pool_set_memory_limit(Pool *p, uint64_t limit, uint64_t *ret_needed);
+/* Evictable models, least recently used first, whose unloading brings the
+ * committed memory back within the limit (as far as evictable models can). */
+size_t pool_collect_over_limit(const Pool *p, PoolModel **victims, size_t n_max);
 int64_t pool_model_keep_alive_sec(const Pool *p, const PoolModel *m);
 /* Monotonic µs at which the model is to be unloaded for idleness, or
  * UINT64_MAX when no idle unload is pending. */
 uint64_t pool_model_deadline(const Pool *p, const PoolModel *m);
 uint64_t pool_next_deadline(const Pool *p);
+
+/* The victim lists below are written to a caller's array of n_max entries;
+ * pool_size() entries always suffice. */
 
 /* Models (at most n_max) whose idle deadline has passed, earliest first.
  * Returns how many were stored in victims. */
@@ -104,9 +130,12 @@ size_t pool_collect_expired(const Pool *p, uint64_t now, PoolModel **victims, si
  * MaxLoadedModels. Returns the number of victims stored (0 when it fits as
  * it is), or -ENOSPC when even evicting every evictable model would not be
  * enough; then nothing is to be unloaded and *ret_available (if non-NULL)
- * gets the most that could be made available. */
+ * gets the most that could be made available. -ENOMEM without scratch
+ * memory. */
 int pool_plan_admission(const Pool *p, const PoolModel *m, uint64_t needed_bytes,
                         PoolModel **victims, size_t n_max, uint64_t *ret_available);
+/* An array with room for every model, for the victim lists; NULL on OOM. */
+PoolModel **pool_victims_new(const Pool *p);
 
 /* Evictable models, least recently used first, until their memory adds up
  * to at least bytes_to_free (UINT64_MAX: every evictable model). */

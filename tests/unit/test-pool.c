@@ -58,7 +58,7 @@ static void test_init(void **state) {
         memset(&pool, 0xaa, sizeof pool);
         pool_init(&pool, 1000, 3, 60, POOL_IDLE_GLOBAL);
         assert_null(pool.models);
-        assert_int_equal(pool.n_models, 0);
+        assert_int_equal(pool_size(&pool), 0);
         assert_int_equal(pool.memory_limit, 1000);
         assert_int_equal(pool.max_loaded_models, 3);
         assert_int_equal(pool.idle_timeout_sec, 60);
@@ -94,11 +94,11 @@ static void test_add_sorted_idempotent(void **state) {
                 assert_false(m->pinned);
                 assert_int_equal(m->requests_total, 0);
                 assert_null(m->error);
-                assert_int_equal(pool.n_models, i + 1);
+                assert_int_equal(pool_size(&pool), i + 1);
         }
 
         i = 0;
-        for (m = pool.models; m; m = m->next, i++) {
+        for (m = pool.models; m; m = m->hh.next, i++) {
                 assert_true(i < ELEMENTSOF(sorted));
                 assert_string_equal(m->name, sorted[i]);
         }
@@ -112,20 +112,23 @@ static void test_add_sorted_idempotent(void **state) {
         assert_int_equal(pool_add(&pool, "org.b", &again), 0);
         assert_ptr_equal(again, first);
         assert_int_equal(again->memory_bytes, 42);
-        assert_int_equal(pool.n_models, ELEMENTSOF(order));
+        assert_int_equal(pool_size(&pool), ELEMENTSOF(order));
 
         /* ret may be NULL. */
         assert_int_equal(pool_add(&pool, "org.b", NULL), 0);
         assert_int_equal(pool_add(&pool, "org.d", NULL), 1);
-        assert_int_equal(pool.n_models, ELEMENTSOF(order) + 1);
+        assert_int_equal(pool_size(&pool), ELEMENTSOF(order) + 1);
         assert_non_null(pool_find(&pool, "org.d"));
         assert_null(pool_find(&pool, "org.e"));
         assert_null(pool_find(&pool, "org"));
-        assert_string_equal(pool.models->next->next->next->next->next->name, "org.d");
+        m = pool.models;
+        for (unsigned k = 0; k < 5; k++)
+                m = m->hh.next;
+        assert_string_equal(m->name, "org.d");
 
         pool_done(&pool);
         assert_null(pool.models);
-        assert_int_equal(pool.n_models, 0);
+        assert_int_equal(pool_size(&pool), 0);
 }
 
 static void test_add_limit(void **state) {
@@ -140,12 +143,12 @@ static void test_add_limit(void **state) {
                 snprintf(name, sizeof name, "m%05u", i - 1);
                 assert_int_equal(pool_add(&pool, name, NULL), 1);
         }
-        assert_int_equal(pool.n_models, POOL_MODELS_MAX);
+        assert_int_equal(pool_size(&pool), POOL_MODELS_MAX);
 
         m = UNTOUCHED;
         assert_int_equal(pool_add(&pool, "one.too.many", &m), -E2BIG);
         assert_ptr_equal(m, UNTOUCHED);
-        assert_int_equal(pool.n_models, POOL_MODELS_MAX);
+        assert_int_equal(pool_size(&pool), POOL_MODELS_MAX);
         assert_null(pool_find(&pool, "one.too.many"));
 
         /* A known name is still found at the limit. */
@@ -155,7 +158,7 @@ static void test_add_limit(void **state) {
         assert_string_equal(m->name, "m00007");
 
         i = 0;
-        for (m = pool.models; m; m = m->next, i++) {
+        for (m = pool.models; m; m = m->hh.next, i++) {
                 snprintf(name, sizeof name, "m%05u", i);
                 assert_string_equal(m->name, name);
         }
@@ -200,7 +203,7 @@ static void test_remove(void **state) {
         assert_int_equal(pool_remove(&pool, b), -EBUSY);
         b->state = MODEL_UNLOADING;
         assert_int_equal(pool_remove(&pool, b), -EBUSY);
-        assert_int_equal(pool.n_models, 3);
+        assert_int_equal(pool_size(&pool), 3);
         assert_ptr_equal(pool_find(&pool, "b"), b);
 
         /* A failed model holding nothing may be forgotten. */
@@ -208,21 +211,21 @@ static void test_remove(void **state) {
         b->error = strdup("load failed");
         assert_non_null(b->error);
         assert_int_equal(pool_remove(&pool, b), 0);
-        assert_int_equal(pool.n_models, 2);
+        assert_int_equal(pool_size(&pool), 2);
         assert_null(pool_find(&pool, "b"));
         assert_ptr_equal(pool.models, a);
-        assert_ptr_equal(a->next, c);
-        assert_null(c->next);
+        assert_ptr_equal(a->hh.next, c);
+        assert_null(c->hh.next);
 
         /* A model the pool does not know is not unlinked. */
         assert_int_equal(pool_remove(&pool, &stranger), -ENOENT);
-        assert_int_equal(pool.n_models, 2);
+        assert_int_equal(pool_size(&pool), 2);
 
         assert_int_equal(pool_remove(&pool, a), 0);
         assert_ptr_equal(pool.models, c);
         assert_int_equal(pool_remove(&pool, c), 0);
         assert_null(pool.models);
-        assert_int_equal(pool.n_models, 0);
+        assert_int_equal(pool_size(&pool), 0);
 
         pool_done(&pool);
 }

@@ -1,0 +1,14 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include "manager.h"
+
+/* The per-model objects, org.mpool.Model at /org/mpool/Manager/models/NAME
+ * (the name path-encoded): their properties, and the signals that say a
+ * model appeared or changed. */
+
+int bus_model_register(Manager *m);
+int bus_model_path(const char *name, char **ret);
+
+void bus_model_emit_added(Manager *m, PoolModel *model);
+void bus_model_emit_changed(Manager *m, PoolModel *model, ModelChange what);

@@ -1,0 +1,900 @@
+/* SPDX-License-Identifier: MIT */
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "macro.h"
+#include "model-lifecycle.h"
+#include "mpool-bus.h"
+#include "strv.h"
+#include "time-util.h"
+
+/* LoadProgress: at most 20 a second for each model. */
+#define PROGRESS_EVENT_INTERVAL_USEC (50 * USEC_PER_MSEC)
+
+static void on_job_done(WorkItem *item, bool ran);
+static void on_job_progress(WorkItem *item, uint64_t done, uint64_t total);
+
+ModelRuntime *model_runtime(Manager *m, PoolModel *model) {
+        ModelRuntime *rt = model->userdata;
+
+        if (!rt) {
+                rt = calloc(1, sizeof *rt);
+                if (!rt)
+                        return NULL;
+                rt->manager = m;
+                rt->keep_alive_requested = KEEP_ALIVE_DEFAULT;
+                model->userdata = rt;
+        }
+        return rt;
+}
+
+bool model_is_announced(const PoolModel *model) {
+        const ModelRuntime *rt = model->userdata;
+
+        return rt && rt->announced;
+}
+
+void model_announce(Manager *m, PoolModel *model) {
+        ModelRuntime *rt = model->userdata;
+
+        assert(rt);
+        if (rt->announced)
+                return;
+        rt->announced = true;
+        if (m->events && m->events->model_announced)
+                m->events->model_announced(m, model);
+}
+
+/* --- Requests waiting for a model ------------------------------------- */
+
+/* Every completion goes through here, so that the owner's count of waiting
+ * calls is always given back. */
+static void finish(Manager *m, Request *req, int error, const char *message) {
+        if (req->waiting && req->owner)
+                peers_remove_pending(&m->peers, req->owner);
+        req->waiting = false;
+        if (error < 0)
+                request_complete(req, error, "%s", message ?: "Out of memory.");
+        else
+                request_succeed(req);
+}
+
+static void finish_unload_all_part(Manager *m, Request *req) {
+        assert(req->kind == REQUEST_UNLOAD_ALL);
+        assert(req->n_pending > 0);
+        if (--req->n_pending == 0)
+                finish(m, req, 0, NULL);
+}
+
+void model_runtime_free(ModelRuntime *rt) {
+        if (!rt)
+                return;
+        assert(!rt->job);
+        for (size_t i = 0; i < rt->n_waiters; i++)
+                request_unref(rt->waiters[i]);
+        free(rt->waiters);
+        model_weights_unref(rt->weights);
+        free(rt->unload_reason);
+        free(rt);
+}
+
+/* -EBUSY: too many requests wait for this model; -EUSERS: the owner has too
+ * many calls waiting already. */
+static int waiter_add(Manager *m, PoolModel *model, Request *req) {
+        ModelRuntime *rt = model->userdata;
+        Request **w;
+        int r;
+
+        if (rt->n_waiters >= WAITERS_PER_MODEL_MAX)
+                return -EBUSY;
+        w = reallocarray(rt->waiters, rt->n_waiters + 1, sizeof *w);
+        if (!w)
+                return -ENOMEM;
+        rt->waiters = w;
+
+        /* An UnloadAll waits on many models but is one call of its owner. */
+        if (req->owner && !req->waiting) {
+                r = peers_add_pending(&m->peers, req->owner);
+                if (r < 0)
+                        return r;
+                req->waiting = true;
+        }
+        rt->waiters[rt->n_waiters++] = request_ref(req);
+        if (req->kind == REQUEST_UNLOAD_ALL)
+                req->n_pending++;
+        return 0;
+}
+
+static int waiter_error(Manager *m, Request *req, int r) {
+        if (r == -EBUSY)
+                request_complete(req, -EBUSY, "Too many callers are waiting for %s.", req->model);
+        else if (r == -EUSERS)
+                request_complete(req, -EUSERS, "You have %u calls waiting already; wait for one to finish.",
+                                 PENDING_CALLS_PER_PEER_MAX);
+        else
+                request_complete(req, r, "Cannot queue the request: %s.", strerror(-r));
+        return r;
+}
+
+static bool is_unload(const Request *req) {
+        return req->kind == REQUEST_UNLOAD || req->kind == REQUEST_UNLOAD_ALL;
+}
+
+static bool has_load_waiters(const PoolModel *model) {
+        const ModelRuntime *rt = model->userdata;
+
+        for (size_t i = 0; i < rt->n_waiters; i++)
+                if (!is_unload(rt->waiters[i]))
+                        return true;
+        return false;
+}
+
+/* Takes out the waiters of one side (unloads, or loads and acquires), in
+ * order, keeping the others. The caller completes and unrefs them. */
+static Request **take_waiters(PoolModel *model, bool unloads, size_t *ret_n) {
+        ModelRuntime *rt = model->userdata;
+        Request **taken = calloc(rt->n_waiters ?: 1, sizeof *taken);
+        size_t kept = 0, n = 0;
+
+        if (!taken) {
+                /* Nothing lost: they stay and are answered on the next turn. */
+                log_oom();
+                *ret_n = 0;
+                return NULL;
+        }
+        for (size_t i = 0; i < rt->n_waiters; i++) {
+                if (is_unload(rt->waiters[i]) == unloads)
+                        taken[n++] = rt->waiters[i];
+                else
+                        rt->waiters[kept++] = rt->waiters[i];
+        }
+        rt->n_waiters = kept;
+        *ret_n = n;
+        return taken;
+}
+
+/* The Unload and UnloadAll requests, once the model's memory is back. */
+static void answer_unloads(Manager *m, PoolModel *model, bool was_loaded) {
+        size_t n;
+        _cleanup_free_ Request **taken = take_waiters(model, true, &n);
+
+        for (size_t i = 0; i < n; i++) {
+                Request *req = taken[i];
+
+                if (req->kind == REQUEST_UNLOAD_ALL)
+                        finish_unload_all_part(m, req);
+                else {
+                        req->was_loaded = req->was_loaded || was_loaded;
+                        finish(m, req, 0, NULL);
+                }
+                request_unref(req);
+        }
+}
+
+/* Gives a Load or Acquire request what it asked for from a loaded model. */
+static void serve(Manager *m, PoolModel *model, Request *req) {
+        int r;
+
+        assert(model->state == MODEL_LOADED);
+
+        if (req->kind == REQUEST_ACQUIRE) {
+                assert(req->owner);
+                r = peers_add_hold(&m->peers, req->owner, model->name);
+                if (r < 0) {
+                        char message[128];
+
+                        if (r == -EBUSY)
+                                snprintf(message, sizeof message, "Too many holds: at most %u per peer.",
+                                         HOLDS_PER_PEER_MAX);
+                        else if (r == -EUSERS)
+                                snprintf(message, sizeof message, "Too many peers hold models (at most %u).",
+                                         PEERS_MAX);
+                        else
+                                snprintf(message, sizeof message, "Cannot hold model %s: %s.", model->name,
+                                         strerror(-r));
+                        return finish(m, req, r == -EBUSY ? -EUSERS : r, message);
+                }
+                model->holds++;
+                manager_emit_model_changed(m, model, MODEL_CHANGED_HOLDS | MODEL_CHANGED_EXPIRES);
+                manager_reschedule_idle(m);
+        }
+
+        pool_model_use(&m->pool, model, now_monotonic_usec());
+        finish(m, req, 0, NULL);
+}
+
+/* The Load and Acquire requests: served from the loaded model, or told
+ * how the load ended. */
+static void answer_loads(Manager *m, PoolModel *model, int error, const char *message) {
+        size_t n;
+        _cleanup_free_ Request **taken = take_waiters(model, false, &n);
+
+        for (size_t i = 0; i < n; i++) {
+                if (error >= 0)
+                        serve(m, model, taken[i]);
+                else
+                        finish(m, taken[i], error, message);
+                request_unref(taken[i]);
+        }
+}
+
+/* --- Loading ----------------------------------------------------------- */
+
+/* Forgets a model callers never heard of (a name that turned out not to
+ * exist, or a load refused before it started), so that callers cannot fill
+ * the pool with names. Returns true when it did. */
+static bool forget_if_unannounced(Manager *m, PoolModel *model) {
+        ModelRuntime *rt = model->userdata;
+
+        if ((rt && (rt->announced || rt->job || rt->n_waiters > 0)) || model->holds > 0)
+                return false;
+        model_runtime_free(rt);
+        model->userdata = NULL;
+        if (pool_remove(&m->pool, model) < 0) {
+                log_error("Cannot forget the unknown model %s.", model->name);
+                return false;
+        }
+        return true;
+}
+
+static void record_requests(ModelRuntime *rt, const Request *req) {
+        if (req->keep_alive_sec != KEEP_ALIVE_DEFAULT)
+                rt->keep_alive_requested = req->keep_alive_sec;
+        if (req->pin)
+                rt->pin_requested = true;
+}
+
+static void apply_requests(PoolModel *model, ModelRuntime *rt) {
+        if (rt->keep_alive_requested != KEEP_ALIVE_DEFAULT)
+                model->keep_alive_sec = rt->keep_alive_requested;
+        if (rt->pin_requested)
+                model->pinned = true;
+        rt->keep_alive_requested = KEEP_ALIVE_DEFAULT;
+        rt->pin_requested = false;
+}
+
+/* Returns true when the model was forgotten (a name that never existed). */
+static bool load_failed(Manager *m, PoolModel *model, int r, const char *message) {
+        ModelRuntime *rt = model->userdata;
+        bool cancelled_by_request = rt->cancel_requested;
+
+        model->reserved_bytes = 0;
+        model->state = r == -ECANCELED ? MODEL_AVAILABLE : MODEL_ERROR;
+        if (r != -ECANCELED) {
+                free(model->error);
+                model->error = strdup(message);
+        }
+
+        log_model_event(r == -ECANCELED ? LOG_INFO : LOG_WARNING, model->name, "load-failed",
+                        request_error_reason(r), UINT64_MAX,
+                        rt->load_started_usec ? now_monotonic_usec() - rt->load_started_usec : UINT64_MAX,
+                        "Loading %s failed: %s", model->name, message);
+        /* A cancelled load told its requests and the listeners already, when
+         * it was cancelled. */
+        if (!cancelled_by_request && m->events && m->events->load_failed)
+                m->events->load_failed(m, model, r, message);
+
+        rt->cancel_requested = false;
+        if (r == -ECANCELED && cancelled_by_request && !m->shutting_down)
+                /* Requests that came since the cancellation keep their pin
+                 * and keep-alive for the load that starts again. */
+                answer_unloads(m, model, false);
+        else {
+                rt->pin_requested = false;
+                rt->keep_alive_requested = KEEP_ALIVE_DEFAULT;
+                answer_unloads(m, model, false);
+                answer_loads(m, model, r, message);
+        }
+
+        if (forget_if_unannounced(m, model))
+                return true;
+        manager_emit_model_changed(m, model, MODEL_CHANGED_STATE);
+        return false;
+}
+
+static int submit_job(Manager *m, PoolModel *model, LoaderJob *job) {
+        ModelRuntime *rt = model->userdata;
+        int r;
+
+        job->item.done = on_job_done;
+        job->item.progress = on_job_progress;
+        r = workpool_submit(m->loaders, &job->item);
+        if (r < 0)
+                return r;
+        rt->job = job;
+        return 0;
+}
+
+static int start_probe(Manager *m, PoolModel *model) {
+        ModelRuntime *rt = model->userdata;
+        LoaderJob *job;
+        int r;
+
+        r = loader_job_new_probe(model->name, m->config.model_dir, m->config.huggingface_cache, model, &job);
+        if (r < 0)
+                return r;
+        r = submit_job(m, model, job);
+        if (r < 0) {
+                loader_job_free(job);
+                return r;
+        }
+
+        rt->load_started_usec = now_monotonic_usec();
+        rt->progress_started = false;
+        rt->progress_emitted_bytes = 0;
+        model->state = MODEL_LOADING;
+        log_model_event(LOG_INFO, model->name, "load-started", NULL, UINT64_MAX, UINT64_MAX,
+                        "Loading %s.", model->name);
+        manager_emit_model_changed(m, model, MODEL_CHANGED_STATE);
+        return 0;
+}
+
+/* Loads come back for callers that asked after a cancellation or while
+ * the model was being unloaded. */
+static void restart_if_wanted(Manager *m, PoolModel *model) {
+        ModelRuntime *rt = model->userdata;
+        int r;
+
+        if (m->shutting_down || rt->job || model->state == MODEL_LOADED || model->state == MODEL_UNLOADING ||
+            !has_load_waiters(model))
+                return;
+        r = start_probe(m, model);
+        if (r < 0) {
+                log_error_errno(r, "Cannot restart loading %s: %m", model->name);
+                answer_loads(m, model, r, "The daemon could not start loading the model.");
+        }
+}
+
+static void admit(Manager *m, PoolModel *model, LoaderJob *probe) {
+        _cleanup_free_ PoolModel **victims = pool_victims_new(&m->pool);
+        LoaderJob *map;
+        uint64_t available;
+        int n, r;
+
+        if (!victims) {
+                (void) load_failed(m, model, -ENOMEM, "Out of memory.");
+                return;
+        }
+
+        n = pool_plan_admission(&m->pool, model, probe->total_bytes, victims, pool_size(&m->pool), &available);
+        if (n == -ENOSPC) {
+                _cleanup_free_ char *message = NULL;
+
+                if (asprintf(&message,
+                             "Model %s needs %" PRIu64 " bytes, but only %" PRIu64 " of the memory limit of %"
+                             PRIu64 " bytes can be made available%s.",
+                             model->name, probe->total_bytes, available, m->pool.memory_limit,
+                             m->pool.max_loaded_models > 0 ? " (or MaxLoadedModels is reached)" : "") < 0)
+                        (void) load_failed(m, model, -ENOMEM, "Out of memory.");
+                else
+                        (void) load_failed(m, model, -ENOSPC, message);
+                return;
+        }
+        if (n < 0) {
+                (void) load_failed(m, model, n, "Out of memory.");
+                return;
+        }
+
+        for (int i = 0; i < n; i++)
+                model_unload(m, victims[i], MPOOL_REASON_MEMORY_LIMIT);
+        if (n > 0)
+                manager_reschedule_idle(m);
+
+        r = loader_job_new_map(probe, &map);
+        if (r >= 0) {
+                r = submit_job(m, model, map);
+                if (r < 0)
+                        loader_job_free(map);
+        }
+        if (r < 0) {
+                log_error_errno(r, "Cannot start mapping %s: %m", model->name);
+                (void) load_failed(m, model, r, "The daemon could not start reading the model.");
+                return;
+        }
+        model->reserved_bytes = probe->total_bytes;
+}
+
+static void loaded(Manager *m, PoolModel *model, LoaderJob *job) {
+        ModelRuntime *rt = model->userdata;
+        uint64_t now = now_monotonic_usec();
+        LoaderMapping *mappings;
+        size_t n_mappings;
+
+        mappings = loader_job_steal_mappings(job, &n_mappings);
+        rt->weights = model_weights_new(mappings, n_mappings, job->locked);
+        if (!rt->weights) {
+                (void) load_failed(m, model, -ENOMEM, "Out of memory.");
+                return;
+        }
+        model->memory_bytes = job->resident_bytes;
+        model->charged_bytes = 0;
+        model->reserved_bytes = 0;
+        model->state = MODEL_LOADED;
+        model->loaded_at = now;
+        model->last_used = now;
+        free(model->error);
+        model->error = NULL;
+
+        log_model_event(LOG_INFO, model->name, "loaded", NULL, model->memory_bytes, now - rt->load_started_usec,
+                        "Loaded %s: %" PRIu64 " bytes in %" PRIu64 " ms%s.", model->name, model->memory_bytes,
+                        (now - rt->load_started_usec) / USEC_PER_MSEC,
+                        job->locked ? "" : " (not locked in memory: RLIMIT_MEMLOCK is too low)");
+        if (m->events && m->events->model_loaded)
+                m->events->model_loaded(m, model);
+
+        if (rt->cancel_requested || m->shutting_down) {
+                /* The load finished before it saw the cancellation. Requests
+                 * that came since get a fresh load (restart_if_wanted). */
+                rt->cancel_requested = false;
+                for (size_t i = 0; i < rt->n_waiters; i++)
+                        rt->waiters[i]->was_loaded = true;
+                model_unload(m, model, m->shutting_down ? MPOOL_REASON_SHUTDOWN : MPOOL_REASON_REQUEST);
+                if (m->shutting_down)
+                        answer_loads(m, model, -ECANCELED, "The load was cancelled.");
+                return;
+        }
+
+        apply_requests(model, rt);
+        answer_loads(m, model, 0, NULL);
+        manager_emit_model_changed(m, model, MODEL_CHANGED_ALL);
+        manager_emit_changed(m, MANAGER_CHANGED_MEMORY_USED | MANAGER_CHANGED_LOADED_MODELS);
+        manager_update_status(m);
+        manager_reschedule_idle(m);
+}
+
+static void on_job_progress(WorkItem *item, uint64_t done, uint64_t total) {
+        LoaderJob *job = loader_job_from_item(item);
+        PoolModel *model = job->userdata;
+        ModelRuntime *rt = model->userdata;
+        Manager *m = rt->manager;
+        uint64_t now = now_monotonic_usec();
+
+        /* The chunk under way when a cancellation arrives still reports. */
+        if (rt->cancel_requested || m->shutting_down)
+                return;
+
+        if (rt->progress_started) {
+                if (done < rt->progress_emitted_bytes || (done == rt->progress_emitted_bytes && done != 0))
+                        return;
+                if (done < total && now - rt->progress_emitted_usec < PROGRESS_EVENT_INTERVAL_USEC)
+                        return;
+        }
+
+        rt->progress_started = true;
+        rt->progress_emitted_usec = now;
+        rt->progress_emitted_bytes = done;
+        if (m->events && m->events->load_progress)
+                m->events->load_progress(m, model, done, total);
+}
+
+static void on_job_done(WorkItem *item, bool ran) {
+        LoaderJob *job = loader_job_from_item(item);
+        PoolModel *model = job->userdata;
+        ModelRuntime *rt = model->userdata;
+        Manager *m = rt->manager;
+        bool cancelled, removed = false;
+
+        assert(rt->job == job);
+        rt->job = NULL;
+        cancelled = rt->cancel_requested || m->shutting_down;
+
+        if (!ran)
+                removed = load_failed(m, model, -ECANCELED, "The load was cancelled.");
+        else if (job->result < 0)
+                removed = load_failed(m, model, job->result, strempty(job->error_message));
+        else if (job->kind == LOADER_JOB_PROBE) {
+                model->size_bytes = job->total_bytes;
+                model_announce(m, model);
+                if (cancelled)
+                        (void) load_failed(m, model, -ECANCELED, "The load was cancelled.");
+                else
+                        admit(m, model, job);
+        } else
+                loaded(m, model, job);
+
+        loader_job_free(job);
+
+        if (!removed)
+                restart_if_wanted(m, model);
+        if (m->shutting_down)
+                manager_maybe_exit(m);
+        else
+                manager_preload(m);
+}
+
+
+/* --- Unloading ---------------------------------------------------------- */
+
+/* The memory is back: the model is available again. */
+static void unloaded(Manager *m, PoolModel *model, const char *reason) {
+        ModelRuntime *rt = model->userdata;
+        uint64_t freed = model->memory_bytes;
+
+        assert(model->state == MODEL_UNLOADING);
+        assert(model->in_flight == 0);
+
+        rt->weights = model_weights_unref(rt->weights);
+        model->memory_bytes = 0;
+        model->charged_bytes = 0;
+        model->state = MODEL_AVAILABLE;
+
+        log_model_event(LOG_INFO, model->name, "unloaded", reason, freed, UINT64_MAX,
+                        "Unloaded %s (%s), %" PRIu64 " bytes given back.", model->name, reason, freed);
+        if (m->events && m->events->model_unloaded)
+                m->events->model_unloaded(m, model, reason);
+        manager_emit_model_changed(m, model, MODEL_CHANGED_ALL);
+        manager_emit_changed(m, MANAGER_CHANGED_MEMORY_USED | MANAGER_CHANGED_LOADED_MODELS);
+        manager_update_status(m);
+
+        answer_unloads(m, model, false);
+        restart_if_wanted(m, model);
+}
+
+void model_unload(Manager *m, PoolModel *model, const char *reason) {
+        ModelRuntime *rt = model->userdata;
+
+        assert(model->state == MODEL_LOADED);
+
+        model->state = MODEL_UNLOADING;
+        model->pinned = false;
+        model->keep_alive_sec = KEEP_ALIVE_DEFAULT;
+        free(rt->unload_reason);
+        rt->unload_reason = strdup(reason);
+
+        /* Users still reading the weights keep them mapped; the unload
+         * completes when the last lets go (model_unlease). */
+        if (model->in_flight == 0)
+                unloaded(m, model, reason);
+        else {
+                log_model_event(LOG_INFO, model->name, "unloading", reason, UINT64_MAX, UINT64_MAX,
+                                "Unloading %s (%s) once its %u user(s) let go.", model->name, reason,
+                                model->in_flight);
+                manager_emit_model_changed(m, model, MODEL_CHANGED_STATE | MODEL_CHANGED_EXPIRES);
+                manager_emit_changed(m, MANAGER_CHANGED_LOADED_MODELS);
+        }
+}
+
+void model_cancel_load(Manager *m, PoolModel *model) {
+        ModelRuntime *rt = model->userdata;
+        _cleanup_free_ char *message = NULL;
+
+        assert(model->state == MODEL_LOADING);
+        assert(rt && rt->job);
+
+        if (rt->cancel_requested)
+                return;
+        rt->cancel_requested = true;
+        /* What the cancelled requests asked for goes with them. */
+        rt->pin_requested = false;
+        rt->keep_alive_requested = KEEP_ALIVE_DEFAULT;
+        workpool_cancel(m->loaders, &rt->job->item);
+        if (asprintf(&message, "Loading %s was cancelled by an unload request.", model->name) < 0)
+                message = NULL;
+        answer_loads(m, model, -ECANCELED, message ?: "The load was cancelled.");
+        if (m->events && m->events->load_failed)
+                m->events->load_failed(m, model, -ECANCELED, message ?: "The load was cancelled.");
+}
+
+/* --- Submitting -------------------------------------------------------- */
+
+static void submit_load(Manager *m, Request *req) {
+        PoolModel *model;
+        ModelRuntime *rt;
+        int r;
+
+        if (m->shutting_down)
+                return request_complete(req, -EBUSY, "mpoold is shutting down.");
+
+        /* Refused before the name is added, so refusals leave nothing behind. */
+        model = pool_find(&m->pool, req->model);
+        if ((!model || model->state == MODEL_AVAILABLE || model->state == MODEL_ERROR) &&
+            workpool_full(m->loaders))
+                return request_complete(req, -EBUSY,
+                                        "%u loads are waiting already; try again when one is done.",
+                                        workpool_in_flight(m->loaders));
+
+        r = pool_add(&m->pool, req->model, &model);
+        if (r == -E2BIG)
+                return request_complete(req, -EUSERS, "The pool already knows %u models.", POOL_MODELS_MAX);
+        if (r < 0)
+                return request_complete(req, r, "Cannot add model %s: %s.", req->model, strerror(-r));
+        rt = model_runtime(m, model);
+        if (!rt) {
+                (void) forget_if_unannounced(m, model);
+                return request_complete(req, -ENOMEM, "Out of memory.");
+        }
+
+        switch (model->state) {
+
+        case MODEL_LOADED:
+                record_requests(rt, req);
+                apply_requests(model, rt);
+                serve(m, model, req);
+                manager_emit_model_changed(m, model, MODEL_CHANGED_EXPIRES);
+                manager_reschedule_idle(m);
+                return;
+
+        case MODEL_LOADING:
+        case MODEL_UNLOADING:
+                r = waiter_add(m, model, req);
+                if (r < 0) {
+                        (void) waiter_error(m, req, r);
+                        return;
+                }
+                record_requests(rt, req);
+                return;
+
+        case MODEL_AVAILABLE:
+        case MODEL_ERROR:
+                r = waiter_add(m, model, req);
+                if (r < 0) {
+                        (void) forget_if_unannounced(m, model);
+                        (void) waiter_error(m, req, r);
+                        return;
+                }
+                r = start_probe(m, model);
+                if (r < 0) {
+                        log_error_errno(r, "Cannot start loading %s: %m", model->name);
+                        answer_loads(m, model, r, "The daemon could not start loading the model.");
+                        (void) forget_if_unannounced(m, model);
+                        return;
+                }
+                record_requests(rt, req);
+                return;
+
+        default:
+                assert(false);
+        }
+}
+
+static void submit_unload(Manager *m, Request *req) {
+        PoolModel *model = pool_find(&m->pool, req->model);
+        int r;
+
+        if (!model || !model->userdata)
+                return request_succeed(req);   /* was_loaded false */
+
+        if (model->pinned && !req->force)
+                return request_complete(req, -EPERM, "Model %s is pinned; unloading it needs the force option.",
+                                        req->model);
+
+        switch (model->state) {
+
+        case MODEL_LOADED:
+                req->was_loaded = true;
+                model_unload(m, model, MPOOL_REASON_REQUEST);
+                manager_reschedule_idle(m);
+                if (model->state == MODEL_AVAILABLE)
+                        return request_succeed(req);
+                /* Users still read the weights: answered when they let go. */
+                r = waiter_add(m, model, req);
+                if (r < 0)
+                        (void) waiter_error(m, req, r);
+                return;
+
+        case MODEL_LOADING:
+                r = waiter_add(m, model, req);
+                if (r < 0) {
+                        (void) waiter_error(m, req, r);
+                        return;
+                }
+                model_cancel_load(m, model);
+                return;
+
+        case MODEL_UNLOADING:
+                r = waiter_add(m, model, req);
+                if (r < 0)
+                        (void) waiter_error(m, req, r);
+                return;
+
+        default:
+                return request_succeed(req);
+        }
+}
+
+static void submit_unload_all(Manager *m, Request *req) {
+        _cleanup_(strv_freep) char **names = NULL;
+        int r;
+
+        /* The request holds one part of its own while loads are being
+         * cancelled, so that the first to finish cannot complete it early. */
+        req->n_pending = 1;
+
+        POOL_FOREACH(model, &m->pool) {
+                if (model->state != MODEL_LOADED || (model->pinned && !req->force))
+                        continue;
+                r = strv_extend(&names, model->name);
+                if (r < 0)
+                        return request_complete(req, r, "Out of memory.");
+                model_unload(m, model, MPOOL_REASON_REQUEST);
+                if (model->state == MODEL_UNLOADING) {
+                        r = waiter_add(m, model, req);
+                        if (r < 0)
+                                log_warning_errno(r, "UnloadAll does not wait for the users of %s to let go: %m",
+                                                  model->name);
+                }
+        }
+        manager_reschedule_idle(m);
+
+        POOL_FOREACH(model, &m->pool) {
+                if (model->state != MODEL_LOADING || (model->pinned && !req->force))
+                        continue;
+                r = waiter_add(m, model, req);
+                if (r < 0)
+                        log_warning_errno(r, "UnloadAll cancels the load of %s without waiting for it to stop: %m",
+                                          model->name);
+                model_cancel_load(m, model);
+        }
+
+        req->unloaded = TAKE_PTR(names);
+        finish_unload_all_part(m, req);
+}
+
+void manager_submit(Manager *m, Request *req) {
+        _cleanup_(request_unrefp) Request *hold = request_ref(req);
+
+        assert(m);
+        assert(req);
+
+        switch (req->kind) {
+        case REQUEST_LOAD:
+        case REQUEST_ACQUIRE:
+                return submit_load(m, req);
+        case REQUEST_UNLOAD:
+                return submit_unload(m, req);
+        case REQUEST_UNLOAD_ALL:
+                return submit_unload_all(m, req);
+        default:
+                assert(false);
+        }
+}
+
+/* --- Holds, users, charges -------------------------------------------- */
+
+void model_drop_holds(Manager *m, const char *model_name, unsigned count) {
+        PoolModel *model = pool_find(&m->pool, model_name);
+
+        if (!model)
+                return;
+        pool_model_release(&m->pool, model, count, now_monotonic_usec());
+        manager_emit_model_changed(m, model, MODEL_CHANGED_HOLDS | MODEL_CHANGED_EXPIRES);
+        manager_reschedule_idle(m);
+}
+
+int model_release(Manager *m, const char *model_name, const char *owner) {
+        int r;
+
+        r = peers_remove_hold(&m->peers, owner, model_name);
+        if (r < 0)
+                return r;
+        model_drop_holds(m, model_name, 1);
+        return 0;
+}
+
+void models_drop_requests_of(Manager *m, const char *owner) {
+        /* Most peers that leave wait for nothing: no walk over the models. */
+        if (peers_pending(&m->peers, owner) == 0)
+                return;
+
+        POOL_FOREACH(model, &m->pool) {
+                ModelRuntime *rt = model->userdata;
+                size_t kept = 0, n_gone = 0;
+                _cleanup_free_ Request **gone = NULL;
+
+                if (!rt || rt->n_waiters == 0)
+                        continue;
+                gone = calloc(rt->n_waiters, sizeof *gone);
+                if (!gone) {
+                        log_oom();
+                        continue;
+                }
+                /* Unloads go on being answered (into the void); loads and
+                 * acquires must not take holds for a peer that is gone. */
+                for (size_t i = 0; i < rt->n_waiters; i++) {
+                        Request *req = rt->waiters[i];
+
+                        if (!is_unload(req) && req->owner && strcmp(req->owner, owner) == 0)
+                                gone[n_gone++] = req;
+                        else
+                                rt->waiters[kept++] = req;
+                }
+                rt->n_waiters = kept;
+                for (size_t i = 0; i < n_gone; i++) {
+                        finish(m, gone[i], -ECONNRESET, "The caller left the bus.");
+                        request_unref(gone[i]);
+                }
+        }
+}
+
+int model_lease(Manager *m, PoolModel *model, ModelWeights **ret) {
+        ModelRuntime *rt = model->userdata;
+
+        assert(ret);
+
+        if (model->state != MODEL_LOADED || !rt || !rt->weights)
+                return -ESTALE;
+        model->in_flight++;
+        pool_model_use(&m->pool, model, now_monotonic_usec());
+        *ret = model_weights_ref(rt->weights);
+        manager_reschedule_idle(m);
+        return 0;
+}
+
+void model_unlease(Manager *m, PoolModel *model, ModelWeights *weights) {
+        ModelRuntime *rt = model->userdata;
+
+        assert(model->in_flight > 0);
+        assert(weights);
+
+        model->in_flight--;
+        model_weights_unref(weights);
+        model->last_used = MAX(model->last_used, now_monotonic_usec());
+
+        if (model->state == MODEL_UNLOADING && model->in_flight == 0)
+                unloaded(m, model, strempty(rt->unload_reason));
+        else
+                manager_reschedule_idle(m);
+        if (m->shutting_down)
+                manager_maybe_exit(m);
+}
+
+int model_charge(Manager *m, PoolModel *model, uint64_t bytes) {
+        _cleanup_free_ PoolModel **victims = pool_victims_new(&m->pool);
+        uint64_t needed;
+        int n;
+
+        if (model->state != MODEL_LOADED)
+                return -ESTALE;
+        if (!victims)
+                return -ENOMEM;
+        if (__builtin_add_overflow(model->memory_bytes + model->reserved_bytes, bytes, &needed))
+                return -ENOSPC;
+
+        /* The model itself is busy (it is being charged for a use), so the
+         * plan never picks it. */
+        n = pool_plan_admission(&m->pool, model, needed, victims, pool_size(&m->pool), NULL);
+        if (n < 0)
+                return n;
+        for (int i = 0; i < n; i++)
+                model_unload(m, victims[i], MPOOL_REASON_MEMORY_LIMIT);
+        pool_model_charge(&m->pool, model, bytes);
+        manager_emit_model_changed(m, model, MODEL_CHANGED_MEMORY);
+        manager_emit_changed(m, MANAGER_CHANGED_MEMORY_USED);
+        manager_reschedule_idle(m);
+        return 0;
+}
+
+void model_uncharge(Manager *m, PoolModel *model, uint64_t bytes) {
+        pool_model_uncharge(&m->pool, model, bytes);
+        manager_emit_model_changed(m, model, MODEL_CHANGED_MEMORY);
+        manager_emit_changed(m, MANAGER_CHANGED_MEMORY_USED);
+}
+
+/* --- Shutdown ---------------------------------------------------------- */
+
+void models_stop_all(Manager *m) {
+        POOL_FOREACH(model, &m->pool) {
+                ModelRuntime *rt = model->userdata;
+
+                if (model->state == MODEL_LOADED)
+                        model_unload(m, model, MPOOL_REASON_SHUTDOWN);
+                else if (rt && rt->job) {
+                        workpool_cancel(m->loaders, &rt->job->item);
+                        answer_loads(m, model, -ECANCELED, "mpoold is shutting down.");
+                }
+        }
+}
+
+bool models_settled(Manager *m) {
+        if (m->loaders && workpool_in_flight(m->loaders) > 0)
+                return false;
+        POOL_FOREACH(model, &m->pool)
+                if (model->state == MODEL_UNLOADING)
+                        return false;
+        return true;
+}

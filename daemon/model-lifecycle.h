@@ -1,0 +1,80 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "loader.h"
+#include "manager.h"
+#include "request.h"
+#include "weights.h"
+
+/* How a model goes through its states: loads (probe, admission, map on the
+ * loading workers), unloads, cancellations, holds and the users of its
+ * weights; and the requests that wait for each. Everything here runs on
+ * the loop thread and completes requests rather than answering anybody. */
+
+/* Per-model run-time data beside the policy's PoolModel (its userdata). */
+typedef struct ModelRuntime {
+        Manager *manager;
+        LoaderJob *job;               /* on a loading worker, or NULL */
+        Request **waiters;            /* each holds a reference */
+        size_t n_waiters;
+        ModelWeights *weights;        /* the pool's reference while loaded */
+        bool announced;               /* known to callers: found in the store */
+        uint64_t load_started_usec;   /* monotonic */
+        uint64_t progress_emitted_usec;
+        uint64_t progress_emitted_bytes;
+        bool progress_started;
+        bool cancel_requested;
+        char *unload_reason;          /* while unloading: why, for when it completes */
+        /* What callers asked for while the model was not loaded yet; applied
+         * when the load succeeds, dropped when it fails. */
+        bool pin_requested;
+        int64_t keep_alive_requested; /* KEEP_ALIVE_DEFAULT: nothing asked */
+} ModelRuntime;
+
+/* Bounds on what callers can make the daemon keep. */
+#define WAITERS_PER_MODEL_MAX 1024U
+
+/* Takes the request on: it is completed exactly once, possibly before this
+ * returns. The caller keeps its own reference. */
+void manager_submit(Manager *m, Request *req);
+
+/* A loaded model goes: its weights are unmapped once the last user lets go
+ * (state unloading until then), and every request waiting for it is told. */
+void model_unload(Manager *m, PoolModel *model, const char *reason);
+/* Stops a load under way: its Load and Acquire requests end Cancelled now,
+ * Unload requests once the worker has let go of the memory. */
+void model_cancel_load(Manager *m, PoolModel *model);
+
+/* -ENOENT when owner holds no hold on the model. */
+int model_release(Manager *m, const char *model_name, const char *owner);
+/* A peer that left held the model count times. */
+void model_drop_holds(Manager *m, const char *model_name, unsigned count);
+/* Ends the waiting requests of an owner that left the bus. */
+void models_drop_requests_of(Manager *m, const char *owner);
+
+/* A user of a loaded model's weights (a worker computing with them, a
+ * program they are handed to): counts as a use, keeps the model from being
+ * evicted, and keeps the mappings alive past an unload. -ESTALE when the
+ * model is not loaded. */
+int model_lease(Manager *m, PoolModel *model, ModelWeights **ret);
+void model_unlease(Manager *m, PoolModel *model, ModelWeights *weights);
+
+/* Memory a loaded model holds besides its mappings, counted against the
+ * limit: idle models are evicted to make room, or -ENOSPC. */
+int model_charge(Manager *m, PoolModel *model, uint64_t bytes);
+void model_uncharge(Manager *m, PoolModel *model, uint64_t bytes);
+
+bool model_is_announced(const PoolModel *model);
+/* The runtime of a model, created on first use; NULL on OOM. */
+ModelRuntime *model_runtime(Manager *m, PoolModel *model);
+void model_runtime_free(ModelRuntime *rt);
+/* Makes a model found in the store known to callers. */
+void model_announce(Manager *m, PoolModel *model);
+
+/* Cancels every load and unloads every model, for shutdown. */
+void models_stop_all(Manager *m);
+/* Nothing is loading and nothing waits for its users to let go. */
+bool models_settled(Manager *m);

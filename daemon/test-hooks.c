@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: MIT */
+#ifdef MPOOL_TEST_HOOKS
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "macro.h"
+#include "test-hooks.h"
+
+/* How often a held load looks at its cancellation flag. */
+#define GATE_POLL_MSEC 20
+
+void test_hook_load_gate(const char *model_name, WorkItem *item) {
+        const char *dir = getenv("MPOOL_TEST_LOAD_GATE");
+        char path[PATH_MAX], *p;
+        _cleanup_close_ int fd = -1;
+        struct stat st;
+
+        if (!dir)
+                return;
+        if (snprintf(path, sizeof path, "%s/%s", dir, model_name) >= (int) sizeof path)
+                return;
+        for (p = path + strlen(dir) + 1; *p; p++)
+                if (*p == '/')
+                        *p = '%';
+        if (stat(path, &st) < 0 || !S_ISFIFO(st.st_mode))
+                return;
+
+        /* Non-blocking, so that opening does not wait for a writer. */
+        fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0) {
+                log_warning_errno(errno, "Test hook: cannot open the load gate %s: %m", path);
+                return;
+        }
+        log_info("Test hook: the load of %s waits at its gate.", model_name);
+
+        while (!work_item_cancelled(item)) {
+                struct pollfd pfd = { .fd = fd, .events = POLLIN };
+                char byte;
+
+                if (poll(&pfd, 1, GATE_POLL_MSEC) <= 0)
+                        continue;
+                if (read(fd, &byte, 1) == 1)
+                        break;
+                /* POLLHUP without data: a writer came and went, and poll()
+                 * now returns at once; wait on without spinning. */
+                (void) poll(NULL, 0, GATE_POLL_MSEC);
+        }
+        log_info("Test hook: the load of %s passed its gate.", model_name);
+}
+
+#endif

@@ -1,0 +1,21 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include "workpool.h"
+
+/* Points where tests hold the daemon deterministically, compiled only into
+ * the test build (mpoold-test, MPOOL_TEST_HOOKS defined): the installed
+ * mpoold has none of them.
+ *
+ * The load gate: when $MPOOL_TEST_LOAD_GATE names a directory holding a
+ * FIFO called after the model (with '/' as '%'), mapping that model waits,
+ * after its first LoadProgress, until a byte is written to the FIFO or the
+ * load is cancelled. Cancellation and Busy tests thereby hold a load for
+ * as long as they need, whatever the speed of the disk. */
+
+#ifdef MPOOL_TEST_HOOKS
+void test_hook_load_gate(const char *model_name, WorkItem *item);
+#else
+static inline void test_hook_load_gate(const char *model_name, WorkItem *item) {
+}
+#endif
