@@ -67,6 +67,7 @@ int config_init_defaults(Config *c) {
                 .memory_available_min = { .is_percent = true, .permyriad = 500 },
                 .preload = NULL,
                 .max_concurrent_loads = CONFIG_MAX_CONCURRENT_LOADS_DEFAULT,
+                .max_queued_loads = CONFIG_MAX_QUEUED_LOADS_DEFAULT,
         };
         return 0;
 }
@@ -251,6 +252,10 @@ static int parse_max_concurrent_loads(Config *c, const char *value, char **ret_r
                                       ret_reason);
 }
 
+static int parse_max_queued_loads(Config *c, const char *value, char **ret_reason) {
+        return parse_unsigned_setting(value, 0, CONFIG_MAX_QUEUED_LOADS_MAX, &c->max_queued_loads, ret_reason);
+}
+
 static int parse_idle_timeout(Config *c, const char *value, char **ret_reason) {
         int64_t sec;
         int r;
@@ -347,6 +352,7 @@ static const struct {
         { "Pool",  "MemoryAvailableMin", parse_memory_available_min },
         { "Pool",  "Preload",            parse_preload },
         { "Pool",  "MaxConcurrentLoads", parse_max_concurrent_loads },
+        { "Pool",  "MaxQueuedLoads", parse_max_queued_loads },
 };
 
 static int config_apply(Config *c, const char *section, const char *key, const char *value,

@@ -21,6 +21,8 @@
 #define CONFIG_IDLE_TIMEOUT_SEC_DEFAULT       INT64_C(300)
 #define CONFIG_MAX_CONCURRENT_LOADS_DEFAULT   4U
 #define CONFIG_MAX_CONCURRENT_LOADS_MAX       64U
+#define CONFIG_MAX_QUEUED_LOADS_DEFAULT       64U
+#define CONFIG_MAX_QUEUED_LOADS_MAX           1024U
 /* Bounds what Preload= lines can make the daemon hold and start at boot. */
 #define CONFIG_PRELOAD_MAX                    1024U
 
@@ -45,6 +47,7 @@ typedef struct Config {
         SizeOrPercent memory_available_min;
         char **preload;                   /* NULL-terminated, valid model names, no duplicates; may be NULL */
         unsigned max_concurrent_loads;    /* 1..CONFIG_MAX_CONCURRENT_LOADS_MAX */
+        unsigned max_queued_loads;        /* 0..CONFIG_MAX_QUEUED_LOADS_MAX */
 } Config;
 
 /* Fills c (which holds nothing yet) with the defaults. -ENOMEM. */

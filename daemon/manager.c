@@ -276,7 +276,8 @@ int manager_start(Manager *m) {
         assert(m);
         assert(m->event);
 
-        r = workpool_new(m->event, "loader", m->config.max_concurrent_loads, LOAD_QUEUE_MAX, &m->loaders);
+        r = workpool_new(m->event, "loader", m->config.max_concurrent_loads, m->config.max_queued_loads,
+                         &m->loaders);
         if (r < 0)
                 return log_error_errno(r, "Cannot start the loading workers: %m");
 

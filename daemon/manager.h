@@ -51,9 +51,6 @@ typedef struct ManagerEvents {
         void (*model_unloaded)(Manager *m, PoolModel *model, const char *reason);
 } ManagerEvents;
 
-/* Loads waiting for a worker beyond those running; one more is Busy. */
-#define LOAD_QUEUE_MAX 64U
-
 struct Manager {
         sd_event *event;
         sd_bus *bus;                  /* the bus layer's; NULL without a bus */

@@ -8,6 +8,7 @@ a process gone, a Status value reached) with a generous deadline; nothing
 sleeps for a fixed time to let something happen."""
 
 import contextlib
+import errno
 import json
 import os
 import pwd
@@ -526,9 +527,38 @@ def read_rss_bytes(pid):
         raise AssertionError(f"no VmRSS for pid {pid}")
 
 
+class LoadGate:
+        """A FIFO the test build's loader waits on (daemon/test-hooks.c)."""
+
+        def __init__(self, path):
+                self.path = path
+                if not os.path.exists(path):
+                        os.mkfifo(path, 0o600)
+
+        def release(self):
+                """Lets the held load go on. The loader holds the FIFO open
+                while it waits, so this never blocks; with nobody waiting it
+                is refused (ENXIO), and the next load passes through instead."""
+                try:
+                        fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+                except OSError as e:
+                        if e.errno != errno.ENXIO:
+                                raise
+                        os.unlink(self.path)
+                        return
+                try:
+                        os.write(fd, b"x")
+                finally:
+                        os.close(fd)
+
+
 class Daemon:
-        def __init__(self, ctx, config_path, args=None, polkit=False):
+        def __init__(self, ctx, config_path, args=None, polkit=False, gates=False):
                 self.ctx = ctx
+                # The test build (mpoold-test) holds loads at gates the test
+                # opens (daemon/test-hooks.h); the installed form has none.
+                self.program = ctx.suite.mpoold_test if gates else ctx.suite.mpoold
+                self.env = dict(os.environ, MPOOL_TEST_LOAD_GATE=ctx.gate_dir()) if gates else None
                 self.config_path = config_path
                 self.address = ctx.suite.address
                 self.log_path = os.path.join(ctx.dir, f"mpoold-{len(ctx.daemons)}.log")
@@ -554,8 +584,8 @@ class Daemon:
 
         def spawn(self):
                 log = open(self.log_path, "wb")
-                self.proc = subprocess.Popen([self.ctx.suite.mpoold] + self.args, stdin=subprocess.DEVNULL,
-                                             stdout=log, stderr=subprocess.STDOUT)
+                self.proc = subprocess.Popen([self.program] + self.args, stdin=subprocess.DEVNULL,
+                                             stdout=log, stderr=subprocess.STDOUT, env=self.env)
                 log.close()
 
         def start(self):
@@ -746,15 +776,26 @@ class TestContext:
                         self.monitor.start()
                 return self.monitor
 
-        def daemon(self, config=None, start=True, polkit=False, **pool):
+        def gate_dir(self):
+                path = os.path.join(self.dir, "gates")
+                os.makedirs(path, exist_ok=True)
+                return path
+
+        def gate(self, name):
+                """Holds the next load of model name (of a daemon started with
+                gates=True) after its first LoadProgress, until released."""
+                return LoadGate(os.path.join(self.gate_dir(), name.replace("/", "%")))
+
+        def daemon(self, config=None, start=True, polkit=False, gates=False, **pool):
                 """A fresh mpoold on the private bus, with the monitor already
-                watching, so that nothing it emits at start-up is missed."""
+                watching, so that nothing it emits at start-up is missed.
+                gates=True runs the test build, whose loads wait at gates."""
                 if polkit:
                         self.suite.ensure_polkitd()
                 self.start_monitor()
                 if config is None:
                         config = self.write_config(**pool)
-                d = Daemon(self, config, polkit=polkit)
+                d = Daemon(self, config, polkit=polkit, gates=gates)
                 self.daemons.append(d)
                 if start:
                         d.start()
@@ -818,6 +859,7 @@ class Suite:
                 self.source_root = source_root
                 self.build_dir = build_dir
                 self.mpoold = os.path.join(build_dir, "mpoold")
+                self.mpoold_test = os.path.join(build_dir, "mpoold-test")
                 self.mkmodel = os.path.join(build_dir, "mpool-mkmodel")
                 self.private_bus = os.path.join(source_root, "tests", "tools", "private-bus.sh")
                 self.interface_xml = os.path.join(source_root, "dbus", "org.mpool.Manager.xml")
@@ -829,7 +871,7 @@ class Suite:
                 self.polkitd = None
 
         def start(self):
-                for program in (self.mpoold, self.mkmodel):
+                for program in (self.mpoold, self.mpoold_test, self.mkmodel):
                         if not os.access(program, os.X_OK):
                                 raise RuntimeError(f"{program} is missing; run make first")
                 self.tmp = tempfile.mkdtemp(prefix="mpool-integration-")

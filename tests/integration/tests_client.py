@@ -459,50 +459,47 @@ def load_started(ctx, name):
 
 
 def test_client_exit_status_cancelled(ctx):
-        d = ctx.daemon(MemoryLimit="12G")
-        for name in fresh_huge_models(ctx):
-                proc = start_client(ctx, d, "load", name)
-                ctx.monitor.wait(lambda sigs: load_started(ctx, name) or proc.poll() is not None,
-                                 f"the load of {name} to start")
-                d.unload(name)
-                out, err = proc.communicate(timeout=DEADLINE)
-                if proc.returncode == 0:
-                        continue        # loaded before Unload came
-                assert proc.returncode == EXIT_CANCELLED, (proc.returncode, out, err)
-                assert name in err and "cancelled" in err, err
-                assert out == "", out
-                return
-        raise AssertionError("both loads (1 GiB, 4 GiB) completed before Unload: cancellation untested")
+        ctx.model("held", size="1M")
+        gate = ctx.gate("held")
+        d = ctx.daemon(gates=True)
+        proc = start_client(ctx, d, "load", "held")
+        ctx.monitor.wait(lambda sigs: load_started(ctx, "held") or proc.poll() is not None,
+                         "the load of held to start")
+        assert proc.poll() is None, proc.communicate()
+        d.unload("held")
+        out, err = proc.communicate(timeout=DEADLINE)
+        assert proc.returncode == EXIT_CANCELLED, (proc.returncode, out, err)
+        assert "held" in err and "cancelled" in err, err
+        assert out == "", out
+        gate.release()
 
 
 def test_client_exit_status_busy(ctx):
-        ctx.model("small", size="1M")
-        d = ctx.daemon(MemoryLimit="12G", MaxConcurrentLoads="1")
-        for name in fresh_huge_models(ctx):
-                outcome = {}
+        """MaxConcurrentLoads= loads run, MaxQueuedLoads= more wait their
+        turn, and only a load beyond both is Busy."""
+        for name in ("running", "queued", "refused"):
+                ctx.model(name, size="1M")
+        gate = ctx.gate("running")
+        d = ctx.daemon(MaxConcurrentLoads="1", MaxQueuedLoads="1", gates=True)
+        running = start_client(ctx, d, "load", "running")
+        ctx.monitor.wait(lambda sigs: load_started(ctx, "running") or running.poll() is not None,
+                         "the load of running to start")
+        assert running.poll() is None, running.communicate()
+        queued = start_client(ctx, d, "load", "queued")
+        wait_until(lambda: d.model("queued")["state"] == "loading" or queued.poll() is not None,
+                   "queued to be queued")
 
-                def load():
-                        client = PyClient(d.address)
-                        try:
-                                outcome["path"] = client.load(name)
-                        except dbus.exceptions.DBusException as e:
-                                outcome["error"] = e.get_dbus_name()
-                        finally:
-                                client.close()
-                thread = threading.Thread(target=load, daemon=True)
-                thread.start()
-                ctx.monitor.wait(lambda sigs: load_started(ctx, name) or outcome, f"the load of {name} to start")
-                proc = run(ctx, d, "load", "small", expect=None)
-                d.unload(name)
-                thread.join(DEADLINE)
-                if proc.returncode == 0:
-                        assert "path" in outcome, "small loaded while another load was under way"
-                        d.unload("small")
-                        continue
-                assert proc.returncode == EXIT_BUSY, (proc.returncode, proc.stdout, proc.stderr)
-                check_error(proc, "small", "busy")
-                return
-        raise AssertionError("both loads (1 GiB, 4 GiB) completed too soon: Busy untested")
+        proc = run(ctx, d, "load", "refused", expect=None)
+        assert proc.returncode == EXIT_BUSY, (proc.returncode, proc.stdout, proc.stderr)
+        check_error(proc, "refused", "busy")
+
+        # Nothing was lost: the queued load runs once the held one is done.
+        gate.release()
+        for p in (running, queued):
+                out, err = p.communicate(timeout=DEADLINE)
+                assert p.returncode == 0, (p.returncode, out, err)
+        assert d.model("queued")["state"] == "loaded"
+        run(ctx, d, "load", "refused")
 
 
 def test_client_exit_status_per_error(ctx):

@@ -342,3 +342,65 @@ def test_sd_notify_ready_status_and_stopping(ctx):
         finally:
                 sock.close()
                 shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+# The same cancellations, held at a gate of the test build rather than
+# raced against the disk: they cannot pass by the load being quick.
+
+def test_unload_cancels_held_load(ctx):
+        ctx.model("held", size="4M")
+        gate = ctx.gate("held")
+        d = ctx.daemon(gates=True)
+        outcome, unloaded = attempt_cancel(ctx, d, "held")
+        assert unloaded is False, "Unload of a load it cancelled replied that the model was loaded"
+        check_cancelled(ctx, d, "held", outcome, 0)
+        # A fresh load passes the gate once it is opened.
+        thread = load_in_thread(d, "held", outcome := {})
+        ctx.monitor.wait(lambda sigs: len(load_starts(ctx, "held")) >= 2, "the second load to start")
+        gate.release()
+        thread.join(DEADLINE)
+        assert "path" in outcome, outcome
+
+
+def test_unload_all_cancels_held_load(ctx):
+        ctx.model("small", size="1M")
+        ctx.model("held", size="4M")
+        ctx.gate("held")
+        d = ctx.daemon(gates=True)
+        d.load("small")
+        outcome, unloaded = attempt_cancel(ctx, d, "held", cancel=lambda c: c.unload_all())
+        assert sorted(unloaded) == ["small"], unloaded
+        check_cancelled(ctx, d, "held", outcome, 0)
+
+
+def test_unload_cancels_queued_load(ctx):
+        """A load still waiting for a worker is taken off the queue: its
+        callers are told at once, and the load under way goes on."""
+        ctx.model("running", size="1M")
+        ctx.model("queued", size="1M")
+        gate = ctx.gate("running")
+        d = ctx.daemon(MaxConcurrentLoads="1", gates=True)
+        running, queued = {}, {}
+        t1 = load_in_thread(d, "running", running)
+        ctx.monitor.wait(lambda sigs: load_starts(ctx, "running"), "the load of running to start")
+        t2 = load_in_thread(d, "queued", queued)
+        wait_until(lambda: d.model("queued")["state"] == "loading", "queued to be queued")
+        assert d.unload("queued") is False
+        t2.join(DEADLINE)
+        assert queued["error"][0] == ERROR_CANCELLED, queued
+        assert d.model("queued")["state"] == "available"
+        gate.release()
+        t1.join(DEADLINE)
+        assert "path" in running, running
+
+
+def test_sigterm_during_held_load_cancels_it(ctx):
+        ctx.model("held", size="4M")
+        ctx.gate("held")
+        d = ctx.daemon(gates=True)
+        outcome = {}
+        thread = load_in_thread(d, "held", outcome)
+        ctx.monitor.wait(lambda sigs: load_starts(ctx, "held"), "LoadProgress of held")
+        assert d.stop() == 0
+        thread.join(DEADLINE)
+        assert outcome["error"][0] == ERROR_CANCELLED, outcome

@@ -69,6 +69,7 @@ static void assert_defaults(const Config *c) {
         assert_int_equal(c->memory_available_min.permyriad, 500);
         assert_null(c->preload);
         assert_int_equal(c->max_concurrent_loads, 4);
+        assert_int_equal(c->max_queued_loads, 64);
 }
 
 static void test_idle_policy_strings(void **state) {
@@ -134,7 +135,8 @@ static void test_every_key(void **state) {
                      "IdlePolicy=global\n"
                      "MemoryAvailableMin=512M\n"
                      "Preload=org/one two\n"
-                     "MaxConcurrentLoads=64\r\n");
+                     "MaxConcurrentLoads=64\r\n"
+                     "MaxQueuedLoads=0\r\n");
 
         assert_int_equal(config_init_defaults(&c), 0);
         if (config_load_file(&c, f->path, true, &error) != 0)
@@ -154,6 +156,7 @@ static void test_every_key(void **state) {
         assert_string_equal(c.preload[1], "two");
         assert_null(c.preload[2]);
         assert_int_equal(c.max_concurrent_loads, 64);
+        assert_int_equal(c.max_queued_loads, 0);
 
         config_done(&c);
 }
@@ -298,6 +301,7 @@ static void test_bad_values(void **state) {
                 { "Pool",  "MaxConcurrentLoads=0",         "MaxConcurrentLoads=: 0 is out of range 1..64", -ERANGE },
                 { "Pool",  "MaxConcurrentLoads=65",        "MaxConcurrentLoads=: 65 is out of range 1..64", -ERANGE },
                 { "Pool",  "MaxConcurrentLoads=4x",        "MaxConcurrentLoads=: invalid number '4x'", -EINVAL },
+                { "Pool",  "MaxQueuedLoads=1025",          "MaxQueuedLoads=: 1025 is out of range 0..1024", -ERANGE },
                 { "Pool",  "MaxLoadedModel=3",             "MaxLoadedModel=: unknown key in section [Pool]", -EINVAL },
                 { "Pool",  "ModelDir=/srv",                "ModelDir=: unknown key in section [Pool]", -EINVAL },
                 { "Pool",  "memorylimit=4G",               "memorylimit=: unknown key in section [Pool]", -EINVAL },
