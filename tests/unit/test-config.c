@@ -520,7 +520,7 @@ static void test_shipped_config(void **state) {
         }
         fclose(in);
         assert_int_equal(fclose(out), 0);
-        assert_int_equal(settings, 9);
+        assert_int_equal(settings, 10);
 
         assert_int_equal(config_init_defaults(&c), 0);
         if (config_load_file(&c, f->path, true, &error) != 0)
