@@ -60,6 +60,13 @@ POLKIT_ACTIONS_DIR = "/usr/share/polkit-1/actions"
 POLKIT_RULES_DIR = "/etc/polkit-1/rules.d"
 NOBODY_UID = 65534
 
+# The user the shipped unit runs mpoold as (systemd/mpoold.service, User=),
+# created as the package creates it, from systemd/mpool.sysusers. Daemons
+# that ask polkit run as this user, as installed: polkit answers a caller
+# that is not root about other users' processes, or with details, only if it
+# owns the action.
+SERVICE_USER = "mpool"
+
 
 def now_usec():
         return int(time.time() * 1_000_000)
@@ -552,11 +559,43 @@ class LoadGate:
                         os.close(fd)
 
 
+def ensure_service_user(source_root):
+        """SERVICE_USER's passwd entry; if the user is missing it is created
+        with systemd-sysusers from the checkout's snippet, as installing the
+        package would (a test machine is a throwaway one)."""
+        try:
+                return pwd.getpwnam(SERVICE_USER)
+        except KeyError:
+                pass
+        # An absolute path: a bare file name would be looked up in sysusers.d.
+        snippet = os.path.join(source_root, "systemd", "mpool.sysusers")
+        proc = subprocess.run(["systemd-sysusers", snippet], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=60)
+        try:
+                return pwd.getpwnam(SERVICE_USER)
+        except KeyError:
+                raise RuntimeError(f"systemd-sysusers {snippet} did not create the user {SERVICE_USER} "
+                                   f"(exit {proc.returncode}): {proc.stdout.strip()}") from None
+
+
+def process_uids(pid):
+        """The real, effective, saved and file system uids of a process."""
+        with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                        if line.startswith("Uid:"):
+                                return [int(u) for u in line.split()[1:]]
+        raise AssertionError(f"no Uid for pid {pid}")
+
+
 class Daemon:
-        def __init__(self, ctx, config_path, args=None, polkit=False, gates=False):
+        def __init__(self, ctx, config_path, args=None, polkit=False, user=None, gates=False):
+                """user: run as that user, from the working directory / as
+                systemd starts it, or as the tests' own user (root) when None.
+                gates: run the test build (mpoold-test), whose loads wait at
+                gates the test opens (daemon/test-hooks.h); the installed form
+                has none."""
                 self.ctx = ctx
-                # The test build (mpoold-test) holds loads at gates the test
-                # opens (daemon/test-hooks.h); the installed form has none.
+                self.user = user
                 self.program = ctx.suite.mpoold_test if gates else ctx.suite.mpoold
                 self.env = dict(os.environ, MPOOL_TEST_LOAD_GATE=ctx.gate_dir()) if gates else None
                 self.config_path = config_path
@@ -583,9 +622,19 @@ class Daemon:
                 return self._py
 
         def spawn(self):
+                argv = [self.program] + self.args
+                cwd = None
+                if self.user is not None:
+                        # setpriv execs in place: the daemon keeps the pid we
+                        # spawn. RLIMIT_MEMLOCK stays the tests' own (the
+                        # unit's infinity needs CAP_SYS_RESOURCE, which
+                        # containers often lack): larger models load unlocked.
+                        argv = ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--clear-groups",
+                                "--"] + argv
+                        cwd = "/"
                 log = open(self.log_path, "wb")
-                self.proc = subprocess.Popen([self.program] + self.args, stdin=subprocess.DEVNULL,
-                                             stdout=log, stderr=subprocess.STDOUT, env=self.env)
+                self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                             cwd=cwd, env=self.env)
                 log.close()
 
         def start(self):
@@ -706,6 +755,8 @@ class TestContext:
                 self.suite = suite
                 self.name = name
                 self.dir = tempfile.mkdtemp(prefix=name + "-", dir=suite.tmp)
+                # A daemon running as SERVICE_USER reads its config and store here.
+                os.chmod(self.dir, 0o755)
                 self.store = os.path.join(self.dir, "store")
                 self.hub = os.path.join(self.dir, "hub")
                 os.makedirs(self.store)
@@ -786,16 +837,23 @@ class TestContext:
                 gates=True) after its first LoadProgress, until released."""
                 return LoadGate(os.path.join(self.gate_dir(), name.replace("/", "%")))
 
-        def daemon(self, config=None, start=True, polkit=False, gates=False, **pool):
+        def daemon(self, config=None, start=True, polkit=False, user=None, gates=False, **pool):
                 """A fresh mpoold on the private bus, with the monitor already
                 watching, so that nothing it emits at start-up is missed.
+                With polkit it runs as SERVICE_USER, as installed, unless
+                user says otherwise ("root": as the tests' own user); without
+                polkit as the tests' own user unless user names one.
                 gates=True runs the test build, whose loads wait at gates."""
                 if polkit:
                         self.suite.ensure_polkitd()
+                        if user is None:
+                                user = SERVICE_USER
+                if user == "root":
+                        user = None
                 self.start_monitor()
                 if config is None:
                         config = self.write_config(**pool)
-                d = Daemon(self, config, polkit=polkit, gates=gates)
+                d = Daemon(self, config, polkit=polkit, user=user, gates=gates)
                 self.daemons.append(d)
                 if start:
                         d.start()
@@ -874,6 +932,10 @@ class Suite:
                 for program in (self.mpoold, self.mpoold_test, self.mkmodel):
                         if not os.access(program, os.X_OK):
                                 raise RuntimeError(f"{program} is missing; run make first")
+                # dbus-daemon looks up the user names of its policy when it
+                # reads it: without the user, the shipped policy's rule that
+                # lets SERVICE_USER own the name would be dropped.
+                ensure_service_user(self.source_root)
                 self.tmp = tempfile.mkdtemp(prefix="mpool-integration-")
                 os.chmod(self.tmp, 0o755)
                 self.bus_dir = os.path.join(self.tmp, "bus")

@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: MIT
 """Authorization with Debian's real polkitd on the private bus.
 
-Root is always authorized by polkit. The unprivileged caller is the user
+mpoold runs as the service user (harness.SERVICE_USER), as the shipped unit
+runs it, so polkit sees the caller it sees when installed. Root is always
+authorized by polkit. The unprivileged caller is the user
 nobody (uid 65534) in a process of its own (setpriv), with no login session,
 for whom polkit answers both actions with "authentication required": without
 the allow-interactive-authorization flag the daemon refuses with
@@ -21,17 +23,19 @@ pass without them."""
 
 import json
 import os
+import pwd
 import queue
 import re
 import subprocess
 import threading
+from xml.etree import ElementTree
 
 import dbus
 
 from harness import (BUS_NAME, CALL_TIMEOUT, DEADLINE, ERROR_INVALID_ARGS, ERROR_MODEL_PINNED, MANAGER_IFACE,
                      MANAGER_PATH, MODEL_IFACE, MiB, Monitor, NOBODY_UID, OBJECT_MANAGER_IFACE, PROPERTIES_IFACE,
-                     SYNC_IFACE, expect_dbus_error, model_path, now_usec, plain,
-                     to_busctl_args, wait_until)
+                     SERVICE_USER, SYNC_IFACE, expect_dbus_error, model_path, now_usec, plain,
+                     process_uids, to_busctl_args, wait_until)
 
 ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
 INTERACTIVE_REQUIRED = "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"
@@ -504,6 +508,67 @@ def test_polkit_busctl_set_property_as_root_and_nobody(ctx):
         d.ctl.run("set-property", BUS_NAME, MANAGER_PATH, MANAGER_IFACE, "MemoryLimit", "t", str(128 * MiB))
         assert d.ctl.get_property(MANAGER_PATH, MANAGER_IFACE, "MemoryLimit") == 128 * MiB
         assert d.status()[0]["memory_limit"] == 128 * MiB
+
+
+# ---------------------------------------------------------------------------
+# The user the daemon runs as.
+
+def check_authorizes(ctx, d):
+        """Both kinds of check mpoold asks polkit, root's and nobody's: with
+        details (Load names the model) and without (Set), each about a
+        process of another user than the daemon's."""
+        ctx.model("alpha", size="4M")
+        nobody = NobodyClient(ctx)
+        for call, action in ((load_call("alpha"), ACTION_LOAD),
+                             (set_call("MemoryLimit", "t", 256 * MiB), ACTION_CONFIGURE)):
+                what = f"{call['iface']}.{call['member']}{call['args']!r}"
+                try:
+                        root_call(d, call)
+                except dbus.exceptions.DBusException as e:
+                        raise AssertionError(f"root's {what} was refused: {e.get_dbus_name()}: "
+                                             f"{e.get_dbus_message()}") from None
+                assert_error(nobody.call(call), INTERACTIVE_REQUIRED, f"nobody's {what}", action)
+        loaded(d, "alpha")
+        assert d.status()[0]["memory_limit"] == 256 * MiB
+        assert "Cannot ask polkit" not in d.log(), d.log()
+
+
+def test_polkit_daemon_as_service_user(ctx):
+        """As installed, mpoold is not root: polkitd answers it only because
+        it owns the actions (org.freedesktop.policykit.owner); without that,
+        every check failed with "Only trusted callers (e.g. uid 0 or an
+        action owner) can use CheckAuthorization()", root's included."""
+        d = ctx.daemon(polkit=True)
+        uid = pwd.getpwnam(SERVICE_USER).pw_uid
+        assert process_uids(d.pid) == [uid] * 4, f"mpoold runs as {process_uids(d.pid)}, not {SERVICE_USER} ({uid})"
+        check_authorizes(ctx, d)
+
+
+def test_polkit_daemon_as_root(ctx):
+        """Run by hand as root, the daemon is as able: root may ask polkit
+        anything."""
+        d = ctx.daemon(polkit=True, user="root")
+        assert process_uids(d.pid) == [0] * 4, process_uids(d.pid)
+        check_authorizes(ctx, d)
+
+
+def test_polkit_actions_owned_by_the_unit_user(ctx):
+        """Every action names the user the unit runs as, which the sysusers
+        snippet creates, as its owner: rename one and authorization breaks."""
+        root = ctx.suite.source_root
+        with open(os.path.join(root, "systemd", "mpoold.service")) as f:
+                (unit_user,) = re.findall(r"^User=(\S+)$", f.read(), re.MULTILINE)
+        with open(os.path.join(root, "systemd", "mpool.sysusers")) as f:
+                sysusers = re.findall(r"^u\s+(\S+)\s", f.read(), re.MULTILINE)
+        assert unit_user == SERVICE_USER and sysusers == [unit_user], (unit_user, sysusers, SERVICE_USER)
+
+        policy = ElementTree.parse(os.path.join(root, "polkit", "org.mpool.policy")).getroot()
+        actions = policy.findall("action")
+        assert actions, "no actions in polkit/org.mpool.policy"
+        for action in actions:
+                owners = [a.text for a in action.findall("annotate")
+                          if a.get("key") == "org.freedesktop.policykit.owner"]
+                assert owners == [f"unix-user:{unit_user}"], f"{action.get('id')}: owner annotation {owners}"
 
 
 # ---------------------------------------------------------------------------
