@@ -966,10 +966,71 @@ static void test_pressure_victims(void **state) {
         pool_done(&pool);
 }
 
+static void test_memory_limit_at_run_time(void **state) {
+        PoolModel *a, *b, *c, *victims[4];
+        uint64_t needed = 0;
+
+        pool_init(&pool, 1000, 0, 300, POOL_IDLE_PER_MODEL);
+        a = add_model(&pool, "a", MODEL_LOADED, 300, SEC(1));
+        b = add_model(&pool, "b", MODEL_LOADED, 300, SEC(2));
+        c = add_model(&pool, "c", MODEL_LOADING, 0, SEC(3));
+        c->reserved_bytes = 200;
+        c->pinned = true;
+        b->pinned = true;
+        assert_int_equal(pool_memory_pinned(&pool), 500);
+
+        /* Below what pinned models hold (or are admitted for): refused. */
+        assert_int_equal(pool_set_memory_limit(&pool, 499, &needed), -EBUSY);
+        assert_int_equal(needed, 500);
+        assert_int_equal(pool.memory_limit, 1000);
+
+        /* Within it nothing needs to go. */
+        assert_int_equal(pool_set_memory_limit(&pool, 800, NULL), 0);
+        assert_int_equal(pool_collect_over_limit(&pool, victims, ELEMENTSOF(victims)), 0);
+
+        /* Lower: the idle unpinned model goes, the pinned ones stay. */
+        assert_int_equal(pool_set_memory_limit(&pool, 500, NULL), 0);
+        assert_int_equal(pool.memory_limit, 500);
+        assert_int_equal(pool_collect_over_limit(&pool, victims, ELEMENTSOF(victims)), 1);
+        assert_ptr_equal(victims[0], a);
+
+        /* A held model is no victim even when the pool is over. */
+        a->holds = 1;
+        assert_int_equal(pool_collect_over_limit(&pool, victims, ELEMENTSOF(victims)), 0);
+        (void) b;
+}
+
+static void test_charges(void **state) {
+        PoolModel *a, *b, *victims[4];
+
+        pool_init(&pool, 1000, 0, 300, POOL_IDLE_PER_MODEL);
+        a = add_model(&pool, "a", MODEL_LOADED, 300, SEC(1));
+        b = add_model(&pool, "b", MODEL_LOADED, 300, SEC(2));
+
+        pool_model_charge(&pool, b, 100);
+        assert_int_equal(b->memory_bytes, 400);
+        assert_int_equal(b->charged_bytes, 100);
+        assert_int_equal(pool_memory_used(&pool), 700);
+
+        /* Charging b 400 more: planned as b needing all it would hold. */
+        b->in_flight = 1;
+        assert_int_equal(pool_plan_admission(&pool, b, b->memory_bytes + 400, victims, ELEMENTSOF(victims), NULL),
+                         1);
+        assert_ptr_equal(victims[0], a);
+        assert_int_equal(pool_plan_admission(&pool, b, b->memory_bytes + 701, victims, ELEMENTSOF(victims), NULL),
+                         -ENOSPC);
+
+        pool_model_uncharge(&pool, b, 100);
+        assert_int_equal(b->memory_bytes, 300);
+        assert_int_equal(b->charged_bytes, 0);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_teardown(test_model_state_to_string, teardown_pool),
                 cmocka_unit_test_teardown(test_init, teardown_pool),
+                cmocka_unit_test_teardown(test_memory_limit_at_run_time, teardown_pool),
+                cmocka_unit_test_teardown(test_charges, teardown_pool),
                 cmocka_unit_test_teardown(test_add_sorted_idempotent, teardown_pool),
                 cmocka_unit_test_teardown(test_add_limit, teardown_pool),
                 cmocka_unit_test_teardown(test_remove, teardown_pool),

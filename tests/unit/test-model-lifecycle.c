@@ -1,0 +1,429 @@
+/* SPDX-License-Identifier: MIT */
+/* The model core without a bus: requests go in, completions and events come
+ * out, with real loads of small safetensors files on the loading workers. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "log.h"
+#include "macro.h"
+#include "manager.h"
+#include "model-lifecycle.h"
+#include "mpool-bus.h"
+#include "request.h"
+#include "time-util.h"
+
+/* Generous: a loaded two-core machine may be slow, never this slow. */
+#define WAIT_USEC (60 * USEC_PER_SEC)
+
+typedef struct Recorder {
+        unsigned loaded, unloaded, failed, announced, progress;
+        char last_unload_reason[64];
+        int last_failure;
+} Recorder;
+
+static Recorder rec;
+
+static void on_model_loaded(Manager *m, PoolModel *model) {
+        rec.loaded++;
+}
+
+static void on_model_unloaded(Manager *m, PoolModel *model, const char *reason) {
+        rec.unloaded++;
+        snprintf(rec.last_unload_reason, sizeof rec.last_unload_reason, "%s", reason);
+}
+
+static void on_load_failed(Manager *m, PoolModel *model, int error, const char *message) {
+        rec.failed++;
+        rec.last_failure = error;
+}
+
+static void on_announced(Manager *m, PoolModel *model) {
+        rec.announced++;
+}
+
+static void on_progress(Manager *m, PoolModel *model, uint64_t done, uint64_t total) {
+        rec.progress++;
+}
+
+static const ManagerEvents recorder_events = {
+        .model_loaded = on_model_loaded,
+        .model_unloaded = on_model_unloaded,
+        .load_failed = on_load_failed,
+        .model_announced = on_announced,
+        .load_progress = on_progress,
+};
+
+typedef struct Fixture {
+        char dir[64];
+        Manager *m;
+} Fixture;
+
+/* A valid single-tensor safetensors file of n floats. */
+static void write_model(const char *dir, const char *name, size_t n_floats) {
+        char path[256], header[256];
+        size_t header_len;
+        FILE *f;
+
+        snprintf(path, sizeof path, "%s/%s", dir, name);
+        assert_int_equal(mkdir(path, 0755), 0);
+        snprintf(path, sizeof path, "%s/%s/model.safetensors", dir, name);
+        header_len = (size_t) snprintf(header, sizeof header,
+                                       "{\"w\":{\"dtype\":\"F32\",\"shape\":[%zu],\"data_offsets\":[0,%zu]}}",
+                                       n_floats, n_floats * 4);
+        while (header_len % 8 != 0)
+                header[header_len++] = ' ';
+        f = fopen(path, "we");
+        assert_non_null(f);
+        uint64_t le = header_len;
+        assert_int_equal(fwrite(&le, 8, 1, f), 1);
+        assert_int_equal(fwrite(header, 1, header_len, f), header_len);
+        for (size_t i = 0; i < n_floats; i++) {
+                float v = (float) i;
+                assert_int_equal(fwrite(&v, 4, 1, f), 1);
+        }
+        assert_int_equal(fclose(f), 0);
+}
+
+static Fixture *fixture_new(const char *memory_limit, unsigned threads, unsigned queued) {
+        Fixture *f = calloc(1, sizeof *f);
+        Config config;
+        char *error = NULL;
+
+        assert_non_null(f);
+        strcpy(f->dir, "/tmp/mpool-test-lifecycle-XXXXXX");
+        assert_non_null(mkdtemp(f->dir));
+        write_model(f->dir, "alpha", 256 * 1024);    /* 1 MiB */
+        write_model(f->dir, "beta", 256 * 1024);
+
+        assert_int_equal(manager_new(&f->m), 0);
+        assert_int_equal(config_init_defaults(&f->m->config), 0);
+        free(f->m->config.model_dir);
+        f->m->config.model_dir = strdup(f->dir);
+        assert_int_equal(parse_size_or_percent(memory_limit, &f->m->config.memory_limit), 0);
+        f->m->config.max_concurrent_loads = threads;
+        f->m->config.max_queued_loads = queued;
+        (void) error;
+        config = f->m->config;
+        assert_int_equal(manager_configure(f->m, &config), 0);
+        assert_int_equal(sd_event_new(&f->m->event), 0);
+        f->m->events = &recorder_events;
+        memset(&rec, 0, sizeof rec);
+        assert_int_equal(manager_scan_store(f->m), 0);
+        assert_int_equal(manager_start(f->m), 0);
+        return f;
+}
+
+static void fixture_free(Fixture *f) {
+        char command[128];
+
+        manager_begin_shutdown(f->m);
+        /* Shutdown ends when every worker has let go. */
+        for (uint64_t end = now_monotonic_usec() + WAIT_USEC;
+             sd_event_get_state(f->m->event) != SD_EVENT_FINISHED && now_monotonic_usec() < end;)
+                assert_true(sd_event_run(f->m->event, 100 * USEC_PER_MSEC) >= 0);
+        assert_int_equal(workpool_in_flight(f->m->loaders), 0);
+        manager_free(f->m);
+        snprintf(command, sizeof command, "rm -rf '%s'", f->dir);
+        assert_int_equal(system(command), 0);
+        free(f);
+}
+
+typedef struct Outcome {
+        bool completed;
+        int error;
+        bool was_loaded;
+        char **unloaded;
+} Outcome;
+
+static void on_complete(Request *req, void *userdata) {
+        Outcome *o = userdata;
+
+        o->completed = true;
+        o->error = req->error;
+        o->was_loaded = req->was_loaded;
+        o->unloaded = req->unloaded;
+        req->unloaded = NULL;
+}
+
+static Request *submit(Fixture *f, RequestKind kind, const char *model, const char *owner, Outcome *o) {
+        Request *req;
+
+        memset(o, 0, sizeof *o);
+        assert_int_equal(request_new(kind, model, owner, on_complete, o, &req), 0);
+        manager_submit(f->m, req);
+        return req;
+}
+
+static void run_until(Fixture *f, const bool *flag) {
+        uint64_t end = now_monotonic_usec() + WAIT_USEC;
+
+        while (!*flag) {
+                assert_true(now_monotonic_usec() < end);
+                assert_true(sd_event_run(f->m->event, 100 * USEC_PER_MSEC) >= 0);
+        }
+}
+
+static PoolModel *load(Fixture *f, const char *name) {
+        Outcome o;
+        Request *req = submit(f, REQUEST_LOAD, name, NULL, &o);
+
+        run_until(f, &o.completed);
+        assert_int_equal(o.error, 0);
+        request_unref(req);
+        return pool_find(&f->m->pool, name);
+}
+
+static void test_load_and_unload(void **state) {
+        Fixture *f = fixture_new("1G", 2, 4);
+        PoolModel *alpha;
+        Outcome o;
+        Request *req;
+
+        assert_int_equal(rec.announced, 2);
+        alpha = load(f, "alpha");
+        assert_non_null(alpha);
+        assert_int_equal(alpha->state, MODEL_LOADED);
+        assert_true(alpha->memory_bytes >= 1024 * 1024);
+        assert_int_equal(pool_memory_used(&f->m->pool), alpha->memory_bytes);
+        assert_int_equal(rec.loaded, 1);
+        assert_true(rec.progress >= 1);
+
+        /* A second Load of a loaded model completes at once. */
+        req = submit(f, REQUEST_LOAD, "alpha", NULL, &o);
+        assert_true(o.completed);
+        assert_int_equal(o.error, 0);
+        request_unref(req);
+
+        req = submit(f, REQUEST_UNLOAD, "alpha", NULL, &o);
+        assert_true(o.completed);
+        assert_true(o.was_loaded);
+        assert_int_equal(alpha->state, MODEL_AVAILABLE);
+        assert_int_equal(pool_memory_used(&f->m->pool), 0);
+        assert_string_equal(rec.last_unload_reason, MPOOL_REASON_REQUEST);
+        request_unref(req);
+
+        /* Not loaded: was_loaded is false. */
+        req = submit(f, REQUEST_UNLOAD, "alpha", NULL, &o);
+        assert_true(o.completed);
+        assert_false(o.was_loaded);
+        request_unref(req);
+
+        fixture_free(f);
+}
+
+static void test_unknown_model_is_forgotten(void **state) {
+        Fixture *f = fixture_new("1G", 1, 4);
+        Outcome o;
+        Request *req = submit(f, REQUEST_LOAD, "nope", NULL, &o);
+
+        run_until(f, &o.completed);
+        assert_int_equal(o.error, -ENOENT);
+        assert_null(pool_find(&f->m->pool, "nope"));
+        request_unref(req);
+        fixture_free(f);
+}
+
+static void test_unload_waits_for_users(void **state) {
+        Fixture *f = fixture_new("1G", 1, 4);
+        PoolModel *alpha = load(f, "alpha");
+        ModelWeights *weights;
+        uint64_t held = alpha->memory_bytes;
+        Outcome o;
+        Request *req;
+
+        assert_int_equal(model_lease(f->m, alpha, &weights), 0);
+        assert_int_equal(alpha->in_flight, 1);
+        assert_false(pool_model_is_evictable(alpha));
+
+        req = submit(f, REQUEST_UNLOAD, "alpha", NULL, &o);
+        /* The weights stay mapped and charged while a user reads them. */
+        assert_false(o.completed);
+        assert_int_equal(alpha->state, MODEL_UNLOADING);
+        assert_int_equal(alpha->memory_bytes, held);
+        /* Still readable: the header's length leads the file. */
+        assert_true(*(const uint64_t *) weights->mappings[0].address % 8 == 0);
+        assert_int_equal(model_lease(f->m, alpha, &(ModelWeights *) { NULL }), -ESTALE);
+
+        model_unlease(f->m, alpha, weights);
+        assert_true(o.completed);
+        assert_true(o.was_loaded);
+        assert_int_equal(alpha->state, MODEL_AVAILABLE);
+        assert_int_equal(alpha->memory_bytes, 0);
+        assert_int_equal(rec.unloaded, 1);
+        request_unref(req);
+
+        /* A Load during the wait is served by a fresh load afterwards. */
+        alpha = load(f, "alpha");
+        assert_int_equal(model_lease(f->m, alpha, &weights), 0);
+        req = submit(f, REQUEST_UNLOAD, "alpha", NULL, &o);
+        {
+                Outcome again;
+                Request *load_req = submit(f, REQUEST_LOAD, "alpha", NULL, &again);
+
+                assert_false(again.completed);
+                model_unlease(f->m, alpha, weights);
+                assert_true(o.completed);
+                run_until(f, &again.completed);
+                assert_int_equal(again.error, 0);
+                assert_int_equal(alpha->state, MODEL_LOADED);
+                request_unref(load_req);
+        }
+        request_unref(req);
+        fixture_free(f);
+}
+
+static void test_charges_count_against_the_limit(void **state) {
+        Fixture *f = fixture_new("3M", 1, 4);
+        PoolModel *alpha = load(f, "alpha"), *beta;
+        ModelWeights *weights;
+        uint64_t held = alpha->memory_bytes;
+
+        beta = load(f, "beta");
+        assert_int_equal(alpha->state, MODEL_LOADED);
+
+        /* beta is in use and charged a buffer: the idle alpha makes room. */
+        assert_int_equal(model_lease(f->m, beta, &weights), 0);
+        assert_int_equal(model_charge(f->m, beta, held), 0);
+        assert_int_equal(alpha->state, MODEL_AVAILABLE);
+        assert_string_equal(rec.last_unload_reason, MPOOL_REASON_MEMORY_LIMIT);
+        assert_int_equal(beta->charged_bytes, held);
+        assert_int_equal(pool_memory_used(&f->m->pool), beta->memory_bytes);
+
+        /* Nothing else to evict: refused, and nothing changes. */
+        assert_int_equal(model_charge(f->m, beta, 2 * held), -ENOSPC);
+        assert_int_equal(beta->charged_bytes, held);
+
+        /* Unloading gives the charge back with the mapping. */
+        model_uncharge(f->m, beta, held);
+        assert_int_equal(beta->charged_bytes, 0);
+        assert_int_equal(model_charge(f->m, beta, held), 0);
+        model_unlease(f->m, beta, weights);
+        model_unload(f->m, beta, MPOOL_REASON_REQUEST);
+        assert_int_equal(beta->memory_bytes, 0);
+        assert_int_equal(beta->charged_bytes, 0);
+        assert_int_equal(pool_memory_used(&f->m->pool), 0);
+
+        fixture_free(f);
+}
+
+static void test_acquire_and_peer_leaving(void **state) {
+        Fixture *f = fixture_new("1G", 1, 4);
+        PoolModel *alpha;
+        Outcome o;
+        Request *req = submit(f, REQUEST_ACQUIRE, "alpha", ":1.42", &o);
+
+        run_until(f, &o.completed);
+        assert_int_equal(o.error, 0);
+        alpha = pool_find(&f->m->pool, "alpha");
+        assert_int_equal(alpha->holds, 1);
+        assert_int_equal(model_release(f->m, "alpha", ":1.43"), -ENOENT);
+
+        /* Held: an Unload without force still unloads (holds are no pins),
+         * but eviction for room never picks it. */
+        assert_false(pool_model_is_evictable(alpha));
+        manager_peer_left(f->m, ":1.42");
+        assert_int_equal(alpha->holds, 0);
+        assert_true(pool_model_is_evictable(alpha));
+        assert_int_equal(model_release(f->m, "alpha", ":1.42"), -ENOENT);
+        assert_int_equal(peers_count(&f->m->peers), 0);
+
+        request_unref(req);
+        fixture_free(f);
+}
+
+static void test_pinned_and_unload_all(void **state) {
+        Fixture *f = fixture_new("1G", 2, 4);
+        Outcome o;
+        Request *req = submit(f, REQUEST_LOAD, "alpha", NULL, &o);
+
+        req->pin = true;   /* too late for this one: applies to the next */
+        run_until(f, &o.completed);
+        request_unref(req);
+        assert_int_equal(request_new(REQUEST_LOAD, "beta", NULL, on_complete, &o, &req), 0);
+        req->pin = true;
+        memset(&o, 0, sizeof o);
+        manager_submit(f->m, req);
+        run_until(f, &o.completed);
+        request_unref(req);
+        assert_true(pool_find(&f->m->pool, "beta")->pinned);
+
+        req = submit(f, REQUEST_UNLOAD, "beta", NULL, &o);
+        assert_int_equal(o.error, -EPERM);
+        request_unref(req);
+
+        req = submit(f, REQUEST_UNLOAD_ALL, NULL, NULL, &o);
+        assert_true(o.completed);
+        assert_non_null(o.unloaded);
+        assert_string_equal(o.unloaded[0], "alpha");
+        assert_null(o.unloaded[1]);
+        free(o.unloaded[0]);
+        free(o.unloaded);
+        assert_int_equal(pool_find(&f->m->pool, "beta")->state, MODEL_LOADED);
+        request_unref(req);
+
+        fixture_free(f);
+}
+
+static void test_cancel_during_load(void **state) {
+        Fixture *f = fixture_new("1G", 1, 4);
+        Outcome loading, unloading;
+        Request *load_req = submit(f, REQUEST_LOAD, "alpha", NULL, &loading);
+        Request *unload_req = submit(f, REQUEST_UNLOAD, "alpha", NULL, &unloading);
+
+        /* The Load is told at once; the Unload once the worker let go. */
+        assert_true(loading.completed);
+        assert_int_equal(loading.error, -ECANCELED);
+        run_until(f, &unloading.completed);
+        assert_int_equal(unloading.error, 0);
+        assert_int_equal(pool_find(&f->m->pool, "alpha")->state, MODEL_AVAILABLE);
+        assert_int_equal(pool_memory_used(&f->m->pool), 0);
+        assert_int_equal(workpool_in_flight(f->m->loaders), 0);
+
+        request_unref(load_req);
+        request_unref(unload_req);
+        fixture_free(f);
+}
+
+static void test_queue_full_is_busy(void **state) {
+        Fixture *f = fixture_new("1G", 1, 0);
+        Outcome first, second;
+        Request *a = submit(f, REQUEST_LOAD, "alpha", NULL, &first);
+        Request *b = submit(f, REQUEST_LOAD, "beta", NULL, &second);
+
+        /* One worker, no queue: the second load is refused and forgotten
+         * nothing; the first goes on. */
+        assert_true(second.completed);
+        assert_int_equal(second.error, -EBUSY);
+        assert_int_equal(pool_find(&f->m->pool, "beta")->state, MODEL_AVAILABLE);
+        run_until(f, &first.completed);
+        assert_int_equal(first.error, 0);
+
+        request_unref(a);
+        request_unref(b);
+        fixture_free(f);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_load_and_unload),
+                cmocka_unit_test(test_unknown_model_is_forgotten),
+                cmocka_unit_test(test_unload_waits_for_users),
+                cmocka_unit_test(test_charges_count_against_the_limit),
+                cmocka_unit_test(test_acquire_and_peer_leaving),
+                cmocka_unit_test(test_pinned_and_unload_all),
+                cmocka_unit_test(test_cancel_during_load),
+                cmocka_unit_test(test_queue_full_is_busy),
+        };
+
+        log_set_max_level(LOG_WARNING);
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
