@@ -27,8 +27,8 @@ SANITIZE_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanit
 export ASAN_OPTIONS ?= detect_leaks=1:halt_on_error=1:abort_on_error=0
 export UBSAN_OPTIONS ?= print_stacktrace=1:halt_on_error=1
 export LSAN_OPTIONS ?= suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0
-else ifneq ($(SANITIZE),)
-$(error SANITIZE=$(SANITIZE): only SANITIZE=1 (or nothing) is understood)
+else ifneq ($(filter-out 0,$(SANITIZE)),)
+$(error SANITIZE=$(SANITIZE): only SANITIZE=1 or SANITIZE=0 is understood)
 endif
 B ?= build
 
