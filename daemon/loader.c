@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -205,10 +206,15 @@ static void probe(LoaderJob *j) {
 
 /* Faults the chunk in and keeps it resident. mlock() does both at once; where
  * RLIMIT_MEMLOCK forbids it, the pages are still read in, so the model is
- * resident but may be reclaimed under pressure (and reported so). */
+ * resident but may be reclaimed under pressure (and reported so).
+ *
+ * The system call is made directly: AddressSanitizer replaces mlock() with a
+ * stub that returns 0 and neither reads nor locks anything, so a sanitized
+ * daemon would report models as loaded and locked that were never read.
+ * glibc's mlock() is the bare system call, so nothing else changes. */
 static int populate(LoaderJob *j, uint8_t *address, size_t length, bool *lock) {
         if (*lock) {
-                if (mlock(address, length) == 0)
+                if (syscall(SYS_mlock, address, length) == 0)
                         return 0;
                 if (errno != EPERM && errno != ENOMEM && errno != EAGAIN)
                         return -errno;

@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import struct
@@ -66,6 +67,25 @@ NOBODY_UID = 65534
 # that is not root about other users' processes, or with details, only if it
 # owns the action.
 SERVICE_USER = "mpool"
+
+# Programs built with `make SANITIZE=1` (mpoold, mpool-client, mpool-mkmodel)
+# read these; the others ignore them. Every report ends the program with a
+# non-zero status (halt_on_error; -fno-sanitize-recover=all for UBSan).
+# ASan's and LSan's reports go to a file in the test's own report directory,
+# not to stderr, where a test would take them for the program's output; a
+# file there fails the test. UBSan's always go to stderr: GCC links it as a
+# separate runtime whose log_path never takes effect. The daemon's stderr is
+# its log, which is searched for reports; a client's shows in its exit status.
+# A developer's own *SAN_OPTIONS come after these and win, except log_path,
+# which goes in all three (clang's single runtime takes the last one it reads).
+SANITIZER_OPTIONS = {
+        "ASAN_OPTIONS": "detect_leaks=1:halt_on_error=1:abort_on_error=0",
+        "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
+        "LSAN_OPTIONS": "suppressions={source_root}/tests/lsan.supp:print_suppressions=0",
+}
+# What a sanitizer writes at the start of a report, should one reach a log
+# (a program run with its environment cleared writes to stderr).
+SANITIZER_REPORT = re.compile(r"^==\d+==(ERROR|WARNING): \w+Sanitizer|: runtime error: ", re.MULTILINE)
 
 
 def now_usec():
@@ -763,6 +783,7 @@ class TestContext:
                 self.daemons = []
                 self.children = []
                 self.monitor = None
+                self.reports_dir = suite.sanitizer_environment(os.path.basename(self.dir))
 
         # -- models --
 
@@ -895,7 +916,19 @@ class TestContext:
                                 d.kill()
                 if self.monitor:
                         self.monitor.stop()
+                errors += self.sanitizer_reports()
                 return errors
+
+        def sanitizer_reports(self):
+                """Every sanitizer report of a program the test ran: the files
+                in the report directory, and reports in the daemons' logs."""
+                reports = self.suite.take_sanitizer_reports(self.reports_dir)
+                for d in self.daemons:
+                        log = d.log()
+                        found = SANITIZER_REPORT.search(log)
+                        if found:
+                                reports.append(f"sanitizer report in {d.log_path}:\n{log[found.start():]}")
+                return reports
 
         def remove(self):
                 shutil.rmtree(self.dir, ignore_errors=True)
@@ -927,6 +960,41 @@ class Suite:
                 self.address = None
                 self.client = None
                 self.polkitd = None
+                self.sanitizer_dir = None
+                self.reported = set()
+                self.user_sanitizer_options = {k: os.environ.get(k) for k in SANITIZER_OPTIONS}
+
+        def sanitizer_environment(self, name):
+                """Points the sanitizers' reports of every program started from
+                now on to a fresh directory; returns it."""
+                directory = os.path.join(self.sanitizer_dir, name)
+                os.mkdir(directory)
+                # Sticky and writable by all: the client also runs as nobody.
+                os.chmod(directory, 0o1777)
+                for variable, options in SANITIZER_OPTIONS.items():
+                        parts = [options.format(source_root=self.source_root)]
+                        if self.user_sanitizer_options[variable]:
+                                parts.append(self.user_sanitizer_options[variable])
+                        parts.append(f"log_path={directory}/report")
+                        os.environ[variable] = ":".join(p for p in parts if p)
+                return directory
+
+        def take_sanitizer_reports(self, directory=None):
+                """The contents of report files in directory (all test
+                directories if None) not returned before."""
+                reports = []
+                directories = [directory] if directory else \
+                        [os.path.join(self.sanitizer_dir, d) for d in sorted(os.listdir(self.sanitizer_dir))]
+                for dirpath in directories:
+                        for entry in sorted(os.listdir(dirpath)):
+                                path = os.path.join(dirpath, entry)
+                                if path in self.reported:
+                                        continue
+                                self.reported.add(path)
+                                with open(path, errors="replace") as f:
+                                        text = f.read()
+                                reports.append(f"sanitizer report {path}:\n{text.rstrip()}")
+                return reports
 
         def start(self):
                 for program in (self.mpoold, self.mpoold_test, self.mkmodel):
@@ -938,6 +1006,8 @@ class Suite:
                 ensure_service_user(self.source_root)
                 self.tmp = tempfile.mkdtemp(prefix="mpool-integration-")
                 os.chmod(self.tmp, 0o755)
+                self.sanitizer_dir = os.path.join(self.tmp, "sanitizer")
+                os.mkdir(self.sanitizer_dir, 0o755)
                 self.bus_dir = os.path.join(self.tmp, "bus")
                 proc = subprocess.run([self.private_bus, "start", self.bus_dir], stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)

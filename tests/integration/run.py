@@ -8,7 +8,8 @@ driven through busctl and python-dbus.
 Each test is a function test_NAME(ctx) in one of the modules below; it gets a
 fresh TestContext (own temp directory, store, config, signal monitor) and
 starts its own mpoold. Prints "ok NAME" or "FAIL NAME" with the traceback and
-the daemon's log, then "N passed, M failed"; exits non-zero if any failed."""
+the daemon's log, then "N passed, M failed"; exits non-zero if any failed.
+A report of a sanitized build (`make check SANITIZE=1`) fails its test."""
 
 import argparse
 import os
@@ -111,6 +112,14 @@ def main():
                                         print(f"--- kept {ctx.dir}", flush=True)
                                 else:
                                         ctx.remove()
+
+                # A program that outlived its test (killed at teardown, it
+                # may still be writing its report) is caught here.
+                late = suite.take_sanitizer_reports()
+                if late:
+                        failed += 1
+                        print("FAIL sanitizer reports after the tests", flush=True)
+                        print("\n".join(late), flush=True)
         except KeyboardInterrupt:
                 print("interrupted", file=sys.stderr, flush=True)
                 failed += 1
