@@ -216,21 +216,14 @@ void manager_enforce_limit(Manager *m, const char *reason) {
                            "models stay until they are idle.", pool_memory_committed(&m->pool), m->pool.memory_limit);
 }
 
-/* A percentage MemoryLimit= follows the host's (or cgroup's) memory, down
- * to what pinned models hold. */
+/* A percentage MemoryLimit= follows the host's (or cgroup's) memory. */
 static void follow_memory_total(Manager *m) {
-        uint64_t limit;
+        uint64_t old = m->pool.memory_limit;
 
-        if (!m->config.memory_limit.is_percent)
-                return;
-        limit = size_or_percent_resolve(&m->config.memory_limit, m->memory.total);
-        limit = MAX(limit, pool_memory_pinned(&m->pool));
-        if (limit == m->pool.memory_limit)
+        if (!pool_follow_memory_total(&m->pool, &m->config.memory_limit, m->memory.total))
                 return;
         log_info("The memory total changed to %" PRIu64 " MiB: the memory limit follows, from %" PRIu64
-                 " to %" PRIu64 " MiB.", m->memory.total >> 20, m->pool.memory_limit >> 20, limit >> 20);
-        /* Never below the pinned total, so this cannot be refused. */
-        (void) pool_set_memory_limit(&m->pool, limit, NULL);
+                 " to %" PRIu64 " MiB.", m->memory.total >> 20, old >> 20, m->pool.memory_limit >> 20);
         manager_emit_changed(m, MANAGER_CHANGED_MEMORY_LIMIT);
         manager_enforce_limit(m, MPOOL_REASON_MEMORY_LIMIT);
         manager_update_status(m);

@@ -223,6 +223,21 @@ int pool_set_memory_limit(Pool *p, uint64_t limit, uint64_t *ret_needed) {
         return 0;
 }
 
+bool pool_follow_memory_total(Pool *p, const SizeOrPercent *configured, uint64_t total) {
+        uint64_t limit;
+
+        assert(p);
+        assert(configured);
+
+        if (!configured->is_percent)
+                return false;
+        limit = MAX(size_or_percent_resolve(configured, total), pool_memory_pinned(p));
+        if (limit == p->memory_limit)
+                return false;
+        p->memory_limit = limit;
+        return true;
+}
+
 size_t pool_collect_over_limit(const Pool *p, PoolModel **victims, size_t n_max) {
         uint64_t committed = pool_memory_committed(p);
 

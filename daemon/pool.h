@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <uthash.h>
 
+#include "parse-util.h"
+
 /* The pool's policy: which models are known, what they hold, when they
  * expire and whom to evict. It does no I/O and knows nothing of D-Bus; every
  * function that depends on time takes "now" (CLOCK_MONOTONIC µs) from the
@@ -108,6 +110,11 @@ void pool_model_uncharge(Pool *p, PoolModel *m, uint64_t bytes);
  * (ret_needed, if non-NULL, gets that figure); the limit is then unchanged.
  * What must go to fit the new limit: pool_collect_over_limit(). */
 int pool_set_memory_limit(Pool *p, uint64_t limit, uint64_t *ret_needed);
+/* A limit configured as a share of memory follows a change of the total,
+ * never below what pinned models hold. Returns true when the limit changed
+ * (then pool_collect_over_limit() says what must go); an absolute limit
+ * never changes. */
+bool pool_follow_memory_total(Pool *p, const SizeOrPercent *configured, uint64_t total);
 /* Evictable models, least recently used first, whose unloading brings the
  * committed memory back within the limit (as far as evictable models can). */
 size_t pool_collect_over_limit(const Pool *p, PoolModel **victims, size_t n_max);

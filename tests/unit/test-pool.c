@@ -1000,6 +1000,33 @@ static void test_memory_limit_at_run_time(void **state) {
         (void) b;
 }
 
+static void test_percent_limit_follows_total(void **state) {
+        SizeOrPercent half = { .is_percent = true, .permyriad = 5000 };
+        SizeOrPercent fixed = { .bytes = 1000 };
+        PoolModel *a, *victims[4];
+
+        pool_init(&pool, 1000, 0, 300, POOL_IDLE_PER_MODEL);
+        a = add_model(&pool, "a", MODEL_LOADED, 600, SEC(1));
+
+        assert_false(pool_follow_memory_total(&pool, &fixed, 4000));
+        assert_int_equal(pool.memory_limit, 1000);
+        assert_false(pool_follow_memory_total(&pool, &half, 2000));
+        assert_true(pool_follow_memory_total(&pool, &half, 4000));
+        assert_int_equal(pool.memory_limit, 2000);
+
+        /* Shrinking: the idle model no longer fits. */
+        assert_true(pool_follow_memory_total(&pool, &half, 1000));
+        assert_int_equal(pool.memory_limit, 500);
+        assert_int_equal(pool_collect_over_limit(&pool, victims, ELEMENTSOF(victims)), 1);
+        assert_ptr_equal(victims[0], a);
+
+        /* Pinned, it keeps the limit from going below it. */
+        a->pinned = true;
+        assert_true(pool_follow_memory_total(&pool, &half, 800));
+        assert_int_equal(pool.memory_limit, 600);
+        assert_int_equal(pool_collect_over_limit(&pool, victims, ELEMENTSOF(victims)), 0);
+}
+
 static void test_charges(void **state) {
         PoolModel *a, *b, *victims[4];
 
@@ -1031,6 +1058,7 @@ int main(void) {
                 cmocka_unit_test_teardown(test_init, teardown_pool),
                 cmocka_unit_test_teardown(test_memory_limit_at_run_time, teardown_pool),
                 cmocka_unit_test_teardown(test_charges, teardown_pool),
+                cmocka_unit_test_teardown(test_percent_limit_follows_total, teardown_pool),
                 cmocka_unit_test_teardown(test_add_sorted_idempotent, teardown_pool),
                 cmocka_unit_test_teardown(test_add_limit, teardown_pool),
                 cmocka_unit_test_teardown(test_remove, teardown_pool),
