@@ -107,6 +107,10 @@ BAD_NAMES = [
         "-dash",
         "a\nb",
         "caf\u00e9",
+        "a..b",
+        "org/a--b",
+        "a-",
+        "org/b.",
 ]
 
 
