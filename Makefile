@@ -34,7 +34,7 @@ B ?= build
 
 # Debian 12 packages the build needs; `make deps` installs what is missing.
 BUILD_DEB_PACKAGES = build-essential pkg-config libsystemd-dev libcjson-dev libinih-dev libcmocka-dev uthash-dev
-TEST_DEB_PACKAGES = dbus-daemon systemd python3 python3-dbus polkitd util-linux tmux
+TEST_DEB_PACKAGES = dbus-daemon systemd python3 python3-dbus polkitd util-linux tmux libglib2.0-bin python3-gi
 DEPS_PC = libsystemd libcjson inih
 
 CFLAGS ?= -O2 -g

@@ -2,6 +2,7 @@
 #define SD_JOURNAL_SUPPRESS_LOCATION 1
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -9,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <systemd/sd-journal.h>
+#include <unistd.h>
 
 #include "log.h"
 
@@ -29,9 +31,26 @@ static bool stderr_is_journal(void) {
         return (unsigned long long) st.st_dev == dev && (unsigned long long) st.st_ino == ino;
 }
 
+/* A process started with stdin, stdout or stderr closed would hand that
+ * number to the next file it opens (say, its bus connection), and log lines
+ * meant for stderr would be written there. /dev/null holds the place. */
+static void stdio_hold_open(void) {
+        for (int fd = STDIN_FILENO; fd <= STDERR_FILENO; fd++) {
+                int null_fd;
+
+                if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF)
+                        continue;
+                /* The lowest free number, so fd itself: those below are open. */
+                null_fd = open("/dev/null", (fd == STDIN_FILENO ? O_RDONLY : O_WRONLY) | O_NOCTTY | O_CLOEXEC);
+                if (null_fd >= 0 && null_fd != fd)
+                        (void) close(null_fd);
+        }
+}
+
 void log_setup(void) {
         const char *e = getenv("MPOOL_LOG_LEVEL");
 
+        stdio_hold_open();
         use_journal = stderr_is_journal();
         if (e) {
                 if (strcmp(e, "debug") == 0)
@@ -62,7 +81,13 @@ static void log_to_stderr(int level, const char *message) {
                 [LOG_INFO] = "info", [LOG_DEBUG] = "debug",
         };
 
-        fprintf(stderr, "mpoold[%s]: %s\n", prefix[level & LOG_PRIMASK], message);
+        int saved_errno = errno;
+
+        /* Best effort: a closed stderr or one whose reader went away (EPIPE,
+         * with SIGPIPE ignored) costs the line, never the caller. */
+        (void) fprintf(stderr, "mpoold[%s]: %s\n", prefix[level & LOG_PRIMASK], message);
+        clearerr(stderr);
+        errno = saved_errno;
 }
 
 int log_internal(int level, int error, const char *file, int line, const char *func,

@@ -466,6 +466,19 @@ int model_name_validate(const char *name, char **ret_error) {
                         return name_error(ret_error, name, shown_segment,
                                           "must start with a letter or a digit");
 
+                /* As the Hugging Face hub's repository names: ".." would read
+                 * as a parent directory to tools that join names into paths,
+                 * and "--" separates the parts of a cache directory's name
+                 * (models--ORG--NAME), which must map back to one name. */
+                for (size_t i = 0; i + 1 < n; i++)
+                        if ((segment_start[i] == '.' || segment_start[i] == '-') &&
+                            segment_start[i + 1] == segment_start[i])
+                                return name_error(ret_error, name, shown_segment, "must not contain '%c%c'",
+                                                  segment_start[i], segment_start[i]);
+                if (segment_start[n - 1] == '.' || segment_start[n - 1] == '-')
+                        return name_error(ret_error, name, shown_segment, "must not end with '%c'",
+                                          segment_start[n - 1]);
+
                 if (segment_start[n] == '\0')
                         break;
                 segment_start += n + 1;

@@ -57,7 +57,9 @@ int parse_boolean(const char *s);
 
 /* Checks a model name: one or two segments separated by '/' ("org/name"),
  * each matching [A-Za-z0-9][A-Za-z0-9._-]* and at most MPOOL_NAME_SEGMENT_MAX
- * characters long; never "." or "..". Returns 0 if valid. Otherwise returns
+ * characters long, never containing ".." or "--" and never ending with '.'
+ * or '-' (the Hugging Face hub's rules for repository names). Returns 0 if
+ * valid. Otherwise returns
  * -EINVAL and, if ret_error is not NULL, sets it to a newly allocated message
  * that says what is wrong (non-printable characters escaped), e.g.
  * "'x y': character ' ' at position 2 is not allowed". -ENOMEM if that

@@ -7,120 +7,16 @@
 #include <string.h>
 
 #include "bus-manager.h"
+#include "bus-model.h"
+#include "bus-options.h"
 #include "bus-util.h"
 #include "log.h"
 #include "macro.h"
 #include "mpool-bus.h"
 #include "parse-util.h"
 #include "model-lifecycle.h"
-#include "bus-model.h"
 #include "polkit.h"
 #include "time-util.h"
-
-/* A keep-alive longer than ten years is a mistake, not a wish. */
-#define KEEP_ALIVE_SEC_MAX (INT64_C(10) * 366 * 24 * 3600)
-
-typedef struct RequestOptions {
-        int64_t keep_alive_sec;
-        bool pin;
-        bool force;
-} RequestOptions;
-
-typedef enum OptionKind {
-        OPTION_KEEP_ALIVE = 1 << 0,
-        OPTION_PIN = 1 << 1,
-        OPTION_FORCE = 1 << 2,
-} OptionKind;
-
-static const struct {
-        const char *name;
-        const char *signature;
-        OptionKind kind;
-} option_table[] = {
-        { "keep_alive_sec", "x", OPTION_KEEP_ALIVE },
-        { "pin", "b", OPTION_PIN },
-        { "force", "b", OPTION_FORCE },
-};
-
-/* Reads an a{sv} of options, accepting only the kinds in `allowed`, each at
- * most once and of its own type. Unknown, repeated, ill-typed or
- * out-of-range options are InvalidArgs naming the option. */
-static int read_options(sd_bus_message *message, unsigned allowed, RequestOptions *ret, sd_bus_error *error) {
-        RequestOptions options = { .keep_alive_sec = KEEP_ALIVE_DEFAULT };
-        unsigned seen = 0;
-        int r;
-
-        r = sd_bus_message_enter_container(message, 'a', "{sv}");
-        if (r < 0)
-                return r;
-
-        while ((r = sd_bus_message_enter_container(message, 'e', "sv")) > 0) {
-                const char *key, *contents;
-                size_t i;
-                char type;
-
-                r = sd_bus_message_read(message, "s", &key);
-                if (r < 0)
-                        return r;
-
-                for (i = 0; i < ELEMENTSOF(option_table); i++)
-                        if ((allowed & option_table[i].kind) && strcmp(key, option_table[i].name) == 0)
-                                break;
-                if (i >= ELEMENTSOF(option_table))
-                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "Unknown option '%.64s'.", key);
-                if (seen & option_table[i].kind)
-                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "Option '%s' is given twice.", key);
-                seen |= option_table[i].kind;
-
-                r = sd_bus_message_peek_type(message, &type, &contents);
-                if (r < 0)
-                        return r;
-                if (type != 'v' || strcmp(contents, option_table[i].signature) != 0)
-                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                                                 "Option '%s' must be of type '%s', not '%.16s'.", key,
-                                                 option_table[i].signature, contents);
-
-                switch (option_table[i].kind) {
-                case OPTION_KEEP_ALIVE:
-                        r = sd_bus_message_read(message, "v", "x", &options.keep_alive_sec);
-                        if (r < 0)
-                                return r;
-                        if (options.keep_alive_sec != KEEP_ALIVE_FOREVER &&
-                            (options.keep_alive_sec < 1 || options.keep_alive_sec > KEEP_ALIVE_SEC_MAX))
-                                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                                                         "Option 'keep_alive_sec' must be -1 (never unload) or "
-                                                         "between 1 and %" PRIi64 " seconds, not %" PRIi64 ".",
-                                                         KEEP_ALIVE_SEC_MAX, options.keep_alive_sec);
-                        break;
-                case OPTION_PIN:
-                case OPTION_FORCE: {
-                        int b;
-
-                        r = sd_bus_message_read(message, "v", "b", &b);
-                        if (r < 0)
-                                return r;
-                        if (option_table[i].kind == OPTION_PIN)
-                                options.pin = b;
-                        else
-                                options.force = b;
-                        break;
-                }
-                }
-
-                r = sd_bus_message_exit_container(message);
-                if (r < 0)
-                        return r;
-        }
-        if (r < 0)
-                return r;
-
-        r = sd_bus_message_exit_container(message);
-        if (r < 0)
-                return r;
-
-        *ret = options;
-        return 0;
-}
 
 static int reply_strv(sd_bus_message *call, char **l) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
@@ -261,7 +157,7 @@ static int method_load(sd_bus_message *message, void *userdata, sd_bus_error *er
         r = read_model_name(message, &name, error);
         if (r < 0)
                 return r;
-        r = read_options(message, OPTION_KEEP_ALIVE | OPTION_PIN, &options, error);
+        r = request_options_read(message, request_options_load, &options, error);
         if (r < 0)
                 return r;
         r = verify_actions(m, message, name, error, POLKIT_ACTION_LOAD,
@@ -314,7 +210,7 @@ static int method_unload(sd_bus_message *message, void *userdata, sd_bus_error *
         r = read_model_name(message, &name, error);
         if (r < 0)
                 return r;
-        r = read_options(message, OPTION_FORCE, &options, error);
+        r = request_options_read(message, request_options_unload, &options, error);
         if (r < 0)
                 return r;
         r = verify_actions(m, message, name, error, POLKIT_ACTION_LOAD,
@@ -330,7 +226,7 @@ static int method_unload_all(sd_bus_message *message, void *userdata, sd_bus_err
         RequestOptions options;
         int r;
 
-        r = read_options(message, OPTION_FORCE, &options, error);
+        r = request_options_read(message, request_options_unload, &options, error);
         if (r < 0)
                 return r;
         r = verify_actions(m, message, NULL, error, POLKIT_ACTION_LOAD,

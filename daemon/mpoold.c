@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,9 @@
 #include "manager.h"
 #include "mpool-bus.h"
 #include "polkit.h"
+#include "pool.h"
+#include "reload.h"
+#include "time-util.h"
 
 #define DEFAULT_CONFIG_FILE "/etc/mpool/mpoold.conf"
 
@@ -138,10 +142,78 @@ static int bus_connect(sd_bus **ret) {
         return 0;
 }
 
+/* The configuration file read at start-up, and read again on SIGHUP. */
+static const char *config_path(void) {
+        return arg_config ?: DEFAULT_CONFIG_FILE;
+}
+
+static void reload(Manager *m) {
+        if (m->shutting_down) {
+                log_notice("Received SIGHUP while shutting down; not reloading the configuration.");
+                return;
+        }
+
+        /* systemd waits for READY=1 after RELOADING=1, and (from version
+         * 253) wants to know when the reload began. */
+        (void) sd_notifyf(false, "RELOADING=1\nSTATUS=Reloading the configuration.\nMONOTONIC_USEC=%" PRIu64,
+                          now_monotonic_usec());
+        (void) reload_config(m, config_path(), !!arg_config);   /* logged */
+        (void) sd_notify(false, "READY=1");
+        manager_update_status(m);
+}
+
+static void log_state_summary(Manager *m) {
+        uint64_t now = now_monotonic_usec();
+
+        log_info("State: %zu model(s) known, %u loaded, %" PRIu64 " of %" PRIu64 " bytes in use (%" PRIu64
+                 " available on the host), idle timeout %" PRIi64 " s, %u peer(s) holding or waiting, up %" PRIu64
+                 " s%s.", pool_size(&m->pool), pool_models_loaded(&m->pool), pool_memory_used(&m->pool),
+                 m->pool.memory_limit, m->memory.available, m->pool.idle_timeout_sec, peers_count(&m->peers),
+                 (now - m->started_monotonic) / USEC_PER_SEC, m->shutting_down ? ", shutting down" : "");
+
+        POOL_FOREACH(model, &m->pool) {
+                uint64_t deadline = pool_model_deadline(&m->pool, model);
+                char expiry[64] = "no idle unload";
+
+                /* Models that hold nothing and do nothing would only be noise. */
+                if (model->state == MODEL_AVAILABLE && !model->pinned && model->holds == 0)
+                        continue;
+
+                if (deadline != UINT64_MAX)
+                        snprintf(expiry, sizeof expiry, "idle unload in %" PRIu64 " s",
+                                 (deadline > now ? deadline - now : 0) / USEC_PER_SEC);
+                log_info("Model %s: %s, %" PRIu64 " bytes, %s, %u hold(s), %" PRIu64 " request(s), %s%s%s.",
+                         model->name, model_state_to_string(model->state), model->memory_bytes,
+                         model->pinned ? "pinned" : "not pinned", model->holds, model->requests_total, expiry,
+                         model->error ? "; last error: " : "", strempty(model->error));
+        }
+}
+
+/* SIGHUP reloads the configuration, SIGUSR1 logs a summary of the state,
+ * SIGUSR2 is logged and otherwise ignored, SIGTERM and SIGINT stop. None of
+ * them may end the daemon by its default action: that would drop every
+ * model, pin and hold without a word. */
+static const int handled_signals[] = { SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2 };
+
 static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
         Manager *m = userdata;
 
-        manager_begin_shutdown(m);
+        switch (si->ssi_signo) {
+        case SIGHUP:
+                reload(m);
+                break;
+        case SIGUSR1:
+                log_state_summary(m);
+                break;
+        case SIGUSR2:
+                log_notice("Received SIGUSR2 from PID %" PRIu32 ", which mpoold does not use; ignoring it.",
+                           si->ssi_pid);
+                break;
+        default:
+                log_info("Received %s from PID %" PRIu32 ".", si->ssi_signo == SIGINT ? "SIGINT" : "SIGTERM",
+                         si->ssi_pid);
+                manager_begin_shutdown(m);
+        }
         return 0;
 }
 
@@ -152,6 +224,20 @@ static int run(int argc, char *argv[]) {
         int r;
 
         log_setup();
+
+        /* Blocked first, so that a signal sent while starting waits for the
+         * event loop instead of ending the daemon by its default action, and
+         * before any thread exists, so that every thread inherits the mask
+         * and the signals reach sd-event's signalfd only. */
+        sigemptyset(&mask);
+        for (size_t i = 0; i < ELEMENTSOF(handled_signals); i++)
+                sigaddset(&mask, handled_signals[i]);
+        if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
+                return log_error_errno(errno, "Cannot block signals: %m");
+        /* A write to a pipe nobody reads (stderr, once its reader is gone)
+         * fails with EPIPE instead of ending the process. */
+        if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
+                return log_error_errno(errno, "Cannot ignore SIGPIPE: %m");
 
         r = parse_argv(argc, argv);
         if (r <= 0)
@@ -172,22 +258,14 @@ static int run(int argc, char *argv[]) {
         if (r < 0)
                 return r;
 
-        /* Blocked before any thread exists, so that every thread inherits it
-         * and the signals reach sd-event's signalfd only. */
-        sigemptyset(&mask);
-        sigaddset(&mask, SIGTERM);
-        sigaddset(&mask, SIGINT);
-        if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
-                return log_error_errno(errno, "Cannot block signals: %m");
-
         r = sd_event_default(&m->event);
         if (r < 0)
                 return log_error_errno(r, "Cannot allocate the event loop: %m");
-        r = sd_event_add_signal(m->event, NULL, SIGTERM, on_signal, m);
-        if (r >= 0)
-                r = sd_event_add_signal(m->event, NULL, SIGINT, on_signal, m);
-        if (r < 0)
-                return log_error_errno(r, "Cannot watch for signals: %m");
+        for (size_t i = 0; i < ELEMENTSOF(handled_signals); i++) {
+                r = sd_event_add_signal(m->event, NULL, handled_signals[i], on_signal, m);
+                if (r < 0)
+                        return log_error_errno(r, "Cannot watch for signal %d: %m", handled_signals[i]);
+        }
         r = sd_event_set_watchdog(m->event, true);
         if (r < 0)
                 return log_error_errno(r, "Cannot enable the watchdog: %m");

@@ -22,6 +22,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
+import tests_callers  # noqa: E402
 import tests_client  # noqa: E402
 import tests_errors  # noqa: E402
 import tests_holds  # noqa: E402
@@ -29,11 +30,13 @@ import tests_idle  # noqa: E402
 import tests_lifecycle  # noqa: E402
 import tests_load  # noqa: E402
 import tests_memory  # noqa: E402
+import tests_names  # noqa: E402
 import tests_objects  # noqa: E402
 import tests_polkit  # noqa: E402
+import tests_signals  # noqa: E402
 
 MODULES = [tests_load, tests_idle, tests_memory, tests_holds, tests_errors, tests_objects, tests_lifecycle,
-           tests_client, tests_polkit]
+           tests_client, tests_polkit, tests_callers, tests_names, tests_signals]
 
 
 def collect(name_filter):

@@ -107,6 +107,10 @@ BAD_NAMES = [
         "-dash",
         "a\nb",
         "caf\u00e9",
+        "a..b",
+        "org/a--b",
+        "a-",
+        "org/b.",
 ]
 
 
@@ -137,7 +141,8 @@ def test_bad_options_are_invalid_args(ctx):
         cases = [
                 ("Load", {"bogus": dbus.Int64(1)}, "bogus"),
                 ("Load", {"keep_alive_sec": dbus.String("10")}, "keep_alive_sec"),
-                ("Load", {"keep_alive_sec": dbus.Int32(10)}, "keep_alive_sec"),
+                ("Load", {"keep_alive_sec": dbus.Double(10.0)}, "keep_alive_sec"),
+                ("Load", {"keep_alive_sec": dbus.UInt64(2**64 - 1)}, "keep_alive_sec"),
                 ("Load", {"keep_alive_sec": dbus.Int64(0)}, "keep_alive_sec"),
                 ("Load", {"keep_alive_sec": dbus.Int64(-2)}, "keep_alive_sec"),
                 ("Load", {"pin": dbus.String("yes")}, "pin"),

@@ -300,8 +300,8 @@ static void test_parse_boolean(void **state) {
 static void test_model_name_good(void **state) {
         char segment[MPOOL_NAME_SEGMENT_MAX + 1], longest[MPOOL_NAME_MAX + 1];
         static const char *const good[] = {
-                "a", "A", "0", "llama", "meta-llama/Llama-3.2-1B", "org/name", "Qwen2.5_7B", "a.b/c..d",
-                "x-/y_", "9/9",
+                "a", "A", "0", "llama", "meta-llama/Llama-3.2-1B", "org/name", "Qwen2.5_7B", "a.b/c.d",
+                "x_/y_", "9/9", "a-b.c_d/e.-f_-g", "a.-b", "a-.b",
         };
         char *error = NULL;
 
@@ -359,6 +359,19 @@ static void test_model_name_bad(void **state) {
         check_bad_name("it's", "'it\\x27s': character '\\x27' at position 3 is not allowed");
         check_bad_name("tab\there", "'tab\\x09here': character '\\x09' at position 4 is not allowed");
         check_bad_name("caf\xc3\xa9", "'caf\\xc3\\xa9': character '\\xc3' at position 4 is not allowed");
+
+        /* The Hugging Face hub's rules: no ".." or "--", no '.' or '-' at the end. */
+        check_bad_name("a..b", "'a..b': must not contain '..'");
+        check_bad_name("org/a..b", "segment 2 of 'org/a..b': must not contain '..'");
+        check_bad_name("a..b/c", "segment 1 of 'a..b/c': must not contain '..'");
+        check_bad_name("a...", "'a...': must not contain '..'");
+        check_bad_name("a--b", "'a--b': must not contain '--'");
+        check_bad_name("org--x/name", "segment 1 of 'org--x/name': must not contain '--'");
+        check_bad_name("org/x---y", "segment 2 of 'org/x---y': must not contain '--'");
+        check_bad_name("a-", "'a-': must not end with '-'");
+        check_bad_name("a.", "'a.': must not end with '.'");
+        check_bad_name("x-/y", "segment 1 of 'x-/y': must not end with '-'");
+        check_bad_name("org/name.", "segment 2 of 'org/name.': must not end with '.'");
 
         memset(long_segment, 'b', MPOOL_NAME_SEGMENT_MAX + 1);
         long_segment[MPOOL_NAME_SEGMENT_MAX + 1] = '\0';
