@@ -501,30 +501,33 @@ void bus_log_emit(int r, const char *what, const char *name) {
                 log_warning_errno(r, "Cannot emit %s for %s: %m", what, name);
 }
 
+void bus_emit_changed_bits(sd_bus *bus, const char *path, const char *interface, unsigned what,
+                           const BusChangedProperty *table, size_t n_table, const char *who) {
+        char *names[n_table + 1];
+        size_t n = 0;
+
+        if (!bus)
+                return;
+        for (size_t i = 0; i < n_table; i++)
+                if (what & table[i].bit)
+                        names[n++] = (char *) table[i].property;
+        names[n] = NULL;
+        if (n > 0)
+                bus_log_emit(sd_bus_emit_properties_changed_strv(bus, path, interface, names),
+                             "PropertiesChanged", who);
+}
+
 static void emit_manager_changed(Manager *m, ManagerChange what) {
-        static const struct {
-                ManagerChange change;
-                const char *property;
-        } table[] = {
+        static const BusChangedProperty table[] = {
                 { MANAGER_CHANGED_MEMORY_TOTAL, "MemoryTotal" },
                 { MANAGER_CHANGED_MEMORY_LIMIT, "MemoryLimit" },
                 { MANAGER_CHANGED_MEMORY_USED, "MemoryUsed" },
                 { MANAGER_CHANGED_LOADED_MODELS, "LoadedModels" },
                 { MANAGER_CHANGED_IDLE_TIMEOUT, "IdleTimeoutSec" },
         };
-        char *names[ELEMENTSOF(table) + 1];
-        size_t n = 0;
 
-        if (!m->bus)
-                return;
-        for (size_t i = 0; i < ELEMENTSOF(table); i++)
-                if (what & table[i].change)
-                        names[n++] = (char *) table[i].property;
-        names[n] = NULL;
-        if (n > 0)
-                bus_log_emit(sd_bus_emit_properties_changed_strv(m->bus, MPOOL_MANAGER_PATH,
-                                                                 MPOOL_MANAGER_INTERFACE, names),
-                             "PropertiesChanged", "the manager");
+        bus_emit_changed_bits(m->bus, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE, what, table,
+                              ELEMENTSOF(table), "the manager");
 }
 
 static void emit_load_progress(Manager *m, PoolModel *model, uint64_t done, uint64_t total) {

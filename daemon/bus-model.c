@@ -116,20 +116,14 @@ static int model_node_enumerator(sd_bus *bus, const char *path, void *userdata, 
         return 0;
 }
 
-
 void bus_model_emit_changed(Manager *m, PoolModel *model, ModelChange what) {
-        static const struct {
-                ModelChange change;
-                const char *property;
-        } table[] = {
+        static const BusChangedProperty table[] = {
                 { MODEL_CHANGED_STATE, "State" },
                 { MODEL_CHANGED_MEMORY, "MemoryBytes" },
                 { MODEL_CHANGED_HOLDS, "Holds" },
                 { MODEL_CHANGED_EXPIRES, "ExpiresAt" },
         };
-        char *names[ELEMENTSOF(table) + 1];
         _cleanup_free_ char *path = NULL;
-        size_t n = 0;
 
         if (!m->bus)
                 return;
@@ -137,13 +131,7 @@ void bus_model_emit_changed(Manager *m, PoolModel *model, ModelChange what) {
                 log_oom();
                 return;
         }
-        for (size_t i = 0; i < ELEMENTSOF(table); i++)
-                if (what & table[i].change)
-                        names[n++] = (char *) table[i].property;
-        names[n] = NULL;
-        if (n > 0)
-                bus_log_emit(sd_bus_emit_properties_changed_strv(m->bus, path, MPOOL_MODEL_INTERFACE, names),
-                             "PropertiesChanged", model->name);
+        bus_emit_changed_bits(m->bus, path, MPOOL_MODEL_INTERFACE, what, table, ELEMENTSOF(table), model->name);
 }
 
 void bus_model_emit_added(Manager *m, PoolModel *model) {
