@@ -188,6 +188,33 @@ static void post(Loader *l, LoaderJob *j, LoaderMessageType type, uint64_t done,
                 abort();
 }
 
+/* 1 if the file's size is no longer expected, 0 if it still is, negative
+ * errno if that cannot be told. */
+static int file_changed_size(int fd, uint64_t expected) {
+        struct stat st;
+
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        return (uint64_t) st.st_size != expected;
+}
+
+/* A header that did not validate. The validator's own words quote the file
+ * (tensor names, JSON around a syntax error, the length prefix as a
+ * number): they go to the log, which administrators read, and not into the
+ * job's message, which every local user reads in Status and on the bus. */
+static void fail_header(LoaderJob *j, const LoaderFile *f, uint64_t size, int error, const char *detail) {
+        if (error == -ENOMEM)
+                return job_fail(j, ENOMEM, "Out of memory.");
+        if (file_changed_size(f->fd, size) > 0)
+                return job_fail(j, EBADMSG, "%s changed size while it was being loaded.", f->path);
+
+        log_warning("Model %s: %s: %s", j->name, f->path, detail ?: "cannot read the safetensors header");
+        if (error == -EBADMSG)
+                return job_fail(j, EBADMSG, "%s is not a valid safetensors file (the daemon's log says why).",
+                                f->path);
+        return job_fail(j, error, "Cannot read the safetensors header of %s: %m", f->path);
+}
+
 static void probe(LoaderJob *j) {
         _cleanup_(model_location_freep) ModelLocation *location = NULL;
         _cleanup_free_ char *error = NULL;
@@ -221,20 +248,15 @@ static void probe(LoaderJob *j) {
                 if (!files[i].path)
                         return job_fail(j, ENOMEM, "Out of memory.");
 
-                /* O_NONBLOCK: a FIFO swapped in since the store looked must not
-                 * hang this thread (and with it shutdown) in open(). */
-                files[i].fd = open(files[i].path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-                if (files[i].fd < 0)
-                        return job_fail(j, errno, "Cannot open %s: %m", files[i].path);
+                /* The store opened the file beneath its root and checked it is
+                 * a regular file; opening the path again could reach another. */
+                files[i].fd = TAKE_FD(location->weight_fds[i]);
                 if (fstat(files[i].fd, &st) < 0)
                         return job_fail(j, errno, "Cannot stat %s: %m", files[i].path);
-                if (!S_ISREG(st.st_mode))
-                        return job_fail(j, EBADMSG, "%s is not a regular file.", files[i].path);
 
                 r = safetensors_validate_fd(files[i].fd, &info, &header_error);
                 if (r < 0)
-                        return job_fail(j, r == -EBADMSG ? EBADMSG : r, "%s: %s", files[i].path,
-                                        header_error ?: "cannot read the safetensors header");
+                        return fail_header(j, &files[i], (uint64_t) st.st_size, r, header_error);
 
                 files[i].size = (uint64_t) st.st_size;
                 if (__builtin_add_overflow(j->total_bytes, files[i].size, &j->total_bytes))

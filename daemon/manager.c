@@ -147,7 +147,7 @@ static uint64_t files_size(const ModelLocation *location) {
         for (size_t i = 0; i < location->n_weights; i++) {
                 struct stat st;
 
-                if (stat(location->weight_paths[i], &st) >= 0)
+                if (fstat(location->weight_fds[i], &st) >= 0)
                         total += (uint64_t) st.st_size;
         }
         return total;

@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 import tests_client  # noqa: E402
 import tests_errors  # noqa: E402
+import tests_files  # noqa: E402
 import tests_holds  # noqa: E402
 import tests_idle  # noqa: E402
 import tests_lifecycle  # noqa: E402
@@ -31,8 +32,8 @@ import tests_memory  # noqa: E402
 import tests_objects  # noqa: E402
 import tests_polkit  # noqa: E402
 
-MODULES = [tests_load, tests_idle, tests_memory, tests_holds, tests_errors, tests_objects, tests_lifecycle,
-           tests_client, tests_polkit]
+MODULES = [tests_load, tests_idle, tests_memory, tests_holds, tests_errors, tests_files, tests_objects,
+           tests_lifecycle, tests_client, tests_polkit]
 
 
 def collect(name_filter):
