@@ -843,11 +843,37 @@ static void on_loader_done(LoaderJob *job, void *userdata) {
                 manager_preload(m);
 }
 
+/* A file truncated under a loaded model takes its pages with it, locked or
+ * not: what the models hold follows what is really resident. */
+static void measure_loaded_models(Manager *m) {
+        bool changed = false;
+
+        for (PoolModel *model = m->pool.models; model; model = model->next) {
+                ModelRuntime *rt = model->userdata;
+                uint64_t resident;
+
+                if (model->state != MODEL_LOADED || !rt)
+                        continue;
+                if (loader_mappings_measure(rt->mappings, rt->n_mappings, &resident) > 0)
+                        log_warning("The files of model %s changed after it was loaded; it now holds %" PRIu64
+                                    " bytes.", model->name, resident);
+                if (resident == model->memory_bytes)
+                        continue;
+                model->memory_bytes = resident;
+                bus_emit_model_changed(m, model, "MemoryBytes", NULL);
+                changed = true;
+        }
+        if (changed)
+                pool_changed(m);
+}
+
 static void on_memory(MemoryMonitor *monitor, const MemoryInfo *info, bool stalled, void *userdata) {
         Manager *m = userdata;
         PoolModel *victims[POOL_MODELS_MAX];
         uint64_t to_free = 0;
         size_t n;
+
+        measure_loaded_models(m);
 
         if (info->total != m->memory.total) {
                 m->memory.total = info->total;

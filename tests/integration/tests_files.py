@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
 """Model files as the store holds them: symlinks that lead out of the store
-are refused without a word of what they point to, and messages never quote
-a model file."""
+are refused without a word of what they point to, messages never quote a
+model file, and files that change size while or after they load."""
 
 import json
 import os
@@ -159,3 +159,140 @@ def test_invalid_header_message_does_not_quote_the_file(ctx):
                 check_failure_does_not_quote(ctx, d, name, path, [secret])
         # The administrator still learns why.
         assert secret in d.log(), "the validator's reason is not in the log"
+
+
+# -- files that change while or after they load --
+
+def mapping_of(pid, path):
+        """(address range, Rss in bytes) of pid's mapping of path, or None."""
+        found = None
+        with open(f"/proc/{pid}/smaps") as f:
+                for line in f:
+                        fields = line.split(None, 5)
+                        if re.match(r"^[0-9a-f]+-[0-9a-f]+$", fields[0]):
+                                found = fields[0] if len(fields) == 6 and fields[5].rstrip("\n") == path else None
+                        elif found and fields[0] == "Rss:":
+                                return found, int(fields[1]) * 1024
+        return None
+
+
+def is_mapped(pid, path):
+        with open(f"/proc/{pid}/maps") as f:
+                return any(line.rstrip("\n").endswith(" " + path) for line in f)
+
+
+def all_threads_stopped(pid):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+                try:
+                        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                                state = f.read().rsplit(")", 1)[1].split()[0]
+                except FileNotFoundError:
+                        continue
+                if state not in ("T", "t"):
+                        return False
+        return True
+
+
+def truncate_mid_load(d, name, path, size, new_size):
+        """Loads name and truncates path to new_size while the loader is
+        between mapping it and having read all of it in. To know that, the
+        daemon is stopped (every thread) as soon as the file is mapped, its
+        mapping's Rss read, the file truncated only if the mapping is not
+        complete, then it resumes. Returns (load outcome, truncated)."""
+        outcome = {}
+        truncated = False
+        thread = load_in_thread(d, name, outcome)
+        wait_until(lambda: outcome or is_mapped(d.pid, path), f"{path} mapped", interval=0.001)
+        if not outcome:
+                os.kill(d.pid, signal.SIGSTOP)
+                try:
+                        wait_until(lambda: all_threads_stopped(d.pid), "mpoold stopped", interval=0.001)
+                        mapping = mapping_of(d.pid, path)
+                        if mapping is not None and mapping[1] < size:
+                                os.truncate(path, new_size)
+                                truncated = True
+                finally:
+                        os.kill(d.pid, signal.SIGCONT)
+        thread.join(DEADLINE * 4)
+        assert not thread.is_alive(), "Load did not return"
+        return outcome, truncated
+
+
+def test_file_truncated_while_loading_is_invalid_model(ctx):
+        d = ctx.daemon(MemoryLimit="12G")
+        for size in (2 * GiB, 8 * GiB):
+                name = f"shrinking-{size // GiB}g"
+                directory = os.path.join(ctx.store, name)
+                write_sparse_model(directory, size)
+                path = model_files(directory)[0]
+                outcome, truncated = truncate_mid_load(d, name, path, os.path.getsize(path), MiB)
+                if not truncated:
+                        # Read in completely before mpoold could be stopped:
+                        # try a bigger one.
+                        assert "path" in outcome, outcome
+                        d.py.unload(name)
+                        os.unlink(path)
+                        continue
+
+                assert "error" in outcome, f"the load of a file truncated under it succeeded: {outcome}"
+                error, message = outcome["error"]
+                assert error == ERROR_INVALID_MODEL, f"expected InvalidModel, got {error}: {message}"
+                assert path in message and "changed size" in message, message
+                failed = ctx.monitor.wait_signal("LoadFailed", name)
+                assert failed.args[1] == ERROR_INVALID_MODEL and "changed size" in failed.args[2], failed
+                m = d.model(name)
+                assert m["state"] == "error" and m["memory_bytes"] == 0 and "changed size" in m["error"], m
+                pool, _ = d.status()
+                assert pool["models_loaded"] == 0 and pool["memory_used"] == 0, pool
+                return
+        raise AssertionError("both loads (2 GiB, 8 GiB) completed before mpoold was stopped: truncation untested")
+
+
+def test_file_truncated_after_loading_gives_memory_back(ctx):
+        alpha = ctx.model("alpha", size="64M")
+        ctx.model("beta", size="8M")
+        d = ctx.daemon()
+        d.load("alpha")
+        d.load("beta")
+        path = model_files(alpha)[0]
+        beta = d.model("beta")["memory_bytes"]
+        assert d.model("alpha")["memory_bytes"] == page_align(os.path.getsize(path)), d.model("alpha")
+
+        def consistent(expected):
+                """alpha holds expected, beta what it did, the pool the sum."""
+                def check():
+                        pool, models = d.status()
+                        if models["alpha"]["memory_bytes"] != expected:
+                                return None
+                        assert models["alpha"]["state"] == "loaded", models["alpha"]
+                        assert models["beta"]["memory_bytes"] == beta, models["beta"]
+                        assert pool["memory_used"] == sum(m["memory_bytes"] for m in models.values()), \
+                                (pool, models)
+                        return pool
+                return check
+
+        # The pages past the new end are gone, locked as they were.
+        new_size = 10 * MiB + 123
+        os.truncate(path, new_size)
+        pool = wait_until(consistent(page_align(new_size)), "alpha's memory_bytes to follow the truncation")
+        assert pool["memory_used"] == page_align(new_size) + beta, pool
+        used = d.py.call("Get", "ss", (MANAGER_IFACE, "MemoryUsed"), path=MANAGER_PATH, iface=PROPERTIES_IFACE)
+        assert used == pool["memory_used"], (used, pool)
+        ctx.monitor.wait(lambda sigs: any(s.member == "PropertiesChanged" and s.path == model_path("alpha")
+                                          and s.args[0] == MODEL_IFACE
+                                          and s.args[1].get("MemoryBytes") == page_align(new_size)
+                                          for s in sigs), "PropertiesChanged of alpha's MemoryBytes")
+        assert re.search(r"files of model alpha changed", d.log()), "no warning names the model"
+
+        # Cut and extended back to the same size: the pages past the cut are
+        # gone all the same, and the size alone would not tell.
+        os.truncate(path, MiB)
+        os.truncate(path, new_size)
+        wait_until(consistent(MiB), "alpha's memory_bytes to follow the truncation to 1 MiB")
+
+        os.truncate(path, 0)
+        wait_until(consistent(0), "alpha's memory_bytes to reach 0")
+
+        assert d.py.unload("alpha") is True
+        pool, _ = d.status()
+        assert pool["memory_used"] == beta, pool
