@@ -45,9 +45,12 @@ static void loader_files_free(LoaderFile *files, size_t n) {
 }
 
 void loader_mappings_release(LoaderMapping *mappings, size_t n) {
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < n; i++) {
                 if (mappings[i].address && munmap(mappings[i].address, mappings[i].length) < 0)
                         log_error_errno(errno, "Failed to unmap %zu bytes: %m", mappings[i].length);
+                if (mappings[i].fd >= 0)
+                        close(mappings[i].fd);
+        }
         free(mappings);
 }
 
@@ -150,6 +153,33 @@ static void job_fail(LoaderJob *j, int error, const char *format, ...) {
         va_end(ap);
 }
 
+/* 1 if the file's size is no longer expected, 0 if it still is, negative
+ * errno if that cannot be told. */
+static int file_changed_size(int fd, uint64_t expected) {
+        struct stat st;
+
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        return (uint64_t) st.st_size != expected;
+}
+
+/* A header that did not validate. The validator's own words quote the file
+ * (tensor names, JSON around a syntax error, the length prefix as a
+ * number): they go to the log, which administrators read, and not into the
+ * job's message, which every local user reads in Status and on the bus. */
+static void fail_header(LoaderJob *j, const LoaderFile *f, uint64_t size, int error, const char *detail) {
+        if (error == -ENOMEM)
+                return job_fail(j, ENOMEM, "Out of memory.");
+        if (file_changed_size(f->fd, size) > 0)
+                return job_fail(j, EBADMSG, "%s changed size while it was being loaded.", f->path);
+
+        log_warning("Model %s: %s: %s", j->name, f->path, detail ?: "cannot read the safetensors header");
+        if (error == -EBADMSG)
+                return job_fail(j, EBADMSG, "%s is not a valid safetensors file (the daemon's log says why).",
+                                f->path);
+        return job_fail(j, error, "Cannot read the safetensors header of %s: %m", f->path);
+}
+
 static void probe(LoaderJob *j) {
         _cleanup_(model_location_freep) ModelLocation *location = NULL;
         _cleanup_free_ char *error = NULL;
@@ -183,20 +213,15 @@ static void probe(LoaderJob *j) {
                 if (!files[i].path)
                         return job_fail(j, ENOMEM, "Out of memory.");
 
-                /* O_NONBLOCK: a FIFO swapped in since the store looked must not
-                 * hang this thread (and with it shutdown) in open(). */
-                files[i].fd = open(files[i].path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-                if (files[i].fd < 0)
-                        return job_fail(j, errno, "Cannot open %s: %m", files[i].path);
+                /* The store opened the file beneath its root and checked it is
+                 * a regular file; opening the path again could reach another. */
+                files[i].fd = TAKE_FD(location->weight_fds[i]);
                 if (fstat(files[i].fd, &st) < 0)
                         return job_fail(j, errno, "Cannot stat %s: %m", files[i].path);
-                if (!S_ISREG(st.st_mode))
-                        return job_fail(j, EBADMSG, "%s is not a regular file.", files[i].path);
 
                 r = safetensors_validate_fd(files[i].fd, &info, &header_error);
                 if (r < 0)
-                        return job_fail(j, r == -EBADMSG ? EBADMSG : r, "%s: %s", files[i].path,
-                                        header_error ?: "cannot read the safetensors header");
+                        return fail_header(j, &files[i], (uint64_t) st.st_size, r, header_error);
 
                 files[i].size = (uint64_t) st.st_size;
                 if (__builtin_add_overflow(j->total_bytes, files[i].size, &j->total_bytes))
@@ -204,18 +229,47 @@ static void probe(LoaderJob *j) {
         }
 }
 
+/* Brings [offset, offset + length) of the file into the page cache by
+ * reading it. -EFAULT, as from populating a mapping, when the file ends
+ * first. */
+static int read_into_page_cache(int fd, uint64_t offset, size_t length) {
+        const size_t buffer_size = 1U << 20;
+        _cleanup_free_ uint8_t *buffer = malloc(buffer_size);
+        size_t done = 0;
+
+        if (!buffer)
+                return -ENOMEM;
+        while (done < length) {
+                ssize_t n = pread(fd, buffer, MIN(buffer_size, length - done), (off_t) (offset + done));
+
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (n == 0)
+                        return -EFAULT;
+                done += (size_t) n;
+        }
+        return 0;
+}
+
 /* Faults the chunk in and keeps it resident. mlock() does both at once; where
  * RLIMIT_MEMLOCK forbids it, the pages are still read in, so the model is
- * resident but may be reclaimed under pressure (and reported so).
+ * resident but may be reclaimed under pressure (and reported so). Never
+ * touches the mapped bytes: past the end of a file truncated meanwhile that
+ * would be SIGBUS, where these calls fail with EFAULT.
  *
  * The system call is made directly: AddressSanitizer replaces mlock() with a
  * stub that returns 0 and neither reads nor locks anything, so a sanitized
  * daemon would report models as loaded and locked that were never read.
  * glibc's mlock() is the bare system call, so nothing else changes. */
-static int populate(LoaderJob *j, uint8_t *address, size_t length, bool *lock) {
+static int populate(int fd, uint8_t *address, uint64_t offset, size_t length, bool *lock) {
         if (*lock) {
                 if (syscall(SYS_mlock, address, length) == 0)
                         return 0;
+                /* ENOMEM is also how mlock() reports pages past the end of a
+                 * file that shrank; populating below then says EFAULT. */
                 if (errno != EPERM && errno != ENOMEM && errno != EAGAIN)
                         return -errno;
                 *lock = false;
@@ -226,13 +280,9 @@ static int populate(LoaderJob *j, uint8_t *address, size_t length, bool *lock) {
         if (errno != EINVAL)
                 return -errno;
 
-        /* Kernels before 5.14 lack MADV_POPULATE_READ: touch every page. */
-        long page = sysconf(_SC_PAGESIZE);
-        volatile uint8_t sink = 0;
-        for (size_t o = 0; o < length; o += (size_t) page)
-                sink ^= address[o];
-        (void) sink;
-        return 0;
+        /* Kernels before 5.14 lack MADV_POPULATE_READ. Reading the file puts
+         * the same pages in the page cache, where the mapping finds them. */
+        return read_into_page_cache(fd, offset, length);
 }
 
 static uint64_t page_align(uint64_t length) {
@@ -241,7 +291,7 @@ static uint64_t page_align(uint64_t length) {
         return (length + page - 1) / page * page;
 }
 
-static uint64_t resident_bytes(const LoaderMapping *mapping) {
+static uint64_t mapping_resident_bytes(const LoaderMapping *mapping) {
         size_t page = (size_t) sysconf(_SC_PAGESIZE), n_pages = (mapping->length + page - 1) / page;
         _cleanup_free_ unsigned char *vector = malloc(n_pages ?: 1);
         uint64_t n = 0;
@@ -253,13 +303,67 @@ static uint64_t resident_bytes(const LoaderMapping *mapping) {
         return n * page;
 }
 
+static bool timespec_equal(struct timespec a, struct timespec b) {
+        return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
+}
+
+static void mapping_record(LoaderMapping *m, const struct stat *st) {
+        m->size = (uint64_t) st->st_size;
+        m->mtime = st->st_mtim;
+        m->ctime = st->st_ctim;
+}
+
+/* Truncation changes the size, or at least ctime when the file is extended
+ * back to the same size; a rewrite in place changes mtime. */
+static bool mapping_file_changed(const LoaderMapping *m, const struct stat *st) {
+        return (uint64_t) st->st_size != m->size || !timespec_equal(st->st_mtim, m->mtime) ||
+                !timespec_equal(st->st_ctim, m->ctime);
+}
+
+int loader_mappings_measure(LoaderMapping *mappings, size_t n, uint64_t *ret_resident_bytes) {
+        uint64_t total = 0;
+        bool changed = false;
+
+        assert(mappings || n == 0);
+        assert(ret_resident_bytes);
+
+        for (size_t i = 0; i < n; i++) {
+                LoaderMapping *m = &mappings[i];
+                struct stat st;
+
+                /* fstat() of an open descriptor does not fail but for a bug;
+                 * the last figure stands then. */
+                if (m->address && m->fd >= 0 && fstat(m->fd, &st) >= 0) {
+                        if (mapping_file_changed(m, &st)) {
+                                mapping_record(m, &st);
+                                changed = true;
+                                /* The size and times change before the kernel
+                                 * has dropped the pages past the new end: the
+                                 * next call measures again, when it has. */
+                                m->remeasure = 2;
+                        }
+                        if (m->remeasure > 0) {
+                                m->remeasure--;
+                                m->resident_bytes = mapping_resident_bytes(m);
+                        }
+                }
+                total += m->resident_bytes;
+        }
+
+        *ret_resident_bytes = total;
+        return changed;
+}
+
 static void map(LoaderJob *j) {
         uint64_t done = 0, last_post = 0;
         bool lock = true;
+        int r;
 
         j->mappings = calloc(j->n_files ?: 1, sizeof *j->mappings);
         if (!j->mappings)
                 return job_fail(j, ENOMEM, "Out of memory.");
+        for (size_t i = 0; i < j->n_files; i++)
+                j->mappings[i].fd = -1;
 
         work_item_progress(&j->item, 0, j->total_bytes);
         test_hook_load_gate(j->name, &j->item);
@@ -269,16 +373,19 @@ static void map(LoaderJob *j) {
                 LoaderMapping *m = &j->mappings[i];
                 struct stat st;
 
-                if (f->size == 0) {
-                        j->n_mappings++;
+                j->n_mappings++;
+                if (f->size == 0)
                         continue;
-                }
+
                 /* The header was validated against this size: a file that
-                 * changed since must be validated again, not trusted. */
+                 * changed since must be validated again, not trusted. What
+                 * is seen here is what loader_mappings_measure() compares
+                 * with, so that any change from now on is measured. */
                 if (fstat(f->fd, &st) < 0)
                         return job_fail(j, errno, "Cannot stat %s: %m", f->path);
                 if ((uint64_t) st.st_size != f->size)
                         return job_fail(j, EBADMSG, "%s changed size while it was being loaded.", f->path);
+                mapping_record(m, &st);
 
                 m->address = mmap(NULL, f->size, PROT_READ, MAP_SHARED, f->fd, 0);
                 if (m->address == MAP_FAILED) {
@@ -286,18 +393,25 @@ static void map(LoaderJob *j) {
                         return job_fail(j, errno, "Cannot map %s: %m", f->path);
                 }
                 m->length = f->size;
-                j->n_mappings++;
+                m->fd = TAKE_FD(f->fd);
 
                 for (uint64_t offset = 0; offset < f->size; offset += MAP_CHUNK_BYTES) {
                         size_t length = MIN(MAP_CHUNK_BYTES, f->size - offset);
-                        int r;
 
                         if (work_item_cancelled(&j->item))
                                 return job_fail(j, ECANCELED, "The load was cancelled.");
 
-                        r = populate(j, (uint8_t *) m->address + offset, length, &lock);
-                        if (r < 0)
-                                return job_fail(j, r, "Cannot read %s into memory: %m", f->path);
+                        r = populate(m->fd, (uint8_t *) m->address + offset, offset, length, &lock);
+                        if (r < 0) {
+                                /* Pages past the end of a file that shrank cannot
+                                 * be read in (EFAULT): the file's doing, not
+                                 * the disk's. */
+                                if (file_changed_size(m->fd, f->size) > 0)
+                                        return job_fail(j, EBADMSG, "%s changed size while it was being loaded.",
+                                                        f->path);
+                                return job_fail(j, r == -EFAULT ? EIO : r, "Cannot read %s into memory: %m",
+                                                f->path);
+                        }
 
                         done += length;
                         if (now_monotonic_usec() - last_post >= PROGRESS_INTERVAL_USEC && done < j->total_bytes) {
@@ -305,18 +419,27 @@ static void map(LoaderJob *j) {
                                 last_post = now_monotonic_usec();
                         }
                 }
-
-                /* The mapping keeps the file; the descriptor is not needed. */
-                close(TAKE_FD(f->fd));
         }
 
-        /* Locked pages are resident by definition; only unlocked ones need
-         * counting, which costs a pass over every page. */
+        /* A file truncated while later ones were read in has lost its pages
+         * already, locked or not: every file must still have the size its
+         * header was validated against. Locked pages are resident by
+         * definition; only unlocked ones need counting, which costs a pass
+         * over every page. */
+        for (size_t i = 0; i < j->n_mappings; i++) {
+                LoaderMapping *m = &j->mappings[i];
+
+                if (!m->address)
+                        continue;
+                r = file_changed_size(m->fd, m->length);
+                if (r < 0)
+                        return job_fail(j, r, "Cannot stat %s: %m", j->files[i].path);
+                if (r > 0)
+                        return job_fail(j, EBADMSG, "%s changed size while it was being loaded.", j->files[i].path);
+                m->resident_bytes = lock ? page_align(m->length) : mapping_resident_bytes(m);
+                j->resident_bytes += m->resident_bytes;
+        }
         j->locked = lock;
-        for (size_t i = 0; i < j->n_mappings; i++)
-                if (j->mappings[i].address)
-                        j->resident_bytes += lock ? page_align(j->mappings[i].length)
-                                                  : resident_bytes(&j->mappings[i]);
         work_item_progress(&j->item, j->total_bytes, j->total_bytes);
 }
 

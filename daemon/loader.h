@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <systemd/sd-event.h>
+#include <time.h>
 
 #include "workpool.h"
 
@@ -28,6 +29,16 @@ typedef struct LoaderFile {
 typedef struct LoaderMapping {
         void *address;
         size_t length;
+        /* A file truncated under its mapping takes the pages past its new end
+         * with it, locked or not. The descriptor is kept (-1 when there is
+         * none) so that fstat() can tell cheaply whether the file changed
+         * since it was last measured: size, mtime and ctime as seen then. */
+        int fd;
+        uint64_t size;
+        struct timespec mtime;
+        struct timespec ctime;
+        uint64_t resident_bytes;  /* as last measured */
+        unsigned remeasure;       /* measure again this many times even if nothing changed */
 } LoaderMapping;
 
 typedef struct LoaderJob {
@@ -63,6 +74,14 @@ LoaderJob *loader_job_free(LoaderJob *j);
  * loader_mappings_release). */
 LoaderMapping *loader_job_steal_mappings(LoaderJob *j, size_t *ret_n);
 void loader_mappings_release(LoaderMapping *mappings, size_t n);
+/* Follows what a loaded model really holds when its files change under it:
+ * fstat()s each file and measures again (mincore(), which never touches the
+ * mapped bytes) the mappings whose file changed since the load or the last
+ * call, and once more on the next call, by when the kernel has surely
+ * dropped what a truncation cut off. Cheap when nothing changed: one fstat()
+ * per file. Sets *ret_resident_bytes to the mappings' resident bytes and
+ * returns 1 when a file changed since the last call, 0 otherwise. */
+int loader_mappings_measure(LoaderMapping *mappings, size_t n, uint64_t *ret_resident_bytes);
 
 static inline LoaderJob *loader_job_from_item(WorkItem *item) {
         return (LoaderJob *) ((char *) item - offsetof(LoaderJob, item));

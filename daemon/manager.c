@@ -93,7 +93,7 @@ static uint64_t files_size(const ModelLocation *location) {
         for (size_t i = 0; i < location->n_weights; i++) {
                 struct stat st;
 
-                if (stat(location->weight_paths[i], &st) >= 0)
+                if (fstat(location->weight_fds[i], &st) >= 0)
                         total += (uint64_t) st.st_size;
         }
         return total;
@@ -234,6 +234,8 @@ static void on_memory(MemoryMonitor *monitor, const MemoryInfo *info, bool stall
         _cleanup_free_ PoolModel **victims = NULL;
         uint64_t to_free = 0;
         size_t n;
+
+        models_measure_resident(m);
 
         if (info->total != m->memory.total) {
                 m->memory.total = info->total;

@@ -875,6 +875,31 @@ void model_uncharge(Manager *m, PoolModel *model, uint64_t bytes) {
         manager_emit_changed(m, MANAGER_CHANGED_MEMORY_USED);
 }
 
+void models_measure_resident(Manager *m) {
+        bool changed = false;
+
+        POOL_FOREACH(model, &m->pool) {
+                ModelRuntime *rt = model->userdata;
+                uint64_t resident, held;
+
+                if (model->state != MODEL_LOADED || !rt || !rt->weights)
+                        continue;
+                if (loader_mappings_measure(rt->weights->mappings, rt->weights->n_mappings, &resident) > 0)
+                        log_warning("The files of model %s changed after it was loaded; its weights now hold %"
+                                    PRIu64 " bytes.", model->name, resident);
+                held = resident + model->charged_bytes;
+                if (held == model->memory_bytes)
+                        continue;
+                model->memory_bytes = held;
+                manager_emit_model_changed(m, model, MODEL_CHANGED_MEMORY);
+                changed = true;
+        }
+        if (changed) {
+                manager_emit_changed(m, MANAGER_CHANGED_MEMORY_USED);
+                manager_update_status(m);
+        }
+}
+
 /* --- Shutdown ---------------------------------------------------------- */
 
 void models_stop_all(Manager *m) {

@@ -74,6 +74,11 @@ void model_runtime_free(ModelRuntime *rt);
 /* Makes a model found in the store known to callers. */
 void model_announce(Manager *m, PoolModel *model);
 
+/* A file truncated under a loaded model takes its pages with it, locked or
+ * not: what the models hold follows what is really resident. Cheap (one
+ * fstat() per file) unless a file changed. */
+void models_measure_resident(Manager *m);
+
 /* Cancels every load and unloads every model, for shutdown. */
 void models_stop_all(Manager *m);
 /* Nothing is loading and nothing waits for its users to let go. */

@@ -5,11 +5,13 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <linux/openat2.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -24,9 +26,12 @@
  * and perhaps a newline; anything longer is not one. */
 #define HF_REF_SIZE_MAX 128U
 
-/* How much of an untrusted string (a shard or tensor name from an index) an
- * error message quotes. */
+/* How much of a directory entry's name a log message quotes. */
 #define QUOTE_MAX 64U
+
+/* openat2() answers EAGAIN when a rename elsewhere raced its check of a ".."
+ * component: worth a few more tries, not an endless stream of them. */
+#define OPEN_BENEATH_ATTEMPTS 16U
 
 typedef enum Lookup {
         LOOKUP_ABSENT,          /* no directory of that name */
@@ -63,6 +68,10 @@ ModelLocation *model_location_free(ModelLocation *l) {
         free(l->name);
         free(l->directory);
         strv_free(l->weight_paths);
+        for (size_t i = 0; l->weight_fds && i < l->n_weights; i++)
+                if (l->weight_fds[i] >= 0)
+                        close(l->weight_fds[i]);
+        free(l->weight_fds);
         free(l);
         return NULL;
 }
@@ -89,9 +98,9 @@ _printf_(3, 4) static int set_error(char **ret_error, int error, const char *for
         return error;
 }
 
-/* Index files and directory entries are not ours: their strings may hold
- * anything, while messages travel over D-Bus, which insists on UTF-8. Keeps
- * printable ASCII, replaces the rest with '?' and cuts long strings. */
+/* Directory entries are not ours: their names may hold anything, while
+ * messages travel over D-Bus, which insists on UTF-8. Keeps printable ASCII,
+ * replaces the rest with '?' and cuts long strings. */
 static const char *quote(const char *s, char buffer[static QUOTE_MAX + 4]) {
         size_t i;
 
@@ -140,37 +149,82 @@ static int make_absolute(const char *path, char **ret) {
         return 0;
 }
 
-/* Returns 1 if something is there (following symlinks), 0 if not, negative
- * errno if that cannot be told. A dangling symlink counts as there, with
- * S_IFLNK in st_mode, so that it is reported rather than taken for
- * absence. */
-static int stat_at(int dir_fd, const char *filename, struct stat *ret_st) {
-        if (fstatat(dir_fd, filename, ret_st, 0) >= 0)
-                return 1;
-        if (errno != ENOENT)
+/* Opens path, relative to root_fd, without ever leaving root_fd: a symlink is
+ * followed only when it is relative and stays beneath root_fd (-EXDEV
+ * otherwise). -ENOSYS when the kernel lacks openat2() (before Linux 5.6);
+ * there is no safe fallback, so the caller says so. */
+static int open_beneath(int root_fd, const char *path, int flags) {
+        struct open_how how = {
+                .flags = (uint64_t) (flags | O_CLOEXEC | O_NOCTTY),
+                .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
+        };
+
+        for (unsigned attempt = 1;; attempt++) {
+                long fd = syscall(SYS_openat2, root_fd, path, &how, sizeof how);
+
+                if (fd >= 0)
+                        return (int) fd;
+                if ((errno == EAGAIN || errno == EINTR) && attempt < OPEN_BENEATH_ATTEMPTS)
+                        continue;
                 return -errno;
-        if (fstatat(dir_fd, filename, ret_st, AT_SYMLINK_NOFOLLOW) >= 0)
-                return 1;
-        if (errno != ENOENT)
-                return -errno;
-        return 0;
+        }
 }
 
-/* Opens a directory below dir_fd, following symlinks. -ENOENT when there is
- * nothing, a dangling symlink or a non-directory of that name. */
-static int open_directory_at(int dir_fd, const char *path) {
+/* A root of the store, as the configuration names it: it may itself be a
+ * symlink. -ENOENT when there is nothing, a dangling symlink or a
+ * non-directory of that name. */
+static int open_root(const char *path) {
         int fd;
 
-        fd = openat(dir_fd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (fd < 0)
                 return errno == ENOTDIR ? -ENOENT : -errno;
         return fd;
 }
 
-/* Reads a whole regular file of at most max_size bytes, NUL-terminated.
- * -EFBIG if it is larger, -EBADFD if it is not a regular file. */
-static int read_file_at(int dir_fd, const char *filename, uint64_t max_size, char **ret_contents,
-                        size_t *ret_size) {
+/* A directory below a root, opened beneath it. -ENOENT as for open_root(). */
+static int open_directory_beneath(int root_fd, const char *path) {
+        int fd;
+
+        fd = open_beneath(root_fd, path, O_RDONLY | O_DIRECTORY);
+        return fd == -ENOTDIR ? -ENOENT : fd;
+}
+
+/* The message for a failure of open_beneath() on directory/filename (filename
+ * NULL for the directory itself) below root. Says where the file is in the
+ * store, never where a symlink points: that is outside, and none of the
+ * callers' business. */
+static int set_open_error(char **ret_error, int error, const char *directory, const char *filename,
+                          const char *root) {
+        const char *slash = filename ? "/" : "";
+
+        filename = strempty(filename);
+        switch (error) {
+        case -EXDEV:
+                return set_error(ret_error, -EBADMSG,
+                                 "%s%s%s: a symlink on the way is absolute or leads out of %s; only relative "
+                                 "symlinks that stay inside it are followed.", directory, slash, filename, root);
+        case -ELOOP:
+                return set_error(ret_error, -EBADMSG, "%s%s%s: too many levels of symlinks.", directory, slash,
+                                 filename);
+        case -ENOSYS:
+                return set_error(ret_error, error,
+                                 "Cannot open %s%s%s: the kernel lacks openat2() (Linux 5.6 or later), without "
+                                 "which files cannot be kept to the store.", directory, slash, filename);
+        default:
+                return set_error(ret_error, error, "Cannot open %s%s%s: %m", directory, slash, filename);
+        }
+}
+
+static bool is_open_beneath_error(int error) {
+        return error == -EXDEV || error == -ELOOP || error == -ENOSYS;
+}
+
+/* Reads a whole regular file of at most max_size bytes below root_fd,
+ * NUL-terminated. -EFBIG if it is larger, -EBADFD if it is not a regular
+ * file, open_beneath()'s errors if it cannot be opened. */
+static int read_file_beneath(int root_fd, const char *path, uint64_t max_size, char **ret_contents,
+                             size_t *ret_size) {
         _cleanup_free_ char *contents = NULL;
         _cleanup_close_ int fd = -1;
         size_t size = 0, expected;
@@ -178,9 +232,9 @@ static int read_file_at(int dir_fd, const char *filename, uint64_t max_size, cha
 
         /* O_NONBLOCK so that a FIFO planted in the store cannot hang us before
          * fstat() says what it is. */
-        fd = openat(dir_fd, filename, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        fd = open_beneath(root_fd, path, O_RDONLY | O_NONBLOCK);
         if (fd < 0)
-                return -errno;
+                return fd;
         if (fstat(fd, &st) < 0)
                 return -errno;
         if (!S_ISREG(st.st_mode))
@@ -213,19 +267,75 @@ static int read_file_at(int dir_fd, const char *filename, uint64_t max_size, cha
         return 0;
 }
 
-static int check_weights_file(int dir_fd, const char *directory, const char *filename, char **ret_error) {
-        struct stat st;
-        int r;
+/* Where a model's files are looked up. Every path is resolved beneath
+ * root_fd: ModelDir, or the models--* folder of a cached model. */
+typedef struct Place {
+        int root_fd;
+        const char *root;        /* absolute, for messages */
+        const char *subdir;      /* the model's directory, relative to root_fd */
+        int dir_fd;              /* that directory, opened beneath root_fd */
+        const char *directory;   /* its absolute path, for messages */
+} Place;
 
-        r = stat_at(dir_fd, filename, &st);
-        if (r < 0)
-                return set_error(ret_error, r, "Cannot access %s/%s: %m", directory, filename);
-        if (r == 0)
-                return set_error(ret_error, -EBADMSG, "%s/%s is missing.", directory, filename);
-        if (S_ISLNK(st.st_mode))
-                return set_error(ret_error, -EBADMSG, "%s/%s is a dangling symlink.", directory, filename);
+/* The weights files found: where each is in the store, and open. */
+typedef struct Weights {
+        char **paths;            /* NULL-terminated */
+        int *fds;
+        size_t n;
+} Weights;
+
+static void weights_done(Weights *w) {
+        strv_free(w->paths);
+        for (size_t i = 0; w->fds && i < w->n; i++)
+                if (w->fds[i] >= 0)
+                        close(w->fds[i]);
+        free(w->fds);
+        *w = (Weights) {};
+}
+
+static int weights_allocate(Weights *w, size_t n) {
+        assert(!w->paths && !w->fds);
+
+        w->paths = calloc(n + 1, sizeof *w->paths);
+        w->fds = malloc(n * sizeof *w->fds);
+        if (!w->paths || !w->fds)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++)
+                w->fds[i] = -1;
+        w->n = n;
+        return 0;
+}
+
+/* Opens one weights file of the model and records it as the i-th. */
+static int weights_open(Weights *w, size_t i, const Place *p, const char *filename, char **ret_error) {
+        _cleanup_free_ char *relative = NULL;
+        _cleanup_close_ int fd = -1;
+        struct stat st;
+
+        assert(i < w->n);
+
+        relative = path_join(p->subdir, filename);
+        w->paths[i] = path_join(p->directory, filename);
+        if (!relative || !w->paths[i])
+                return -ENOMEM;
+
+        /* O_NONBLOCK: a FIFO in the store must not hang us in open() before
+         * fstat() says what it is. */
+        fd = open_beneath(p->root_fd, relative, O_RDONLY | O_NONBLOCK);
+        if (fd == -ENOENT) {
+                /* Nothing there, or a symlink to nothing: say which. */
+                if (fstatat(p->dir_fd, filename, &st, AT_SYMLINK_NOFOLLOW) >= 0 && S_ISLNK(st.st_mode))
+                        return set_error(ret_error, -EBADMSG, "%s is a dangling symlink.", w->paths[i]);
+                return set_error(ret_error, -EBADMSG, "%s is missing.", w->paths[i]);
+        }
+        if (fd < 0)
+                return set_open_error(ret_error, fd, p->directory, filename, p->root);
+        if (fstat(fd, &st) < 0)
+                return set_error(ret_error, -errno, "Cannot access %s: %m", w->paths[i]);
         if (!S_ISREG(st.st_mode))
-                return set_error(ret_error, -EBADMSG, "%s/%s is not a regular file.", directory, filename);
+                return set_error(ret_error, -EBADMSG, "%s is not a regular file.", w->paths[i]);
+
+        w->fds[i] = TAKE_FD(fd);
         return 0;
 }
 
@@ -247,47 +357,53 @@ static int compare_string_pointers(const void *a, const void *b) {
         return strcmp(*(const char * const *) a, *(const char * const *) b);
 }
 
-/* Reads the index's weight_map and returns the absolute paths of the shards
- * it names: sorted, each once, each checked to be a regular file. */
-static int read_index_shards(int dir_fd, const char *directory, char ***ret_paths, char **ret_error) {
+/* Reads the index's weight_map and opens the shards it names: sorted, each
+ * once. Messages point into the index by position, never by quoting it: its
+ * strings are what the file holds, and only a shard name that passed as a
+ * plain file name (so names a file beside the index) is repeated. */
+static int read_index_shards(const Place *p, Weights *w, char **ret_error) {
         _cleanup_(cjson_deletep) cJSON *root = NULL;
-        _cleanup_free_ char *contents = NULL;
+        _cleanup_free_ char *contents = NULL, *index = NULL;
         _cleanup_free_ const char **shards = NULL;
-        _cleanup_strv_free_ char **paths = NULL;
-        char q1[QUOTE_MAX + 4], q2[QUOTE_MAX + 4];
         const char *parse_end = NULL;
         const cJSON *weight_map, *entry;
         size_t size, n_entries = 0, n_shards = 0;
         int r, n;
 
-        r = read_file_at(dir_fd, STORE_INDEX_FILE, STORE_INDEX_SIZE_MAX, &contents, &size);
+        index = path_join(p->subdir, STORE_INDEX_FILE);
+        if (!index)
+                return -ENOMEM;
+
+        r = read_file_beneath(p->root_fd, index, STORE_INDEX_SIZE_MAX, &contents, &size);
         if (r == -EFBIG)
-                return set_error(ret_error, -EBADMSG, "%s/%s is larger than %" PRIu64 " MiB.", directory,
+                return set_error(ret_error, -EBADMSG, "%s/%s is larger than %" PRIu64 " MiB.", p->directory,
                                  STORE_INDEX_FILE, STORE_INDEX_SIZE_MAX / (1024 * 1024));
         if (r == -EBADFD)
-                return set_error(ret_error, -EBADMSG, "%s/%s is not a regular file.", directory,
+                return set_error(ret_error, -EBADMSG, "%s/%s is not a regular file.", p->directory,
                                  STORE_INDEX_FILE);
         if (r == -ENOENT)
-                return set_error(ret_error, -EBADMSG, "%s/%s is a dangling symlink.", directory,
+                return set_error(ret_error, -EBADMSG, "%s/%s is a dangling symlink.", p->directory,
                                  STORE_INDEX_FILE);
+        if (is_open_beneath_error(r))
+                return set_open_error(ret_error, r, p->directory, STORE_INDEX_FILE, p->root);
         if (r < 0)
-                return set_error(ret_error, r, "Cannot read %s/%s: %m", directory, STORE_INDEX_FILE);
+                return set_error(ret_error, r, "Cannot read %s/%s: %m", p->directory, STORE_INDEX_FILE);
 
         /* The length includes our NUL so that cJSON can insist on nothing but
          * whitespace after the document. */
         root = cJSON_ParseWithLengthOpts(contents, size + 1, &parse_end, true);
         if (!root)
-                return set_error(ret_error, -EBADMSG, "%s/%s is not valid JSON (at byte %zu).", directory,
+                return set_error(ret_error, -EBADMSG, "%s/%s is not valid JSON (at byte %zu).", p->directory,
                                  STORE_INDEX_FILE, parse_end ? (size_t) (parse_end - contents) : (size_t) 0);
 
         weight_map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
         if (!cJSON_IsObject(weight_map))
-                return set_error(ret_error, -EBADMSG, "%s/%s has no \"weight_map\" object.", directory,
+                return set_error(ret_error, -EBADMSG, "%s/%s has no \"weight_map\" object.", p->directory,
                                  STORE_INDEX_FILE);
 
         n = cJSON_GetArraySize(weight_map);
         if (n <= 0)
-                return set_error(ret_error, -EBADMSG, "%s/%s: \"weight_map\" names no tensors.", directory,
+                return set_error(ret_error, -EBADMSG, "%s/%s: \"weight_map\" names no tensors.", p->directory,
                                  STORE_INDEX_FILE);
 
         shards = calloc((size_t) n, sizeof *shards);
@@ -295,17 +411,14 @@ static int read_index_shards(int dir_fd, const char *directory, char ***ret_path
                 return -ENOMEM;
 
         cJSON_ArrayForEach(entry, weight_map) {
-                const char *tensor = entry->string ?: "";
-
                 if (!cJSON_IsString(entry) || !entry->valuestring)
                         return set_error(ret_error, -EBADMSG,
-                                         "%s/%s: \"weight_map\" entry \"%s\" is not a file name.", directory,
-                                         STORE_INDEX_FILE, quote(tensor, q1));
+                                         "%s/%s: entry %zu of \"weight_map\" is not a file name.", p->directory,
+                                         STORE_INDEX_FILE, n_entries + 1);
                 if (!shard_name_is_valid(entry->valuestring))
                         return set_error(ret_error, -EBADMSG,
-                                         "%s/%s: shard \"%s\" of tensor \"%s\" is not a plain file name.",
-                                         directory, STORE_INDEX_FILE, quote(entry->valuestring, q1),
-                                         quote(tensor, q2));
+                                         "%s/%s: the shard of entry %zu of \"weight_map\" is not a plain file name.",
+                                         p->directory, STORE_INDEX_FILE, n_entries + 1);
                 assert(n_entries < (size_t) n);
                 shards[n_entries++] = entry->valuestring;
         }
@@ -318,107 +431,107 @@ static int read_index_shards(int dir_fd, const char *directory, char ***ret_path
 
         if (n_shards > STORE_SHARDS_MAX)
                 return set_error(ret_error, -EBADMSG, "%s/%s names %zu shards, more than the %u allowed.",
-                                 directory, STORE_INDEX_FILE, n_shards, STORE_SHARDS_MAX);
+                                 p->directory, STORE_INDEX_FILE, n_shards, STORE_SHARDS_MAX);
 
-        paths = calloc(n_shards + 1, sizeof *paths);
-        if (!paths)
-                return -ENOMEM;
-
+        r = weights_allocate(w, n_shards);
+        if (r < 0)
+                return r;
         for (size_t i = 0; i < n_shards; i++) {
-                r = check_weights_file(dir_fd, directory, shards[i], ret_error);
+                r = weights_open(w, i, p, shards[i], ret_error);
                 if (r < 0)
                         return r;
-
-                paths[i] = path_join(directory, shards[i]);
-                if (!paths[i])
-                        return -ENOMEM;
         }
 
-        *ret_paths = TAKE_PTR(paths);
         return 0;
+}
+
+/* 1 if something of that name is in the directory (of any kind, a dangling
+ * symlink too, so that it is reported rather than taken for absence), 0 if
+ * not, negative errno if that cannot be told. Follows nothing. */
+static int name_exists(int dir_fd, const char *filename) {
+        struct stat st;
+
+        if (fstatat(dir_fd, filename, &st, AT_SYMLINK_NOFOLLOW) >= 0)
+                return 1;
+        return errno == ENOENT ? 0 : -errno;
 }
 
 /* Returns 1 if dir_fd holds a weights file or an index, 0 if it holds
  * neither. Cheap: looks at names only, for listing. */
 static int has_model_files(int dir_fd) {
-        struct stat st;
         int r;
 
-        r = stat_at(dir_fd, STORE_SINGLE_WEIGHTS_FILE, &st);
+        r = name_exists(dir_fd, STORE_SINGLE_WEIGHTS_FILE);
         if (r != 0)
                 return r;
-        return stat_at(dir_fd, STORE_INDEX_FILE, &st);
+        return name_exists(dir_fd, STORE_INDEX_FILE);
 }
 
-/* Returns LOOKUP_FOUND and the weights' paths, LOOKUP_NOT_A_MODEL if the
+/* Returns LOOKUP_FOUND with the weights open, LOOKUP_NOT_A_MODEL if the
  * directory has no weights file at all, or a negative errno. A single file
  * wins over an index, as in the transformers library. */
-static int find_weights(int dir_fd, const char *directory, char ***ret_paths, char **ret_error) {
-        _cleanup_strv_free_ char **paths = NULL;
-        struct stat st;
+static int find_weights(const Place *p, Weights *w, char **ret_error) {
         int r;
 
-        r = stat_at(dir_fd, STORE_SINGLE_WEIGHTS_FILE, &st);
+        r = name_exists(p->dir_fd, STORE_SINGLE_WEIGHTS_FILE);
         if (r < 0)
-                return set_error(ret_error, r, "Cannot access %s/%s: %m", directory,
+                return set_error(ret_error, r, "Cannot access %s/%s: %m", p->directory,
                                  STORE_SINGLE_WEIGHTS_FILE);
         if (r > 0) {
-                r = check_weights_file(dir_fd, directory, STORE_SINGLE_WEIGHTS_FILE, ret_error);
+                r = weights_allocate(w, 1);
                 if (r < 0)
                         return r;
-
-                paths = calloc(2, sizeof *paths);
-                if (!paths)
-                        return -ENOMEM;
-                paths[0] = path_join(directory, STORE_SINGLE_WEIGHTS_FILE);
-                if (!paths[0])
-                        return -ENOMEM;
-
-                *ret_paths = TAKE_PTR(paths);
+                r = weights_open(w, 0, p, STORE_SINGLE_WEIGHTS_FILE, ret_error);
+                if (r < 0)
+                        return r;
                 return LOOKUP_FOUND;
         }
 
-        r = stat_at(dir_fd, STORE_INDEX_FILE, &st);
+        r = name_exists(p->dir_fd, STORE_INDEX_FILE);
         if (r < 0)
-                return set_error(ret_error, r, "Cannot access %s/%s: %m", directory, STORE_INDEX_FILE);
+                return set_error(ret_error, r, "Cannot access %s/%s: %m", p->directory, STORE_INDEX_FILE);
         if (r == 0)
                 return LOOKUP_NOT_A_MODEL;
 
-        r = read_index_shards(dir_fd, directory, ret_paths, ret_error);
+        r = read_index_shards(p, w, ret_error);
         if (r < 0)
                 return r;
         return LOOKUP_FOUND;
 }
 
-static int lookup_in_model_dir(const char *root, const char *name, char **ret_directory,
-                               char ***ret_paths, char **ret_error) {
+static int lookup_in_model_dir(const char *root, const char *name, char **ret_directory, Weights *w,
+                               char **ret_error) {
         _cleanup_close_ int root_fd = -1, dir_fd = -1;
         _cleanup_free_ char *directory = NULL;
-        _cleanup_strv_free_ char **paths = NULL;
         int r;
 
-        root_fd = open_directory_at(AT_FDCWD, root);
+        root_fd = open_root(root);
         if (root_fd == -ENOENT)
                 return LOOKUP_ABSENT;
         if (root_fd < 0)
                 return set_error(ret_error, root_fd, "Cannot open the model directory %s: %m", root);
 
-        dir_fd = open_directory_at(root_fd, name);
-        if (dir_fd == -ENOENT)
-                return LOOKUP_ABSENT;
-        if (dir_fd < 0)
-                return set_error(ret_error, dir_fd, "Cannot open %s/%s: %m", root, name);
-
         directory = path_join(root, name);
         if (!directory)
                 return -ENOMEM;
 
-        r = find_weights(dir_fd, directory, &paths, ret_error);
+        dir_fd = open_directory_beneath(root_fd, name);
+        if (dir_fd == -ENOENT)
+                return LOOKUP_ABSENT;
+        if (dir_fd < 0)
+                return set_open_error(ret_error, dir_fd, directory, NULL, root);
+
+        r = find_weights(&(const Place) {
+                        .root_fd = root_fd,
+                        .root = root,
+                        .subdir = name,
+                        .dir_fd = dir_fd,
+                        .directory = directory,
+                }, w, ret_error);
         if (r != LOOKUP_FOUND)
                 return r;
 
         *ret_directory = TAKE_PTR(directory);
-        *ret_paths = TAKE_PTR(paths);
         return LOOKUP_FOUND;
 }
 
@@ -486,21 +599,25 @@ static bool is_commit_hash(const char *s) {
         return strspn(s, "0123456789abcdefABCDEF") == n;
 }
 
-/* Opens the snapshot refs/main points to in a models--* directory.
- * -EBADMSG (with a message) when the layout is broken. */
-static int hf_open_snapshot(int repo_fd, const char *repo_path, int *ret_fd, char **ret_path,
-                            char **ret_error) {
+/* Opens the snapshot refs/main points to in a models--* directory, beneath
+ * it. Returns the snapshot's path relative to the repo in *ret_relative and
+ * its absolute path in *ret_path (each if wanted). -EBADMSG (with a message)
+ * when the layout is broken. */
+static int hf_open_snapshot(int repo_fd, const char *repo_path, int *ret_fd, char **ret_relative,
+                            char **ret_path, char **ret_error) {
         _cleanup_free_ char *ref = NULL, *snapshot = NULL, *path = NULL;
         _cleanup_close_ int fd = -1;
         size_t n;
         int r;
 
-        r = read_file_at(repo_fd, HF_REF_FILE, HF_REF_SIZE_MAX, &ref, &n);
+        r = read_file_beneath(repo_fd, HF_REF_FILE, HF_REF_SIZE_MAX, &ref, &n);
         if (r == -ENOENT)
                 return set_error(ret_error, -EBADMSG, "%s has no " HF_REF_FILE ".", repo_path);
         if (r == -EFBIG || r == -EBADFD)
                 return set_error(ret_error, -EBADMSG, "%s/" HF_REF_FILE " does not hold a commit hash.",
                                  repo_path);
+        if (is_open_beneath_error(r))
+                return set_open_error(ret_error, r, repo_path, HF_REF_FILE, repo_path);
         if (r < 0)
                 return set_error(ret_error, r, "Cannot read %s/" HF_REF_FILE ": %m", repo_path);
 
@@ -516,30 +633,31 @@ static int hf_open_snapshot(int repo_fd, const char *repo_path, int *ret_fd, cha
         if (!path)
                 return -ENOMEM;
 
-        fd = open_directory_at(repo_fd, snapshot);
+        fd = open_directory_beneath(repo_fd, snapshot);
         if (fd == -ENOENT)
                 return set_error(ret_error, -EBADMSG, "%s, named by " HF_REF_FILE ", is missing.", path);
         if (fd < 0)
-                return set_error(ret_error, fd, "Cannot open %s: %m", path);
+                return set_open_error(ret_error, fd, path, NULL, repo_path);
 
         *ret_fd = TAKE_FD(fd);
+        if (ret_relative)
+                *ret_relative = TAKE_PTR(snapshot);
         if (ret_path)
                 *ret_path = TAKE_PTR(path);
         return 0;
 }
 
-static int lookup_in_hf_cache(const char *root, const char *name, char **ret_directory, char ***ret_paths,
+static int lookup_in_hf_cache(const char *root, const char *name, char **ret_directory, Weights *w,
                               char **ret_error) {
         _cleanup_close_ int root_fd = -1, repo_fd = -1, snapshot_fd = -1;
-        _cleanup_free_ char *repo = NULL, *repo_path = NULL, *snapshot_path = NULL;
-        _cleanup_strv_free_ char **paths = NULL;
+        _cleanup_free_ char *repo = NULL, *repo_path = NULL, *snapshot = NULL, *snapshot_path = NULL;
         int r;
 
         r = hf_repo_directory_name(name, &repo);
         if (r <= 0)
                 return r < 0 ? r : LOOKUP_ABSENT;
 
-        root_fd = open_directory_at(AT_FDCWD, root);
+        root_fd = open_root(root);
         if (root_fd == -ENOENT)
                 return LOOKUP_ABSENT;
         if (root_fd < 0)
@@ -549,17 +667,25 @@ static int lookup_in_hf_cache(const char *root, const char *name, char **ret_dir
         if (!repo_path)
                 return -ENOMEM;
 
-        repo_fd = open_directory_at(root_fd, repo);
+        repo_fd = open_directory_beneath(root_fd, repo);
         if (repo_fd == -ENOENT)
                 return LOOKUP_ABSENT;
         if (repo_fd < 0)
-                return set_error(ret_error, repo_fd, "Cannot open %s: %m", repo_path);
+                return set_open_error(ret_error, repo_fd, repo_path, NULL, root);
 
-        r = hf_open_snapshot(repo_fd, repo_path, &snapshot_fd, &snapshot_path, ret_error);
+        r = hf_open_snapshot(repo_fd, repo_path, &snapshot_fd, &snapshot, &snapshot_path, ret_error);
         if (r < 0)
                 return r;
 
-        r = find_weights(snapshot_fd, snapshot_path, &paths, ret_error);
+        /* The repo folder is the root: the snapshot's files are symlinks into
+         * its blobs/. */
+        r = find_weights(&(const Place) {
+                        .root_fd = repo_fd,
+                        .root = repo_path,
+                        .subdir = snapshot,
+                        .dir_fd = snapshot_fd,
+                        .directory = snapshot_path,
+                }, w, ret_error);
         if (r < 0)
                 return r;
         if (r == LOOKUP_NOT_A_MODEL)
@@ -567,7 +693,6 @@ static int lookup_in_hf_cache(const char *root, const char *name, char **ret_dir
                                  STORE_SINGLE_WEIGHTS_FILE, STORE_INDEX_FILE);
 
         *ret_directory = TAKE_PTR(snapshot_path);
-        *ret_paths = TAKE_PTR(paths);
         return LOOKUP_FOUND;
 }
 
@@ -595,7 +720,8 @@ static int set_not_found_error(char **ret_error, const char *model_dir, const ch
                          name);
 }
 
-static int build_location(const char *name, char *directory, char **paths, bool from_hf_cache,
+/* Takes directory and the weights on success. */
+static int build_location(const char *name, char **directory, Weights *w, bool from_hf_cache,
                           ModelLocation **ret) {
         ModelLocation *l;
 
@@ -607,10 +733,12 @@ static int build_location(const char *name, char *directory, char **paths, bool 
                 free(l);
                 return -ENOMEM;
         }
-        l->directory = directory;
-        l->weight_paths = paths;
-        l->n_weights = strv_length(paths);
+        l->directory = TAKE_PTR(*directory);
+        l->weight_paths = TAKE_PTR(w->paths);
+        l->weight_fds = TAKE_PTR(w->fds);
+        l->n_weights = w->n;
         l->from_hf_cache = from_hf_cache;
+        w->n = 0;
 
         *ret = l;
         return 0;
@@ -620,7 +748,7 @@ int store_resolve(const char *model_dir, const char *hf_cache, const char *name,
                   char **ret_error) {
         _cleanup_free_ char *error = NULL, *model_dir_absolute = NULL, *hf_cache_absolute = NULL,
                             *directory = NULL;
-        _cleanup_strv_free_ char **paths = NULL;
+        _cleanup_(weights_done) Weights weights = {};
         int r, in_model_dir = LOOKUP_ABSENT, in_hf_cache = LOOKUP_ABSENT;
 
         assert(name);
@@ -633,7 +761,7 @@ int store_resolve(const char *model_dir, const char *hf_cache, const char *name,
                         goto fail;
                 }
 
-                r = in_model_dir = lookup_in_model_dir(model_dir_absolute, name, &directory, &paths, &error);
+                r = in_model_dir = lookup_in_model_dir(model_dir_absolute, name, &directory, &weights, &error);
                 if (r < 0)
                         goto fail;
         }
@@ -648,7 +776,7 @@ int store_resolve(const char *model_dir, const char *hf_cache, const char *name,
                         goto fail;
                 }
 
-                r = in_hf_cache = lookup_in_hf_cache(hf_cache_absolute, name, &directory, &paths, &error);
+                r = in_hf_cache = lookup_in_hf_cache(hf_cache_absolute, name, &directory, &weights, &error);
                 if (r < 0)
                         goto fail;
         }
@@ -662,11 +790,9 @@ int store_resolve(const char *model_dir, const char *hf_cache, const char *name,
                 goto fail;
         }
 
-        r = build_location(name, directory, paths, in_model_dir != LOOKUP_FOUND, ret);
+        r = build_location(name, &directory, &weights, in_model_dir != LOOKUP_FOUND, ret);
         if (r < 0)
                 goto fail;
-        TAKE_PTR(directory);
-        TAKE_PTR(paths);
         return 0;
 
 fail:
@@ -739,15 +865,19 @@ static bool may_be_directory(const struct dirent *de) {
         return de->d_type == DT_DIR || de->d_type == DT_LNK || de->d_type == DT_UNKNOWN;
 }
 
-/* Opens a directory entry while listing. Returns the fd, or a negative errno
- * once dealt with: non-directories are skipped quietly, failures logged. */
-static int open_listed_directory(int parent_fd, const char *parent_path, const char *entry) {
+/* Opens a directory below a root while listing (entry is relative to the
+ * root, and resolved beneath it). Returns the fd, or a negative errno once
+ * dealt with: non-directories are skipped quietly, failures logged. */
+static int open_listed_directory(int root_fd, const char *root, const char *entry) {
         char q[QUOTE_MAX + 4];
         int fd;
 
-        fd = open_directory_at(parent_fd, entry);
-        if (fd < 0 && fd != -ENOENT)
-                log_warning_errno(fd, "Cannot open %s/%s, skipping: %m", parent_path, quote(entry, q));
+        fd = open_directory_beneath(root_fd, entry);
+        if (fd == -EXDEV)
+                log_warning("Skipping %s/%s: a symlink on the way is absolute or leads out of %s; only relative "
+                            "symlinks that stay inside it are followed.", root, quote(entry, q), root);
+        else if (fd < 0 && fd != -ENOENT)
+                log_warning_errno(fd, "Cannot open %s/%s, skipping: %m", root, quote(entry, q));
         return fd;
 }
 
@@ -787,7 +917,7 @@ static DIR *open_listed_root(const char *path) {
         DIR *d;
         int fd;
 
-        fd = open_directory_at(AT_FDCWD, path);
+        fd = open_root(path);
         if (fd < 0) {
                 if (fd != -ENOENT)
                         log_warning_errno(fd, "Cannot open %s, not listing models from it: %m", path);
@@ -836,14 +966,17 @@ static int scan_model_dir_entry(int root_fd, const char *root, const char *entry
                 _cleanup_close_ int model_fd = -1;
                 _cleanup_free_ char *name = NULL;
 
-                model_fd = open_listed_directory(dirfd(d), org_path, de->d_name);
-                if (model_fd < 0)
-                        continue;
-                if (listed_directory_is_model(model_fd, org_path, de->d_name) <= 0)
-                        continue;
-
                 if (asprintf(&name, "%s/%s", entry, de->d_name) < 0)
                         return -ENOMEM;
+
+                /* Beneath the root, not the organisation: models may link to
+                 * each other's files anywhere in ModelDir. */
+                model_fd = open_listed_directory(root_fd, root, name);
+                if (model_fd < 0)
+                        continue;
+                if (listed_directory_is_model(model_fd, root, name) <= 0)
+                        continue;
+
                 r = name_list_add(list, name);
                 if (r < 0)
                         return r;
@@ -902,7 +1035,7 @@ static int scan_hf_cache(const char *root, NameList *list, size_t n_model_dir) {
                 if (!repo_path)
                         return -ENOMEM;
 
-                r = hf_open_snapshot(repo_fd, repo_path, &snapshot_fd, NULL, &error);
+                r = hf_open_snapshot(repo_fd, repo_path, &snapshot_fd, NULL, NULL, &error);
                 if (r == -ENOMEM)
                         return r;
                 if (r < 0) {

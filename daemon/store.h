@@ -18,7 +18,19 @@
  * A model directory holds either model.safetensors or
  * model.safetensors.index.json plus the shards its weight_map names. The
  * store only finds files and reads the index; the loader validates the
- * safetensors content. */
+ * safetensors content.
+ *
+ * Everything below a root is resolved beneath it (openat2() with
+ * RESOLVE_BENEATH): the root of ModelDir is ModelDir itself, the root of a
+ * cached model is its models--* folder, so that the cache's relative symlinks
+ * from snapshots/REV/FILE to ../../blobs/HASH work. A symlink that leads out
+ * of its root, or any absolute symlink, is refused: the daemon reads files
+ * for every local user and reports on them in Status, so it must not be
+ * pointed at files those users could not read themselves. The roots
+ * themselves come from the configuration and are opened as configured.
+ *
+ * Messages name files by their place in the store, never by what a symlink
+ * points to, and never quote what a file holds. */
 
 /* Bounds on what a store may make us read or hold. */
 #define STORE_LIST_MAX          4096U
@@ -31,9 +43,12 @@
 typedef struct ModelLocation {
         char *name;
         char *directory;         /* absolute; the snapshot directory for the HF cache */
-        char **weight_paths;     /* absolute, sorted, no duplicates, NULL-terminated; in the
-                                  * HF cache these are symlinks into blobs/ to be opened
-                                  * following links */
+        char **weight_paths;     /* absolute, sorted, no duplicates, NULL-terminated: where each
+                                  * weights file is in the store, for messages */
+        int *weight_fds;         /* one per path, opened beneath the store root (O_RDONLY,
+                                  * O_CLOEXEC, O_NOCTTY, O_NONBLOCK), each a regular file; the
+                                  * loader takes them (TAKE_FD) instead of opening the paths
+                                  * again, which could reach another file */
         size_t n_weights;
         bool from_hf_cache;
 } ModelLocation;
@@ -50,7 +65,9 @@ static inline void model_location_freep(ModelLocation **l) {
  *   -ENOENT   no root holds a model of that name,
  *   -EBADMSG  the directory is there but is not a valid model (no weights
  *             file, malformed or oversized index, a shard missing or named
- *             with a path),
+ *             with a path, a file or directory that leads out of its root),
+ *   -ENOSYS   the kernel lacks openat2() (Linux 5.6), without which files
+ *             cannot be kept to the store,
  *   another negative errno on I/O failure or lack of memory.
  * On failure, if ret_error is non-NULL it receives a message for people
  * saying what is wrong and where (NULL only if even that allocation
@@ -61,7 +78,8 @@ int store_resolve(const char *model_dir, const char *hf_cache, const char *name,
 /* Lists the names of the models in both roots: sorted, without duplicates,
  * NULL-terminated, at most STORE_LIST_MAX (a warning is logged about the
  * rest). Missing roots are not an error; entries that cannot be read are
- * logged and skipped, as are directories that are not models or whose names
- * are not valid model names. Lists only that models look present: a listed
- * model can still fail store_resolve(). */
+ * logged and skipped, as are directories that are not models, directories
+ * that lead out of their root and those whose names are not valid model
+ * names. Lists only that models look present (by the names of their files):
+ * a listed model can still fail store_resolve(). */
 int store_list(const char *model_dir, const char *hf_cache, char ***ret_names);

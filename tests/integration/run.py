@@ -25,6 +25,7 @@ import harness  # noqa: E402
 import tests_callers  # noqa: E402
 import tests_client  # noqa: E402
 import tests_errors  # noqa: E402
+import tests_files  # noqa: E402
 import tests_holds  # noqa: E402
 import tests_idle  # noqa: E402
 import tests_lifecycle  # noqa: E402
@@ -35,8 +36,8 @@ import tests_objects  # noqa: E402
 import tests_polkit  # noqa: E402
 import tests_signals  # noqa: E402
 
-MODULES = [tests_load, tests_idle, tests_memory, tests_holds, tests_errors, tests_objects, tests_lifecycle,
-           tests_client, tests_polkit, tests_callers, tests_names, tests_signals]
+MODULES = [tests_load, tests_idle, tests_memory, tests_holds, tests_errors, tests_files, tests_objects,
+           tests_lifecycle, tests_client, tests_polkit, tests_callers, tests_names, tests_signals]
 
 
 def collect(name_filter):

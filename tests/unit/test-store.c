@@ -135,6 +135,40 @@ static void assert_resolve_fails(const Fixture *f, const char *name, int expecte
                 fail_msg("error \"%s\" does not mention \"%s\"", error, in_message);
 }
 
+/* As assert_resolve_fails(), and the message must not contain avoid. */
+static void assert_resolve_fails_without(const Fixture *f, const char *name, int expected, const char *in_message,
+                                         const char *avoid) {
+        _cleanup_(model_location_freep) ModelLocation *l = NULL;
+        _cleanup_free_ char *error = NULL;
+
+        assert_int_equal(store_resolve(f->models, f->hub, name, &l, &error), expected);
+        assert_null(l);
+        assert_non_null(error);
+        if (!strstr(error, in_message))
+                fail_msg("error \"%s\" does not mention \"%s\"", error, in_message);
+        if (strstr(error, avoid))
+                fail_msg("error \"%s\" quotes \"%s\"", error, avoid);
+}
+
+/* The descriptor the store hands out is the file at path, opened as the
+ * loader needs it. */
+static void assert_fd_is(int fd, const char *path) {
+        struct stat a, b;
+        int flags;
+
+        assert_true(fd >= 0);
+        assert_int_equal(fstat(fd, &a), 0);
+        assert_int_equal(stat(path, &b), 0);
+        assert_true(S_ISREG(a.st_mode));
+        assert_true(a.st_dev == b.st_dev && a.st_ino == b.st_ino);
+
+        flags = fcntl(fd, F_GETFL);
+        assert_true(flags >= 0);
+        assert_int_equal(flags & O_ACCMODE, O_RDONLY);
+        assert_true(flags & O_NONBLOCK);
+        assert_true(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+}
+
 static void test_single_file(void **state) {
         Fixture *f = *state;
         _cleanup_(model_location_freep) ModelLocation *l = NULL;
@@ -150,6 +184,7 @@ static void test_single_file(void **state) {
         assert_int_equal(l->n_weights, 1);
         assert_string_equal(l->weight_paths[0], path_printf("%s/tiny/model.safetensors", f->models));
         assert_null(l->weight_paths[1]);
+        assert_fd_is(l->weight_fds[0], l->weight_paths[0]);
         assert_false(l->from_hf_cache);
 }
 
@@ -176,6 +211,8 @@ static void test_sharded(void **state) {
         assert_string_equal(l->weight_paths[1],
                             path_printf("%s/big/model-00002-of-00002.safetensors", f->models));
         assert_null(l->weight_paths[2]);
+        assert_fd_is(l->weight_fds[0], l->weight_paths[0]);
+        assert_fd_is(l->weight_fds[1], l->weight_paths[1]);
 }
 
 static void test_single_file_wins_over_index(void **state) {
@@ -294,6 +331,12 @@ static void test_index_bad_shard_names(void **state) {
                 write_index(f, indexes[i]);
                 assert_resolve_fails(f, "m", -EBADMSG, "not a plain file name");
         }
+
+        /* The index's strings are the file's content: positions, not quotes. */
+        write_index(f, "{\"weight_map\": {\"SECRET-tensor\": \"x.safetensors\", \"b\": \"SECRET/x\"}}");
+        assert_resolve_fails_without(f, "m", -EBADMSG, "entry 2", "SECRET");
+        write_index(f, "{\"weight_map\": {\"a\": \"x.safetensors\", \"SECRET-tensor\": 1}}");
+        assert_resolve_fails_without(f, "m", -EBADMSG, "entry 2", "SECRET");
 }
 
 static void test_index_malformed(void **state) {
@@ -370,6 +413,7 @@ static void test_hf_cache(void **state) {
         assert_string_equal(l->directory, snapshot);
         assert_int_equal(l->n_weights, 1);
         assert_string_equal(l->weight_paths[0], path_printf("%s/model.safetensors", snapshot));
+        assert_fd_is(l->weight_fds[0], l->weight_paths[0]);
         assert_true(l->from_hf_cache);
 
         make_hf_model(f, "models--acme--sharded",
@@ -423,6 +467,147 @@ static void test_hf_broken(void **state) {
 
         make_hf_model(f, "models--acme--noweights", (const char *const[]) { "config.json", "{}", NULL });
         assert_resolve_fails(f, "acme/noweights", -EBADMSG, "neither");
+}
+
+#define SECRET "mpool-test-secret-0f1e2d"
+
+/* A file outside both roots that no model may reach, holding a string no
+ * message may quote. */
+static const char *write_secret(const Fixture *f) {
+        const char *path = path_printf("%s/outside/secret", f->root);
+
+        write_file(path, "{\"weight_map\": {\"" SECRET "\": \"" SECRET "/x\"}}");
+        return path;
+}
+
+static void test_symlinks_out_of_model_dir(void **state) {
+        Fixture *f = *state;
+        char secret[PATH_MAX];
+
+        strcpy(secret, write_secret(f));
+        write_weights(path_printf("%s/outside/dir/model.safetensors", f->root));
+        write_weights(path_printf("%s/outside/org/m/model.safetensors", f->root));
+
+        /* The weights file, absolute or relative. */
+        make_symlink(secret, path_printf("%s/absolute/model.safetensors", f->models));
+        assert_resolve_fails_without(f, "absolute", -EBADMSG,
+                                     path_printf("%s/absolute/model.safetensors: a symlink on the way is absolute "
+                                                 "or leads out of %s;", f->models, f->models), "outside");
+        assert_resolve_fails_without(f, "absolute", -EBADMSG, "symlink", SECRET);
+
+        make_symlink("../../outside/secret", path_printf("%s/relative/model.safetensors", f->models));
+        assert_resolve_fails_without(f, "relative", -EBADMSG, "relative/model.safetensors: a symlink", "outside");
+
+        /* Through a symlink that stays inside first. */
+        make_symlink("../relative/model.safetensors", path_printf("%s/chained/model.safetensors", f->models));
+        assert_resolve_fails_without(f, "chained", -EBADMSG, "chained/model.safetensors: a symlink", "outside");
+
+        /* The index, and a shard named by an index inside the store. */
+        make_symlink("../../outside/secret", path_printf("%s/index/model.safetensors.index.json", f->models));
+        assert_resolve_fails_without(f, "index", -EBADMSG, "index/model.safetensors.index.json: a symlink", SECRET);
+
+        write_file(path_printf("%s/shard/model.safetensors.index.json", f->models),
+                   "{\"weight_map\": {\"a\": \"s1.safetensors\", \"b\": \"s2.safetensors\"}}");
+        write_weights(path_printf("%s/shard/s1.safetensors", f->models));
+        make_symlink(secret, path_printf("%s/shard/s2.safetensors", f->models));
+        assert_resolve_fails_without(f, "shard", -EBADMSG, "shard/s2.safetensors: a symlink", "outside");
+
+        /* The model's directory, or its organisation's. */
+        make_symlink("../outside/dir", path_printf("%s/dirlink", f->models));
+        assert_resolve_fails_without(f, "dirlink", -EBADMSG, "dirlink: a symlink", "outside");
+        make_symlink(path_printf("%s/outside/org", f->root), path_printf("%s/orglink", f->models));
+        assert_resolve_fails_without(f, "orglink/m", -EBADMSG, "orglink/m: a symlink", "outside");
+}
+
+static void test_symlinks_inside_model_dir(void **state) {
+        Fixture *f = *state;
+        _cleanup_(model_location_freep) ModelLocation *file = NULL, *dir = NULL, *sharded = NULL;
+        const char *target = path_printf("%s/tiny/model.safetensors", f->models);
+
+        write_weights(target);
+
+        /* Relative symlinks that stay inside ModelDir are followed, across
+         * models and organisations. */
+        make_symlink("../../tiny/model.safetensors", path_printf("%s/acme/copy/model.safetensors", f->models));
+        assert_int_equal(store_resolve(f->models, NULL, "acme/copy", &file, NULL), 0);
+        assert_string_equal(file->weight_paths[0], path_printf("%s/acme/copy/model.safetensors", f->models));
+        assert_fd_is(file->weight_fds[0], target);
+
+        make_symlink("tiny", path_printf("%s/alias", f->models));
+        assert_int_equal(store_resolve(f->models, NULL, "alias", &dir, NULL), 0);
+        assert_string_equal(dir->weight_paths[0], path_printf("%s/alias/model.safetensors", f->models));
+        assert_fd_is(dir->weight_fds[0], target);
+
+        write_file(path_printf("%s/sharded/model.safetensors.index.json", f->models),
+                   "{\"weight_map\": {\"a\": \"s.safetensors\"}}");
+        make_symlink("../tiny/model.safetensors", path_printf("%s/sharded/s.safetensors", f->models));
+        assert_int_equal(store_resolve(f->models, NULL, "sharded", &sharded, NULL), 0);
+        assert_fd_is(sharded->weight_fds[0], target);
+
+        /* Absolute symlinks are not, even into the store: RESOLVE_BENEATH
+         * cannot tell where they lead without leaving the root. */
+        make_symlink(target, path_printf("%s/absolute/model.safetensors", f->models));
+        assert_resolve_fails(f, "absolute", -EBADMSG, "only relative symlinks");
+}
+
+static void test_hf_symlinks_out_of_repo(void **state) {
+        Fixture *f = *state;
+        char secret[PATH_MAX];
+
+        strcpy(secret, write_secret(f));
+
+        /* A snapshot file that leads out of its repo: out of the cache, or
+         * into another repo's blobs. */
+        write_file(path_printf("%s/models--acme--out/refs/main", f->hub), COMMIT);
+        make_symlink("../../../../outside/secret",
+                     path_printf("%s/models--acme--out/snapshots/" COMMIT "/model.safetensors", f->hub));
+        assert_resolve_fails_without(f, "acme/out", -EBADMSG, "model.safetensors: a symlink", "outside");
+
+        make_hf_model(f, "models--acme--tiny", (const char *const[]) { "model.safetensors", "w", NULL });
+        write_file(path_printf("%s/models--acme--other/refs/main", f->hub), COMMIT);
+        make_symlink("../../../models--acme--tiny/blobs/blob0",
+                     path_printf("%s/models--acme--other/snapshots/" COMMIT "/model.safetensors", f->hub));
+        assert_resolve_fails(f, "acme/other", -EBADMSG, path_printf("leads out of %s/models--acme--other;", f->hub));
+
+        /* refs/main, the snapshot directory, the repo directory. */
+        make_symlink(secret, path_printf("%s/models--acme--ref/refs/main", f->hub));
+        assert_resolve_fails_without(f, "acme/ref", -EBADMSG, "refs/main: a symlink", SECRET);
+
+        write_file(path_printf("%s/models--acme--snap/refs/main", f->hub), COMMIT);
+        make_directories(path_printf("%s/outside/snapshot", f->root));
+        write_weights(path_printf("%s/outside/snapshot/model.safetensors", f->root));
+        make_symlink("../../../outside/snapshot", path_printf("%s/models--acme--snap/snapshots/" COMMIT, f->hub));
+        assert_resolve_fails_without(f, "acme/snap", -EBADMSG, COMMIT ": a symlink", "outside");
+
+        make_symlink(path_printf("%s/models--acme--tiny", f->hub), path_printf("%s/models--acme--repo", f->hub));
+        assert_resolve_fails(f, "acme/repo", -EBADMSG, "models--acme--repo: a symlink");
+}
+
+static void test_list_beneath(void **state) {
+        Fixture *f = *state;
+        _cleanup_strv_free_ char **names = NULL;
+
+        write_weights(path_printf("%s/outside/dir/model.safetensors", f->root));
+        write_weights(path_printf("%s/outside/org/m/model.safetensors", f->root));
+        write_weights(path_printf("%s/tiny/model.safetensors", f->models));
+
+        /* Directories that lead out are skipped; a model is listed by the
+         * names of its files, and fails to resolve if they lead out. */
+        make_symlink("../outside/dir", path_printf("%s/dirlink", f->models));
+        make_symlink(path_printf("%s/outside/org", f->root), path_printf("%s/orglink", f->models));
+        make_symlink("../../outside/dir/model.safetensors", path_printf("%s/filelink/model.safetensors", f->models));
+        make_symlink("../tiny", path_printf("%s/org/alias", f->models));
+        make_hf_model(f, "models--acme--tiny", (const char *const[]) { "model.safetensors", "w", NULL });
+        make_symlink("models--acme--tiny", path_printf("%s/models--acme--alias", f->hub));
+        make_symlink("../outside", path_printf("%s/models--acme--out", f->hub));
+
+        assert_int_equal(store_list(f->models, f->hub, &names), 0);
+        assert_int_equal(strv_length(names), 5);
+        assert_string_equal(names[0], "acme/alias");
+        assert_string_equal(names[1], "acme/tiny");
+        assert_string_equal(names[2], "filelink");
+        assert_string_equal(names[3], "org/alias");
+        assert_string_equal(names[4], "tiny");
 }
 
 static void test_model_dir_precedence(void **state) {
@@ -549,6 +734,10 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_hf_cache, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_hf_one_segment_name, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_hf_broken, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_symlinks_out_of_model_dir, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_symlinks_inside_model_dir, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_hf_symlinks_out_of_repo, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_list_beneath, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_model_dir_precedence, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_list, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_list_missing_roots, setup, teardown),
