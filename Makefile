@@ -39,7 +39,7 @@ DEPS_PC = libsystemd libcjson inih
 
 CFLAGS ?= -O2 -g
 override CFLAGS += -std=gnu11 -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers \
-	-Wshadow -Wformat=2 -Wundef -fno-strict-aliasing -pthread -MMD -MP $(SANITIZE_FLAGS)
+	-Wshadow -Wformat=2 -Wundef -Werror=implicit-function-declaration -fno-strict-aliasing -pthread -MMD -MP $(SANITIZE_FLAGS)
 # Every link passes $(CFLAGS) too, which brings in the sanitizers' runtimes.
 override CPPFLAGS += -D_GNU_SOURCE -Iinclude -Ibase $(shell $(PKG_CONFIG) --cflags $(DEPS_PC) 2>/dev/null)
 LIBS = $(shell $(PKG_CONFIG) --libs $(DEPS_PC) 2>/dev/null) -pthread

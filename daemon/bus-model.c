@@ -4,8 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "bus-manager.h"
 #include "bus-model.h"
+#include "bus-signal.h"
 #include "log.h"
 #include "macro.h"
 #include "model-lifecycle.h"
@@ -125,7 +125,8 @@ void bus_model_emit_changed(Manager *m, PoolModel *model, ModelChange what) {
         };
         _cleanup_free_ char *path = NULL;
 
-        if (!m->bus)
+        /* A name not yet found in the store has no object to change. */
+        if (!m->bus || !model_is_announced(model))
                 return;
         if (bus_model_path(model->name, &path) < 0) {
                 log_oom();

@@ -15,10 +15,13 @@
 
 /* The daemon's state, owned by the event loop thread alone: the pool and
  * what each model holds at run time (model-lifecycle.h), the peers and
- * their holds, the loading workers. The core speaks no D-Bus: requests come
- * in as Request objects (request.h) and changes go out through the events
- * below, which the bus layer (bus-manager.c, bus-model.c) turns into
- * signals. A test installs its own events and runs the core without a bus. */
+ * their holds, the loading workers; and the few services on it that every
+ * layer uses (timers, status, change events). The core speaks no D-Bus:
+ * requests come in as Request objects (request.h) and changes go out
+ * through the events below, which the bus layer (bus-manager.c,
+ * bus-model.c) turns into signals. A test installs its own events and runs
+ * the core without a bus. Layers, each including only those below it:
+ * manager.h, model-lifecycle.h, service.h, the bus files. */
 
 typedef struct Manager Manager;
 
@@ -71,46 +74,24 @@ struct Manager {
         uint64_t started_realtime;
         uint64_t started_monotonic;
         bool shutting_down;
+        void (*on_work_done)(Manager *m);
 };
 
 int manager_new(Manager **ret);
-Manager *manager_free(Manager *m);
-/* Applies the configuration: pool limits resolved against the host's memory. */
-int manager_configure(Manager *m, const Config *config);
-int manager_scan_store(Manager *m);
-/* Needs m->event. Starts the workers, the idle timer and the memory watch. */
-int manager_start(Manager *m);
-/* Unloads every model and cancels every load; the loop exits once every
- * worker has let go. */
-void manager_begin_shutdown(Manager *m);
-/* During shutdown: exits the loop once nothing is loading or waiting for
- * its users to let go. */
-void manager_maybe_exit(Manager *m);
-/* Starts the Preload= models as the load queue allows; called again whenever
- * a load ends, until every one has been started. */
-void manager_preload(Manager *m);
-/* A bus peer left: its holds and waiting requests are dropped. */
-void manager_peer_left(Manager *m, const char *name);
-/* The bus connection is gone: unload and stop, reporting failure. */
-void manager_bus_lost(Manager *m);
 
 uint64_t manager_realtime(const Manager *m, uint64_t monotonic);
-
+/* Arms the idle timer for the pool's next deadline (or disarms it). */
 void manager_reschedule_idle(Manager *m);
-/* Unloads idle models, least recently used first, until the pool fits its
- * limit (after the limit was lowered, or a model was charged more). */
-void manager_enforce_limit(Manager *m, const char *reason);
-
-/* Run-time changes of the pool's settings. -EBUSY: the new limit is below
- * what pinned models hold (ret_needed gets that figure). Lowering the limit
- * unloads idle models, least recently used first, until the pool fits. */
-int manager_set_memory_limit(Manager *m, uint64_t limit, uint64_t *ret_needed);
-void manager_set_idle_timeout(Manager *m, int64_t idle_timeout_sec);
 void manager_update_status(Manager *m);
 
 void manager_emit_changed(Manager *m, ManagerChange what);
 void manager_emit_model_changed(Manager *m, PoolModel *model, ModelChange what);
 
-static inline void manager_freep(Manager **m) {
-        *m = manager_free(*m);
+/* The layer above (service.c) hears when a job of the loading workers came
+ * back or a user of a model let go: it then starts further Preload= loads,
+ * or exits once shutdown has nothing left to wait for. */
+static inline void manager_work_done(Manager *m) {
+        if (m->on_work_done)
+                m->on_work_done(m);
 }
+

@@ -501,10 +501,7 @@ static void on_job_done(WorkItem *item, bool ran) {
 
         if (!removed)
                 restart_if_wanted(m, model);
-        if (m->shutting_down)
-                manager_maybe_exit(m);
-        else
-                manager_preload(m);
+        manager_work_done(m);
 }
 
 
@@ -839,8 +836,7 @@ void model_unlease(Manager *m, PoolModel *model, ModelWeights *weights) {
                 unloaded(m, model, strempty(rt->unload_reason));
         else
                 manager_reschedule_idle(m);
-        if (m->shutting_down)
-                manager_maybe_exit(m);
+        manager_work_done(m);
 }
 
 int model_charge(Manager *m, PoolModel *model, uint64_t bytes) {

@@ -15,6 +15,7 @@
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
+#include "service.h"
 #include "mpool-bus.h"
 #include "polkit.h"
 #include "pool.h"

@@ -9,6 +9,7 @@
 #include "log.h"
 #include "macro.h"
 #include "reload.h"
+#include "service.h"
 
 static bool streq_ptr(const char *a, const char *b) {
         return a && b ? strcmp(a, b) == 0 : a == b;

@@ -16,6 +16,7 @@
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
+#include "service.h"
 #include "model-lifecycle.h"
 #include "mpool-bus.h"
 #include "request.h"

@@ -13,6 +13,7 @@
 #include "config.h"
 #include "macro.h"
 #include "manager.h"
+#include "service.h"
 #include "pool.h"
 #include "reload.h"
 
