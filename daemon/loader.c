@@ -188,6 +188,13 @@ static void post(Loader *l, LoaderJob *j, LoaderMessageType type, uint64_t done,
                 abort();
 }
 
+/* The validator asks this during a long parse of a header. */
+static bool probe_cancelled(void *userdata) {
+        LoaderJob *j = userdata;
+
+        return atomic_load(&j->cancelled);
+}
+
 static void probe(LoaderJob *j) {
         _cleanup_(model_location_freep) ModelLocation *location = NULL;
         _cleanup_free_ char *error = NULL;
@@ -231,7 +238,9 @@ static void probe(LoaderJob *j) {
                 if (!S_ISREG(st.st_mode))
                         return job_fail(j, EBADMSG, "%s is not a regular file.", files[i].path);
 
-                r = safetensors_validate_fd(files[i].fd, &info, &header_error);
+                r = safetensors_validate_fd(files[i].fd, probe_cancelled, j, &info, &header_error);
+                if (r == -ECANCELED)
+                        return job_fail(j, ECANCELED, "The load was cancelled.");
                 if (r < 0)
                         return job_fail(j, r == -EBADMSG ? EBADMSG : r, "%s: %s", files[i].path,
                                         header_error ?: "cannot read the safetensors header");
