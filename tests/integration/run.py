@@ -30,9 +30,10 @@ import tests_load  # noqa: E402
 import tests_memory  # noqa: E402
 import tests_objects  # noqa: E402
 import tests_polkit  # noqa: E402
+import tests_probe  # noqa: E402
 
 MODULES = [tests_load, tests_idle, tests_memory, tests_holds, tests_errors, tests_objects, tests_lifecycle,
-           tests_client, tests_polkit]
+           tests_client, tests_polkit, tests_probe]
 
 
 def collect(name_filter):
