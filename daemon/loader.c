@@ -163,21 +163,24 @@ static int file_changed_size(int fd, uint64_t expected) {
         return (uint64_t) st.st_size != expected;
 }
 
-/* A header that did not validate. The validator's own words quote the file
- * (tensor names, JSON around a syntax error, the length prefix as a
- * number): they go to the log, which administrators read, and not into the
- * job's message, which every local user reads in Status and on the bus. */
+/* A header that did not validate. The validator names what is wrong by
+ * position (tensor index, header byte), never by quoting the file, so its
+ * words can go to callers: the message is read by every local user. */
 static void fail_header(LoaderJob *j, const LoaderFile *f, uint64_t size, int error, const char *detail) {
         if (error == -ENOMEM)
                 return job_fail(j, ENOMEM, "Out of memory.");
         if (file_changed_size(f->fd, size) > 0)
                 return job_fail(j, EBADMSG, "%s changed size while it was being loaded.", f->path);
-
-        log_warning("Model %s: %s: %s", j->name, f->path, detail ?: "cannot read the safetensors header");
         if (error == -EBADMSG)
-                return job_fail(j, EBADMSG, "%s is not a valid safetensors file (the daemon's log says why).",
-                                f->path);
+                return job_fail(j, EBADMSG, "%s: %s", f->path, detail ?: "not a valid safetensors file");
         return job_fail(j, error, "Cannot read the safetensors header of %s: %m", f->path);
+}
+
+/* The validator asks this during a long parse of a header. */
+static bool probe_cancelled(void *userdata) {
+        LoaderJob *j = userdata;
+
+        return work_item_cancelled(&j->item);
 }
 
 static void probe(LoaderJob *j) {
@@ -219,7 +222,9 @@ static void probe(LoaderJob *j) {
                 if (fstat(files[i].fd, &st) < 0)
                         return job_fail(j, errno, "Cannot stat %s: %m", files[i].path);
 
-                r = safetensors_validate_fd(files[i].fd, &info, &header_error);
+                r = safetensors_validate_fd(files[i].fd, probe_cancelled, j, &info, &header_error);
+                if (r == -ECANCELED)
+                        return job_fail(j, ECANCELED, "The load was cancelled.");
                 if (r < 0)
                         return fail_header(j, &files[i], (uint64_t) st.st_size, r, header_error);
 

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -19,10 +20,23 @@
  * sorted by offset must tile the data section from 0 with neither gap nor
  * overlap, and the data section must end exactly at the end of the file.
  *
- * Where this reader is stricter than the reference, it is only for files no
- * writer produces: duplicate member names, NUL characters in strings, whole
- * numbers above 2^53, and the bounds below. Members of a tensor object other
- * than the three above are ignored, as the reference ignores them. */
+ * As in the reference, shapes and offsets are JSON integers (2.0, 2e0 and
+ * -0 are floats to it, and refused) and arrays and objects nest at most 127
+ * deep. Where this reader is stricter than the reference, it is only for
+ * files no writer produces: duplicate member names, NUL characters in
+ * strings, whole numbers above 2^53, and the bounds below. Members of a
+ * tensor object other than the three above are ignored, as the reference
+ * ignores them.
+ *
+ * The header is read in place, in one pass, keeping 32 bytes per tensor and
+ * nothing of ignored values, whatever their size: validating the largest
+ * header allowed takes little memory beyond the header itself.
+ *
+ * Messages never quote the file: they are shown to every local user, and
+ * the file may be readable by its owner only. A tensor is named by its index
+ * (from 0, in header order) and the header byte where its name begins; the
+ * numbers of its shape and offsets, the dtype when it is a known one, and
+ * byte offsets are given, names and other strings never. */
 
 /* The reference reader's limit on N. */
 #define SAFETENSORS_HEADER_MAX UINT64_C(100000000)
@@ -40,25 +54,35 @@ typedef struct SafetensorsInfo {
         size_t n_tensors;
 } SafetensorsInfo;
 
+/* Asked now and then while a header is read and validated (about once per
+ * MiB of header, and before each step that takes long); returning true
+ * stops the validation, which then returns -ECANCELED. Called on the
+ * validating thread. */
+typedef bool (*safetensors_cancel_t)(void *userdata);
+
 /* Validates a header. json/json_length: the N header bytes (json may be NULL
  * when json_length is 0; it need not be NUL-terminated); file_size: the size
- * of the whole file, which the data section must fill exactly.
+ * of the whole file, which the data section must fill exactly; cancel (may
+ * be NULL) and userdata: see above.
  *
  * Returns 0 and fills *ret_info when the header is valid. On a violation of
  * the format returns -EBADMSG and sets *ret_error to a malloc'd message that
- * says what is wrong and where. Other negative errno (-ENOMEM) on other
- * failures, with *ret_error left untouched. ret_info and ret_error may each
- * be NULL. Safe to call from several threads at once. */
+ * says what is wrong and where. Other negative errno (-ECANCELED, -ENOMEM)
+ * on other failures, with *ret_error left untouched. ret_info and ret_error
+ * may each be NULL. Safe to call from several threads at once. */
 int safetensors_validate_header(const char *json, size_t json_length, uint64_t file_size,
-                                SafetensorsInfo *ret_info, char **ret_error);
+                                safetensors_cancel_t cancel, void *userdata, SafetensorsInfo *ret_info,
+                                char **ret_error);
 
 /* Reads the length prefix and the header from fd with pread() (the file
  * offset is neither used nor moved; the size comes from fstat()), checks the
  * length bounds before allocating anything, then validates the header as
  * above. Same return convention, except that I/O failures return their
  * negative errno (-EIO when the file shrinks while it is read) and also set
- * *ret_error to a message describing them. */
-int safetensors_validate_fd(int fd, SafetensorsInfo *ret_info, char **ret_error);
+ * *ret_error to a message describing them. Memory the header needed is
+ * given back to the kernel before it returns, not kept by the allocator. */
+int safetensors_validate_fd(int fd, safetensors_cancel_t cancel, void *userdata, SafetensorsInfo *ret_info,
+                            char **ret_error);
 
 /* Bits of one element of a dtype ("F32" → 32, "F4" → 4), or 0 when the
  * dtype is unknown. */

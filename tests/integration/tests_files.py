@@ -145,8 +145,9 @@ def test_symlinks_inside_the_store_load(ctx):
 
 
 def test_invalid_header_message_does_not_quote_the_file(ctx):
-        """The validator's words (tensor names, JSON around an error) are for
-        the log, not for messages every local user reads."""
+        """The validator says what is wrong by position, never by quoting the
+        file: neither the messages every local user reads nor the log hold
+        what the header says."""
         secret = "mpool-secret-" + os.urandom(6).hex()
         write_unknown_dtype_file(os.path.join(ctx.store, "quoted", "model.safetensors"), secret)
         broken = ('{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, "' + secret).encode()
@@ -157,8 +158,11 @@ def test_invalid_header_message_does_not_quote_the_file(ctx):
         for name in ("quoted", "broken"):
                 path = os.path.join(ctx.store, name, "model.safetensors")
                 check_failure_does_not_quote(ctx, d, name, path, [secret])
-        # The administrator still learns why.
-        assert secret in d.log(), "the validator's reason is not in the log"
+        assert secret not in d.log(), "the log quotes the header"
+        # The caller still learns why.
+        _, models = d.status()
+        assert "dtype" in models["quoted"]["error"], models["quoted"]
+        assert "JSON" in models["broken"]["error"], models["broken"]
 
 
 # -- files that change while or after they load --
