@@ -17,6 +17,7 @@
 #define PROGRESS_EVENT_INTERVAL_USEC (50 * USEC_PER_MSEC)
 
 static void on_job_done(WorkItem *item, bool ran);
+static void restart_if_wanted(Manager *m, PoolModel *model);
 static void on_job_progress(WorkItem *item, uint64_t done, uint64_t total);
 
 ModelRuntime *model_runtime(Manager *m, PoolModel *model) {
@@ -211,16 +212,36 @@ static void serve(Manager *m, PoolModel *model, Request *req) {
 /* The Load and Acquire requests: served from the loaded model, or told
  * how the load ended. */
 static void answer_loads(Manager *m, PoolModel *model, int error, const char *message) {
+        ModelRuntime *rt = model->userdata;
         size_t n;
         _cleanup_free_ Request **taken = take_waiters(model, false, &n);
+        bool requeued = false;
 
         for (size_t i = 0; i < n; i++) {
-                if (error >= 0)
-                        serve(m, model, taken[i]);
-                else
-                        finish(m, taken[i], error, message);
-                request_unref(taken[i]);
+                Request *req = taken[i];
+
+                if (error < 0)
+                        finish(m, req, error, message);
+                else if (model->state == MODEL_LOADED)
+                        serve(m, model, req);
+                else {
+                        /* An earlier completion unloaded the model again
+                         * (a chain's next step): this one waits for a load
+                         * of its own. */
+                        Request **w = reallocarray(rt->waiters, rt->n_waiters + 1, sizeof *w);
+
+                        if (!w)
+                                finish(m, req, -ENOMEM, "Out of memory.");
+                        else {
+                                rt->waiters = w;
+                                rt->waiters[rt->n_waiters++] = request_ref(req);
+                                requeued = true;
+                        }
+                }
+                request_unref(req);
         }
+        if (requeued)
+                restart_if_wanted(m, model);
 }
 
 /* --- Loading ----------------------------------------------------------- */

@@ -413,6 +413,47 @@ static void test_queue_full_is_busy(void **state) {
         fixture_free(f);
 }
 
+/* A completion that submits the next request, as a chain (download, load,
+ * run) does: here the first Load's completion unloads the model, while a
+ * second Load waits for the same load. */
+typedef struct Chain {
+        Fixture *f;
+        Outcome unload;
+        Request *unload_req;
+} Chain;
+
+static void on_loaded_then_unload(Request *req, void *userdata) {
+        Chain *c = userdata;
+
+        assert_int_equal(req->error, 0);
+        c->unload_req = submit(c->f, REQUEST_UNLOAD, req->model, NULL, &c->unload);
+}
+
+static void test_chained_requests(void **state) {
+        Fixture *f = fixture_new("1G", 1, 4);
+        Chain chain = { .f = f };
+        Outcome second;
+        Request *first, *other;
+
+        assert_int_equal(request_new(REQUEST_LOAD, "alpha", NULL, on_loaded_then_unload, &chain, &first), 0);
+        manager_submit(f->m, first);
+        other = submit(f, REQUEST_LOAD, "alpha", NULL, &second);
+
+        /* The unload ran inside the first completion; the second Load is
+         * served all the same, by a load of its own. */
+        run_until(f, &second.completed);
+        assert_true(chain.unload.completed);
+        assert_true(chain.unload.was_loaded);
+        assert_int_equal(second.error, 0);
+        assert_int_equal(pool_find(&f->m->pool, "alpha")->state, MODEL_LOADED);
+        assert_int_equal(rec.loaded, 2);
+
+        request_unref(first);
+        request_unref(other);
+        request_unref(chain.unload_req);
+        fixture_free(f);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_load_and_unload),
@@ -423,6 +464,7 @@ int main(void) {
                 cmocka_unit_test(test_pinned_and_unload_all),
                 cmocka_unit_test(test_cancel_during_load),
                 cmocka_unit_test(test_queue_full_is_busy),
+                cmocka_unit_test(test_chained_requests),
         };
 
         log_set_max_level(LOG_WARNING);
