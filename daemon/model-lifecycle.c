@@ -19,6 +19,7 @@
 static void on_job_done(WorkItem *item, bool ran);
 static void restart_if_wanted(Manager *m, PoolModel *model);
 static void on_job_progress(WorkItem *item, uint64_t done, uint64_t total);
+static void record_requests(ModelRuntime *rt, const Request *req);
 
 ModelRuntime *model_runtime(Manager *m, PoolModel *model) {
         ModelRuntime *rt = model->userdata;
@@ -136,33 +137,47 @@ static bool has_load_waiters(const PoolModel *model) {
 }
 
 /* Takes out the waiters of one side (unloads, or loads and acquires), in
- * order, keeping the others. The caller completes and unrefs them. */
-static Request **take_waiters(PoolModel *model, bool unloads, size_t *ret_n) {
+ * order, keeping the others; the caller completes and unrefs them. The
+ * list is taken whole and compacted in place, so that taking cannot fail;
+ * only keeping the other side needs memory, and without it those requests
+ * are told so rather than left waiting forever. */
+static Request **take_waiters(Manager *m, PoolModel *model, bool unloads, size_t *ret_n) {
         ModelRuntime *rt = model->userdata;
-        Request **taken = calloc(rt->n_waiters ?: 1, sizeof *taken);
-        size_t kept = 0, n = 0;
+        Request **all = TAKE_PTR(rt->waiters);
+        size_t n_all = rt->n_waiters, n = 0, n_kept = 0;
+        Request **kept;
 
-        if (!taken) {
-                /* Nothing lost: they stay and are answered on the next turn. */
-                log_oom();
-                *ret_n = 0;
-                return NULL;
+        rt->n_waiters = 0;
+        for (size_t i = 0; i < n_all; i++)
+                if (is_unload(all[i]) != unloads)
+                        n_kept++;
+        kept = n_kept > 0 ? calloc(n_kept, sizeof *kept) : NULL;
+
+        for (size_t i = 0; i < n_all; i++) {
+                Request *req = all[i];
+
+                if (is_unload(req) == unloads)
+                        all[n++] = req;
+                else if (kept)
+                        kept[rt->n_waiters++] = req;
+                else {
+                        log_oom();
+                        if (req->kind == REQUEST_UNLOAD_ALL)
+                                finish_unload_all_part(m, req);
+                        else
+                                finish(m, req, -ENOMEM, "Out of memory.");
+                        request_unref(req);
+                }
         }
-        for (size_t i = 0; i < rt->n_waiters; i++) {
-                if (is_unload(rt->waiters[i]) == unloads)
-                        taken[n++] = rt->waiters[i];
-                else
-                        rt->waiters[kept++] = rt->waiters[i];
-        }
-        rt->n_waiters = kept;
+        rt->waiters = kept;
         *ret_n = n;
-        return taken;
+        return all;
 }
 
 /* The Unload and UnloadAll requests, once the model's memory is back. */
 static void answer_unloads(Manager *m, PoolModel *model, bool was_loaded) {
         size_t n;
-        _cleanup_free_ Request **taken = take_waiters(model, true, &n);
+        _cleanup_free_ Request **taken = take_waiters(m, model, true, &n);
 
         for (size_t i = 0; i < n; i++) {
                 Request *req = taken[i];
@@ -214,7 +229,7 @@ static void serve(Manager *m, PoolModel *model, Request *req) {
 static void answer_loads(Manager *m, PoolModel *model, int error, const char *message) {
         ModelRuntime *rt = model->userdata;
         size_t n;
-        _cleanup_free_ Request **taken = take_waiters(model, false, &n);
+        _cleanup_free_ Request **taken = take_waiters(m, model, false, &n);
         bool requeued = false;
 
         for (size_t i = 0; i < n; i++) {
@@ -235,6 +250,7 @@ static void answer_loads(Manager *m, PoolModel *model, int error, const char *me
                         else {
                                 rt->waiters = w;
                                 rt->waiters[rt->n_waiters++] = request_ref(req);
+                                record_requests(rt, req);
                                 requeued = true;
                         }
                 }
@@ -331,6 +347,15 @@ static int submit_job(Manager *m, PoolModel *model, LoaderJob *job) {
         return 0;
 }
 
+/* What a caller is told when its load could not even start. */
+static const char *start_error_message(int r) {
+        if (r == -EBUSY)
+                return "The load queue is full (MaxQueuedLoads=); try again when a load is done.";
+        if (r == -ENOMEM)
+                return "Out of memory.";
+        return "The daemon could not start loading the model.";
+}
+
 static int start_probe(Manager *m, PoolModel *model) {
         ModelRuntime *rt = model->userdata;
         LoaderJob *job;
@@ -361,13 +386,17 @@ static void restart_if_wanted(Manager *m, PoolModel *model) {
         ModelRuntime *rt = model->userdata;
         int r;
 
-        if (m->shutting_down || rt->job || model->state == MODEL_LOADED || model->state == MODEL_UNLOADING ||
-            !has_load_waiters(model))
+        if (rt->job || model->state == MODEL_LOADED || model->state == MODEL_UNLOADING || !has_load_waiters(model))
                 return;
+        if (m->shutting_down) {
+                /* Nothing loads any more: whoever waited is told so. */
+                answer_loads(m, model, -ECANCELED, "mpoold is shutting down.");
+                return;
+        }
         r = start_probe(m, model);
         if (r < 0) {
                 log_error_errno(r, "Cannot restart loading %s: %m", model->name);
-                answer_loads(m, model, r, "The daemon could not start loading the model.");
+                answer_loads(m, model, r, start_error_message(r));
         }
 }
 
@@ -603,6 +632,7 @@ void model_cancel_load(Manager *m, PoolModel *model) {
 static void submit_load(Manager *m, Request *req) {
         PoolModel *model;
         ModelRuntime *rt;
+        bool added;
         int r;
 
         if (m->shutting_down)
@@ -617,13 +647,15 @@ static void submit_load(Manager *m, Request *req) {
                                         workpool_in_flight(m->loaders));
 
         r = pool_add(&m->pool, req->model, &model);
+        added = r > 0;
         if (r == -E2BIG)
                 return request_complete(req, -EUSERS, "The pool already knows %u models.", POOL_MODELS_MAX);
         if (r < 0)
                 return request_complete(req, r, "Cannot add model %s: %s.", req->model, strerror(-r));
         rt = model_runtime(m, model);
         if (!rt) {
-                (void) forget_if_unannounced(m, model);
+                if (added)
+                        (void) forget_if_unannounced(m, model);
                 return request_complete(req, -ENOMEM, "Out of memory.");
         }
 
@@ -651,15 +683,20 @@ static void submit_load(Manager *m, Request *req) {
         case MODEL_ERROR:
                 r = waiter_add(m, model, req);
                 if (r < 0) {
-                        (void) forget_if_unannounced(m, model);
+                        /* Only a name this call added: one that was there
+                         * is someone else's to forget (a load_failed() up
+                         * the stack, answering the requests of that name). */
+                        if (added)
+                                (void) forget_if_unannounced(m, model);
                         (void) waiter_error(m, req, r);
                         return;
                 }
                 r = start_probe(m, model);
                 if (r < 0) {
                         log_error_errno(r, "Cannot start loading %s: %m", model->name);
-                        answer_loads(m, model, r, "The daemon could not start loading the model.");
-                        (void) forget_if_unannounced(m, model);
+                        answer_loads(m, model, r, start_error_message(r));
+                        if (added)
+                                (void) forget_if_unannounced(m, model);
                         return;
                 }
                 record_requests(rt, req);
@@ -670,6 +707,13 @@ static void submit_load(Manager *m, Request *req) {
         }
 }
 
+/* Pinned, or to be pinned when the load under way succeeds. */
+static bool pinned_or_pinning(const PoolModel *model) {
+        const ModelRuntime *rt = model->userdata;
+
+        return model->pinned || (model->state == MODEL_LOADING && rt && rt->pin_requested);
+}
+
 static void submit_unload(Manager *m, Request *req) {
         PoolModel *model = pool_find(&m->pool, req->model);
         int r;
@@ -677,7 +721,7 @@ static void submit_unload(Manager *m, Request *req) {
         if (!model || !model->userdata)
                 return request_succeed(req);   /* was_loaded false */
 
-        if (model->pinned && !req->force)
+        if (pinned_or_pinning(model) && !req->force)
                 return request_complete(req, -EPERM, "Model %s is pinned; unloading it needs the force option.",
                                         req->model);
 
@@ -715,20 +759,41 @@ static void submit_unload(Manager *m, Request *req) {
         }
 }
 
+static bool unloads_with_all(const PoolModel *model, bool force) {
+        return model->state == MODEL_LOADED && (force || !model->pinned);
+}
+
 static void submit_unload_all(Manager *m, Request *req) {
         _cleanup_(strv_freep) char **names = NULL;
+        size_t n = 0;
         int r;
+
+        /* The names are copied before anything is unloaded, so that running
+         * out of memory refuses the call whole instead of half done. */
+        POOL_FOREACH(model, &m->pool)
+                if (unloads_with_all(model, req->force))
+                        n++;
+        names = calloc(n + 1, sizeof *names);
+        if (!names)
+                return request_complete(req, -ENOMEM, "Out of memory.");
+        n = 0;
+        POOL_FOREACH(model, &m->pool)
+                if (unloads_with_all(model, req->force)) {
+                        names[n] = strdup(model->name);
+                        if (!names[n++])
+                                return request_complete(req, -ENOMEM, "Out of memory.");
+                }
 
         /* The request holds one part of its own while loads are being
          * cancelled, so that the first to finish cannot complete it early. */
         req->n_pending = 1;
 
-        POOL_FOREACH(model, &m->pool) {
-                if (model->state != MODEL_LOADED || (model->pinned && !req->force))
+        for (char **name = names; *name; name++) {
+                PoolModel *model = pool_find(&m->pool, *name);
+
+                /* A completion run by an earlier unload may have changed it. */
+                if (!model || !unloads_with_all(model, req->force))
                         continue;
-                r = strv_extend(&names, model->name);
-                if (r < 0)
-                        return request_complete(req, r, "Out of memory.");
                 model_unload(m, model, MPOOL_REASON_REQUEST);
                 if (model->state == MODEL_UNLOADING) {
                         r = waiter_add(m, model, req);
@@ -740,7 +805,7 @@ static void submit_unload_all(Manager *m, Request *req) {
         manager_reschedule_idle(m);
 
         POOL_FOREACH(model, &m->pool) {
-                if (model->state != MODEL_LOADING || (model->pinned && !req->force))
+                if (model->state != MODEL_LOADING || (pinned_or_pinning(model) && !req->force))
                         continue;
                 r = waiter_add(m, model, req);
                 if (r < 0)
@@ -928,7 +993,9 @@ void models_stop_all(Manager *m) {
                 else if (rt && rt->job) {
                         workpool_cancel(m->loaders, &rt->job->item);
                         answer_loads(m, model, -ECANCELED, "mpoold is shutting down.");
-                }
+                } else if (rt && model->state == MODEL_UNLOADING)
+                        /* Its users let go later; no load follows. */
+                        answer_loads(m, model, -ECANCELED, "mpoold is shutting down.");
         }
 }
 

@@ -44,7 +44,8 @@ struct WorkPool {
         unsigned n_threads;
         unsigned queue_max;
         unsigned n_in_flight;
-        WorkItem *returned;                 /* cancelled while queued, to hand back */
+        WorkItem *returned, *returned_tail; /* cancelled while queued, to hand back in order */
+        unsigned n_returned;
 };
 
 static void post(WorkPool *p, WorkItem *item, MessageType type, uint64_t done, uint64_t total) {
@@ -123,15 +124,21 @@ static int on_pipe(sd_event_source *s, int fd, uint32_t revents, void *userdata)
                 Message message;
                 ssize_t n = read(fd, &message, sizeof message);
 
+                /* A pipe that cannot be read loses completions for good:
+                 * every load would hang, and shutdown with them. As on the
+                 * writing side, there is no way on but to stop. */
                 if (n < 0) {
                         if (errno == EINTR)
                                 continue;
                         if (errno == EAGAIN)
                                 return 0;
-                        return log_error_errno(errno, "Cannot read from the %s workers' pipe: %m", p->name);
+                        log_error_errno(errno, "Cannot read from the %s workers' pipe: %m", p->name);
+                        abort();
                 }
-                if (n != (ssize_t) sizeof message)
-                        return log_error_errno(EIO, "Short read from the %s workers' pipe (%zd bytes).", p->name, n);
+                if (n != (ssize_t) sizeof message) {
+                        log_error("Short read from the %s workers' pipe (%zd bytes).", p->name, n);
+                        abort();
+                }
 
                 if (message.type == MESSAGE_PROGRESS) {
                         if (message.item->progress)
@@ -148,7 +155,10 @@ static int on_returned(sd_event_source *s, void *userdata) {
                 WorkItem *item = p->returned;
 
                 p->returned = item->queue_next;
+                if (!p->returned)
+                        p->returned_tail = NULL;
                 item->queue_next = NULL;
+                p->n_returned--;
                 hand_back(p, item, false);
         }
         return sd_event_source_set_enabled(s, SD_EVENT_OFF);
@@ -277,13 +287,19 @@ int workpool_submit(WorkPool *p, WorkItem *item) {
 
 void workpool_cancel(WorkPool *p, WorkItem *item) {
         bool taken = false;
-        int r;
 
         assert(p);
         assert(item);
         assert(item->pool == p);
 
         atomic_store(&item->cancelled, true);
+
+        /* Handed back from the loop's next turn. Should the defer source
+         * fail to arm, the item stays queued: a worker then dequeues it,
+         * its run function sees the flag at once, and it comes back
+         * through the pipe instead. */
+        if (sd_event_source_set_enabled(p->returned_source, SD_EVENT_ONESHOT) < 0)
+                return;
 
         pthread_mutex_lock(&p->mutex);
         if (item->queued) {
@@ -304,17 +320,12 @@ void workpool_cancel(WorkPool *p, WorkItem *item) {
         if (!taken)
                 return;   /* running: its run function sees the flag */
 
-        item->queue_next = p->returned;
-        p->returned = item;
-        r = sd_event_source_set_enabled(p->returned_source, SD_EVENT_ONESHOT);
-        if (r < 0) {
-                /* The defer source cannot fail to enable short of a broken
-                 * loop; hand the item back now rather than never. */
-                log_error_errno(r, "Cannot schedule a cancelled %s item: %m", p->name);
-                p->returned = item->queue_next;
-                item->queue_next = NULL;
-                hand_back(p, item, false);
-        }
+        if (p->returned_tail)
+                p->returned_tail->queue_next = item;
+        else
+                p->returned = item;
+        p->returned_tail = item;
+        p->n_returned++;
 }
 
 unsigned workpool_in_flight(const WorkPool *p) {
@@ -323,8 +334,9 @@ unsigned workpool_in_flight(const WorkPool *p) {
 
 bool workpool_full(const WorkPool *p) {
         /* Items in flight beyond the threads are queued (or about to be
-         * dequeued): counted from the loop's side without taking the lock. */
-        return p->n_in_flight >= p->n_threads + p->queue_max;
+         * dequeued): counted from the loop's side without taking the lock.
+         * Items cancelled while queued take no place any more. */
+        return p->n_in_flight - p->n_returned >= p->n_threads + p->queue_max;
 }
 
 unsigned workpool_threads(const WorkPool *p) {

@@ -454,6 +454,127 @@ static void test_chained_requests(void **state) {
         fixture_free(f);
 }
 
+/* --- Review reproductions ------------------------------------------------ */
+
+/* R1: a completion that submits a Load of the same unknown name, for a caller
+ * at its limit of waiting calls: submit_load forgets the model inside the
+ * callback, and load_failed() (then on_job_done()) go on using it. */
+typedef struct Resubmit {
+        Fixture *f;
+        Outcome again;
+        Request *again_req;
+} Resubmit;
+
+static void on_failed_then_load_again(Request *req, void *userdata) {
+        Resubmit *r = userdata;
+
+        assert_int_equal(req->error, -ENOENT);
+        r->again_req = submit(r->f, REQUEST_LOAD, req->model, ":1.9", &r->again);
+}
+
+static void test_completion_loading_a_failed_name_again(void **state) {
+        Fixture *f = fixture_new("1G", 1, 4);
+        Resubmit rs = { .f = f };
+        Outcome o = {};
+        Request *first;
+
+        for (unsigned i = 0; i < PENDING_CALLS_PER_PEER_MAX; i++)
+                assert_int_equal(peers_add_pending(&f->m->peers, ":1.9"), 0);
+
+        assert_int_equal(request_new(REQUEST_LOAD, "nope", NULL, on_failed_then_load_again, &rs, &first), 0);
+        manager_submit(f->m, first);
+        run_until(f, &first->completed);
+        assert_true(rs.again.completed);
+        assert_int_equal(rs.again.error, -EUSERS);
+        assert_null(pool_find(&f->m->pool, "nope"));
+
+        for (unsigned i = 0; i < PENDING_CALLS_PER_PEER_MAX; i++)
+                peers_remove_pending(&f->m->peers, ":1.9");
+        request_unref(first);
+        request_unref(rs.again_req);
+        (void) o;
+        fixture_free(f);
+}
+
+/* R2: shutdown while a Load waits for a model that is unloading (a user
+ * still holds its weights): the Load is never completed. */
+static void test_shutdown_completes_waiters_of_unloading_model(void **state) {
+        Fixture *f = fixture_new("1G", 1, 4);
+        PoolModel *alpha = load(f, "alpha");
+        ModelWeights *weights;
+        Outcome unloading, loading;
+        Request *unload_req, *load_req;
+
+        assert_int_equal(model_lease(f->m, alpha, &weights), 0);
+        unload_req = submit(f, REQUEST_UNLOAD, "alpha", NULL, &unloading);
+        assert_int_equal(alpha->state, MODEL_UNLOADING);
+        load_req = submit(f, REQUEST_LOAD, "alpha", NULL, &loading);
+        assert_false(loading.completed);
+
+        manager_begin_shutdown(f->m);
+        model_unlease(f->m, alpha, weights);
+        assert_true(unloading.completed);
+        for (uint64_t end = now_monotonic_usec() + WAIT_USEC;
+             sd_event_get_state(f->m->event) != SD_EVENT_FINISHED && now_monotonic_usec() < end;)
+                assert_true(sd_event_run(f->m->event, 100 * USEC_PER_MSEC) >= 0);
+        /* Every request is completed exactly once: this one too. */
+        assert_true(loading.completed);
+        assert_int_equal(loading.error, -ECANCELED);
+
+        request_unref(unload_req);
+        request_unref(load_req);
+        fixture_free(f);
+}
+
+/* R3: a pin asked for with Load (org.mpool.configure) is dropped by an
+ * Unload without force (org.mpool.load only) while the load runs. */
+static void test_unload_without_force_keeps_pinned_load(void **state) {
+        Fixture *f = fixture_new("1G", 1, 4);
+        Outcome loading, unloading;
+        Request *load_req, *unload_req;
+
+        assert_int_equal(request_new(REQUEST_LOAD, "alpha", NULL, on_complete, &loading, &load_req), 0);
+        memset(&loading, 0, sizeof loading);
+        load_req->pin = true;
+        manager_submit(f->m, load_req);
+        unload_req = submit(f, REQUEST_UNLOAD, "alpha", NULL, &unloading);
+
+        run_until(f, &loading.completed);
+        run_until(f, &unloading.completed);
+        assert_int_equal(unloading.error, -EPERM);
+        assert_int_equal(loading.error, 0);
+
+        request_unref(load_req);
+        request_unref(unload_req);
+        fixture_free(f);
+}
+
+/* R4: the keep-alive of a Load that is requeued because a neighbour's
+ * completion unloaded the model is lost. */
+static void test_requeued_load_keeps_its_options(void **state) {
+        Fixture *f = fixture_new("1G", 1, 4);
+        Chain chain = { .f = f };
+        Outcome second;
+        Request *first, *other;
+
+        assert_int_equal(request_new(REQUEST_LOAD, "alpha", NULL, on_loaded_then_unload, &chain, &first), 0);
+        manager_submit(f->m, first);
+        assert_int_equal(request_new(REQUEST_LOAD, "alpha", NULL, on_complete, &second, &other), 0);
+        memset(&second, 0, sizeof second);
+        other->keep_alive_sec = KEEP_ALIVE_FOREVER;
+        manager_submit(f->m, other);
+
+        run_until(f, &second.completed);
+        assert_int_equal(second.error, 0);
+        assert_int_equal(pool_find(&f->m->pool, "alpha")->state, MODEL_LOADED);
+        assert_int_equal(pool_find(&f->m->pool, "alpha")->keep_alive_sec, KEEP_ALIVE_FOREVER);
+
+        request_unref(first);
+        request_unref(other);
+        request_unref(chain.unload_req);
+        fixture_free(f);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_load_and_unload),
@@ -465,6 +586,10 @@ int main(void) {
                 cmocka_unit_test(test_cancel_during_load),
                 cmocka_unit_test(test_queue_full_is_busy),
                 cmocka_unit_test(test_chained_requests),
+                cmocka_unit_test(test_completion_loading_a_failed_name_again),
+                cmocka_unit_test(test_shutdown_completes_waiters_of_unloading_model),
+                cmocka_unit_test(test_unload_without_force_keeps_pinned_load),
+                cmocka_unit_test(test_requeued_load_keeps_its_options),
         };
 
         log_set_max_level(LOG_WARNING);
