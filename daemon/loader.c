@@ -176,7 +176,8 @@ static void fail_header(LoaderJob *j, const LoaderFile *f, uint64_t size, int er
         return job_fail(j, error, "Cannot read the safetensors header of %s: %m", f->path);
 }
 
-/* The validator asks this during a long parse of a header. */
+/* The store and the validator ask this during a long read of an index or a
+ * header. */
 static bool probe_cancelled(void *userdata) {
         LoaderJob *j = userdata;
 
@@ -189,7 +190,7 @@ static void probe(LoaderJob *j) {
         LoaderFile *files;
         int r;
 
-        r = store_resolve(j->model_dir, j->huggingface_cache, j->name, &location, &error);
+        r = store_resolve_full(j->model_dir, j->huggingface_cache, j->name, probe_cancelled, j, &location, &error);
         if (r < 0) {
                 if (error)
                         return job_fail(j, r, "%s", error);

@@ -11,25 +11,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "json-scan.h"
 #include "macro.h"
 #include "safetensors.h"
-
-/* Whole numbers are taken up to 2^53, where the doubles many JSON tools read
- * numbers into (cJSON, which the writer below uses, among them) stop being
- * exact. No real file comes near: 2^53 bytes are 9 PB. */
-#define JSON_EXACT_INTEGER_MAX UINT64_C(9007199254740992)
-
-/* The reference (serde_json's default) takes 127 nested arrays and objects
- * and refuses a 128th; the bound also keeps this parser's recursion small. */
-#define JSON_DEPTH_MAX 127
-
-/* How many header bytes are gone through between two questions to the
- * cancellation callback: at a few hundred MB/s, a few milliseconds. */
-#define CANCEL_CHECK_BYTES (UINT64_C(1) << 20)
 
 /* Reads of the header are split in chunks of this size, with a question
  * to the cancellation callback between two: a slow disk must not keep a
@@ -73,27 +60,6 @@ static const struct {
         { "F6_E3M2", 6  },
 };
 
-/* What a JSON value is, as far as the messages and the rules care. */
-typedef enum ValueKind {
-        VALUE_OBJECT,
-        VALUE_ARRAY,
-        VALUE_STRING,
-        VALUE_WHOLE,            /* digits only, at most 2^53 */
-        VALUE_HUGE,             /* digits only, above 2^53 */
-        VALUE_NEGATIVE,         /* with a minus sign (-0 too: the reference reads it as a float) */
-        VALUE_FRACTIONAL,       /* with a fraction or an exponent: a float to the reference */
-        VALUE_BOOLEAN,
-        VALUE_NULL,
-} ValueKind;
-
-/* A string as it stands in the header: the bytes between its quotes,
- * escapes not yet decoded. Only strings the parser has checked are made. */
-typedef struct JsonString {
-        size_t begin;           /* header offset of the first byte after the opening quote */
-        size_t end;             /* header offset of the closing quote */
-        bool escaped;           /* holds a backslash escape */
-} JsonString;
-
 /* Header offsets fit in 32 bits (the header is at most 10^8 bytes), which
  * keeps a million of these at 32 MB. */
 typedef struct TensorRange {
@@ -105,48 +71,8 @@ typedef struct TensorRange {
         bool name_escaped;
 } TensorRange;
 
-/* What may be large (the header, the tensors' ranges) is mapped for itself
- * rather than malloc'd, so that it goes back to the kernel the moment it is
- * freed. glibc keeps freed blocks in the arena they came from: the loader
- * threads' arenas keep their free top up to the trim threshold, which grows
- * with the largest block freed (to 64 MiB), and malloc_trim() does not
- * release the top of a thread's arena at all. Every probe would leave its
- * peak resident in the daemon for good. */
-typedef struct Buffer {
-        void *data;
-        size_t size;
-} Buffer;
-
-static int buffer_resize(Buffer *b, size_t size) {
-        void *p;
-
-        assert(size > 0);
-        if (b->data)
-                p = mremap(b->data, b->size, size, MREMAP_MAYMOVE);
-        else
-                p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p == MAP_FAILED)
-                return -ENOMEM;
-        b->data = p;
-        b->size = size;
-        return 0;
-}
-
-static void buffer_free(Buffer *b) {
-        if (b->data)
-                (void) munmap(b->data, b->size);
-        *b = (Buffer) {};
-}
-
 typedef struct Parser {
-        const uint8_t *text;
-        size_t length;
-        size_t pos;
-        unsigned depth;         /* arrays and objects open around pos */
-
-        safetensors_cancel_t cancel;
-        void *userdata;
-        size_t next_poll;       /* header offset at which to ask cancel next */
+        JsonScan json;          /* the header, and where the parse is in it */
 
         char **ret_error;
         /* The first violation of the rules (not of JSON) found. Parsing goes
@@ -155,14 +81,15 @@ typedef struct Parser {
         bool failed;
         char *failure;
 
-        Buffer ranges;          /* TensorRange[] */
+        /* Mapped, not malloc'd: see JsonBuffer. */
+        JsonBuffer ranges;      /* TensorRange[] */
         size_t n_ranges;
         size_t n_tensors;       /* all of them, beyond SAFETENSORS_TENSORS_MAX too */
         bool have_metadata;
 } Parser;
 
 static void parser_done(Parser *p) {
-        buffer_free(&p->ranges);
+        json_buffer_free(&p->ranges);
         free(p->failure);
 }
 
@@ -228,7 +155,7 @@ static int violation(Parser *p, const char *format, ...) {
                 return 0;
         p->failed = true;
         /* Neither are the ranges needed any more. */
-        buffer_free(&p->ranges);
+        json_buffer_free(&p->ranges);
         p->n_ranges = 0;
 
         if (!p->ret_error)
@@ -243,93 +170,28 @@ static int violation(Parser *p, const char *format, ...) {
         return 0;
 }
 
-/* Broken JSON: reported at once, with where, but not what is there. */
-static int syntax_error_at(Parser *p, size_t at, const char *what) {
-        return bad(p->ret_error, "the header is not valid JSON: %s at header byte %zu", what, at);
-}
-
-static int syntax_error(Parser *p, const char *what) {
-        return syntax_error_at(p, p->pos, what);
-}
-
-/* Asks the callback, once every CANCEL_CHECK_BYTES of header. Cheap enough
- * for every loop that moves through the header. */
-static int poll_cancel(Parser *p, size_t pos) {
-        if (pos < p->next_poll)
-                return 0;
-        p->next_poll = pos + CANCEL_CHECK_BYTES;
-        if (p->cancel && p->cancel(p->userdata))
-                return -ECANCELED;
-        return 0;
+/* Broken JSON: reported with where, but not what is there. */
+static int syntax_error_reported(Parser *p) {
+        assert(p->json.syntax_error);
+        return bad(p->ret_error, "the header is not valid JSON: %s at header byte %zu", p->json.syntax_error,
+                   p->json.syntax_error_at);
 }
 
 static int ask_cancel(safetensors_cancel_t cancel, void *userdata) {
         return cancel && cancel(userdata) ? -ECANCELED : 0;
 }
 
-static size_t utf8_sequence_length(const uint8_t *s, size_t n) {
-        uint8_t lead = s[0], low = 0x80, high = 0xbf;
-        size_t length;
-
-        if (lead < 0x80)
-                return 1;
-        if (lead >= 0xc2 && lead <= 0xdf)
-                length = 2;
-        else if (lead >= 0xe0 && lead <= 0xef) {
-                length = 3;
-                if (lead == 0xe0)
-                        low = 0xa0;        /* overlong */
-                else if (lead == 0xed)
-                        high = 0x9f;       /* UTF-16 surrogates */
-        } else if (lead >= 0xf0 && lead <= 0xf4) {
-                length = 4;
-                if (lead == 0xf0)
-                        low = 0x90;        /* overlong */
-                else if (lead == 0xf4)
-                        high = 0x8f;       /* beyond U+10FFFF */
-        } else
-                return 0;
-
-        if (n < length || s[1] < low || s[1] > high)
-                return 0;
-        for (size_t i = 2; i < length; i++)
-                if (s[i] < 0x80 || s[i] > 0xbf)
-                        return 0;
-        return length;
-}
-
-static const char *describe(ValueKind kind) {
-        switch (kind) {
-        case VALUE_OBJECT:
-                return "an object";
-        case VALUE_ARRAY:
-                return "an array";
-        case VALUE_STRING:
-                return "a string";
-        case VALUE_WHOLE:
-        case VALUE_HUGE:
-        case VALUE_NEGATIVE:
-        case VALUE_FRACTIONAL:
-                return "a number";
-        case VALUE_BOOLEAN:
-                return "a boolean";
-        case VALUE_NULL:
-                return "null";
-        }
-        return "an unknown value";
-}
-
 /* For where a whole number was expected: what kind of number it was not. */
-static const char *describe_number(ValueKind kind) {
+static const char *describe_number(JsonKind kind) {
         switch (kind) {
-        case VALUE_HUGE:
+        case JSON_HUGE:
                 return "a whole number above 2^53";
-        case VALUE_NEGATIVE:
+        case JSON_NEGATIVE:
                 return "a negative number";
-        case VALUE_FRACTIONAL:
+        case JSON_FRACTIONAL:
                 return "a number with a fraction or an exponent";
         default:
-                return describe(kind);
+                return json_kind_to_string(kind);
         }
 }
 
@@ -375,8 +237,8 @@ static int tensor_byte_size(const uint64_t *dims, size_t n_dims, unsigned elemen
  * escapes are refused too: C strings elsewhere would cut a name there. The
  * parser below can then take every string byte as it is. */
 static int check_header_text(Parser *p) {
-        const uint8_t *s = p->text;
-        size_t length = p->length;
+        const uint8_t *s = p->json.text;
+        size_t length = p->json.length;
         bool in_string = false;
         int r;
 
@@ -386,12 +248,12 @@ static int check_header_text(Parser *p) {
         for (size_t i = 0; i < length;) {
                 uint8_t c = s[i];
 
-                r = poll_cancel(p, i);
+                r = json_poll_cancel(&p->json, i);
                 if (r < 0)
                         return r;
 
                 if (c >= 0x80) {
-                        size_t k = utf8_sequence_length(s + i, length - i);
+                        size_t k = json_utf8_sequence_length(s + i, length - i);
 
                         if (k == 0)
                                 return bad(p->ret_error, "the header is not valid UTF-8 at header byte %zu", i);
@@ -427,454 +289,8 @@ static int check_header_text(Parser *p) {
                 i++;
         }
 
-        p->next_poll = 0;
+        p->json.next_poll = 0;
         return 0;
-}
-
-/* ---- JSON, read in place: nothing is allocated for what is read ---- */
-
-static int peek(const Parser *p) {
-        return p->pos < p->length ? p->text[p->pos] : -1;
-}
-
-static int skip_whitespace(Parser *p) {
-        for (;;) {
-                int r = poll_cancel(p, p->pos);
-                if (r < 0)
-                        return r;
-                if (p->pos >= p->length)
-                        return 0;
-                uint8_t c = p->text[p->pos];
-                if (c != ' ' && c != '\t' && c != '\n' && c != '\r')
-                        return 0;
-                p->pos++;
-        }
-}
-
-static int hex_digit(uint8_t c) {
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        return -1;
-}
-
-/* The code unit of the \uXXXX at `at`, or -1 when there is none. */
-static int32_t read_unicode_escape(const uint8_t *text, size_t length, size_t at) {
-        int32_t unit = 0;
-
-        if (at > length || length - at < 6 || text[at] != '\\' || text[at + 1] != 'u')
-                return -1;
-        for (size_t i = at + 2; i < at + 6; i++) {
-                int d = hex_digit(text[i]);
-                if (d < 0)
-                        return -1;
-                unit = unit * 16 + d;
-        }
-        return unit;
-}
-
-/* A string from its opening quote at p->pos; ret may be NULL. */
-static int parse_string(Parser *p, JsonString *ret) {
-        size_t start = p->pos;
-        bool escaped = false;
-        int r;
-
-        assert(peek(p) == '"');
-        p->pos++;
-
-        for (;;) {
-                uint8_t c;
-
-                r = poll_cancel(p, p->pos);
-                if (r < 0)
-                        return r;
-                if (p->pos >= p->length)
-                        return syntax_error_at(p, start, "a string that is not closed begins");
-
-                c = p->text[p->pos];
-                if (c == '"')
-                        break;
-                if (c < 0x20)
-                        return syntax_error(p, "a raw control character in a string");
-                if (c != '\\') {
-                        p->pos++;
-                        continue;
-                }
-
-                escaped = true;
-                if (p->pos + 1 < p->length && p->text[p->pos + 1] != '\0' &&
-                    strchr("\"\\/bfnrt", p->text[p->pos + 1])) {
-                        p->pos += 2;
-                        continue;
-                }
-
-                int32_t unit = read_unicode_escape(p->text, p->length, p->pos);
-                if (unit < 0)
-                        return syntax_error(p, "an invalid escape sequence in a string");
-                if (unit == 0)
-                        return syntax_error(p, "a NUL character (\\u0000) in a string");
-                if (unit >= 0xdc00 && unit <= 0xdfff)
-                        return syntax_error(p, "an unpaired UTF-16 surrogate escape in a string");
-                if (unit >= 0xd800 && unit <= 0xdbff) {
-                        int32_t low = read_unicode_escape(p->text, p->length, p->pos + 6);
-                        if (low < 0xdc00 || low > 0xdfff)
-                                return syntax_error(p, "an unpaired UTF-16 surrogate escape in a string");
-                        p->pos += 6;
-                }
-                p->pos += 6;
-        }
-
-        if (ret)
-                *ret = (JsonString) {
-                        .begin = start + 1,
-                        .end = p->pos,
-                        .escaped = escaped,
-                };
-        p->pos++;
-        return 0;
-}
-
-static int skip_digits(Parser *p, uint64_t *value, bool *huge) {
-        size_t start = p->pos;
-
-        for (;;) {
-                int r = poll_cancel(p, p->pos);
-                if (r < 0)
-                        return r;
-                if (p->pos >= p->length || p->text[p->pos] < '0' || p->text[p->pos] > '9')
-                        break;
-                if (value && !*huge) {
-                        *value = *value * 10 + (uint64_t) (p->text[p->pos] - '0');
-                        if (*value > JSON_EXACT_INTEGER_MAX)
-                                *huge = true;
-                }
-                p->pos++;
-        }
-        return p->pos > start ? 1 : 0;
-}
-
-/* A number as JSON writes it: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
-static int parse_number(Parser *p, ValueKind *ret_kind, uint64_t *ret_value) {
-        uint64_t value = 0;
-        bool negative = false, huge = false, fractional = false;
-        int r;
-
-        if (peek(p) == '-') {
-                negative = true;
-                p->pos++;
-        }
-        if (peek(p) == '0')
-                p->pos++;
-        else {
-                r = skip_digits(p, &value, &huge);
-                if (r < 0)
-                        return r;
-                if (r == 0)
-                        return syntax_error(p, "a number without digits");
-        }
-
-        if (peek(p) == '.') {
-                fractional = true;
-                p->pos++;
-                r = skip_digits(p, NULL, NULL);
-                if (r < 0)
-                        return r;
-                if (r == 0)
-                        return syntax_error(p, "a number without digits after its decimal point");
-        }
-        if (peek(p) == 'e' || peek(p) == 'E') {
-                fractional = true;
-                p->pos++;
-                if (peek(p) == '+' || peek(p) == '-')
-                        p->pos++;
-                r = skip_digits(p, NULL, NULL);
-                if (r < 0)
-                        return r;
-                if (r == 0)
-                        return syntax_error(p, "a number without digits in its exponent");
-        }
-
-        *ret_kind = negative ? VALUE_NEGATIVE : fractional ? VALUE_FRACTIONAL : huge ? VALUE_HUGE : VALUE_WHOLE;
-        *ret_value = value;
-        return 0;
-}
-
-static int parse_literal(Parser *p, const char *word) {
-        size_t n = strlen(word);
-
-        if (p->length - p->pos < n || memcmp(p->text + p->pos, word, n) != 0)
-                return syntax_error(p, "something other than a JSON value");
-        p->pos += n;
-        return 0;
-}
-
-/* Opens the array or object at p->pos. */
-static int enter(Parser *p) {
-        if (p->depth >= JSON_DEPTH_MAX)
-                return syntax_error(p, "arrays and objects nested more than 127 deep");
-        p->depth++;
-        p->pos++;
-        return 0;
-}
-
-/* Moves to the next element of the array opened by enter(): returns 1 with
- * p->pos at the element, 0 once the closing bracket is consumed. *n counts
- * the elements gone through (0 before the first). */
-static int array_next(Parser *p, size_t *n) {
-        int r;
-
-        r = skip_whitespace(p);
-        if (r < 0)
-                return r;
-        if (peek(p) == ']') {
-                p->pos++;
-                p->depth--;
-                return 0;
-        }
-        if (*n > 0) {
-                if (peek(p) != ',')
-                        return syntax_error(p, "a missing ',' or ']' in an array");
-                p->pos++;
-                r = skip_whitespace(p);
-                if (r < 0)
-                        return r;
-        }
-        (*n)++;
-        return 1;
-}
-
-/* The same for objects: returns 1 with the member's name in *ret_key and
- * p->pos at its value, 0 once the closing brace is consumed. */
-static int object_next(Parser *p, size_t *n, JsonString *ret_key) {
-        int r;
-
-        r = skip_whitespace(p);
-        if (r < 0)
-                return r;
-        if (peek(p) == '}') {
-                p->pos++;
-                p->depth--;
-                return 0;
-        }
-        if (*n > 0) {
-                if (peek(p) != ',')
-                        return syntax_error(p, "a missing ',' or '}' in an object");
-                p->pos++;
-                r = skip_whitespace(p);
-                if (r < 0)
-                        return r;
-        }
-        if (peek(p) != '"')
-                return syntax_error(p, "something other than a member name in an object");
-        r = parse_string(p, ret_key);
-        if (r < 0)
-                return r;
-        r = skip_whitespace(p);
-        if (r < 0)
-                return r;
-        if (peek(p) != ':')
-                return syntax_error(p, "a missing ':' after a member name");
-        p->pos++;
-        r = skip_whitespace(p);
-        if (r < 0)
-                return r;
-        (*n)++;
-        return 1;
-}
-
-/* Reads any value at p->pos (after whitespace), keeping nothing of it but
- * its kind, its number if it is a whole one, and where it is if it is a
- * string. Recursion is bounded by JSON_DEPTH_MAX. */
-static int read_value(Parser *p, ValueKind *ret_kind, uint64_t *ret_number, JsonString *ret_string) {
-        ValueKind kind = VALUE_NULL;
-        uint64_t number = 0;
-        JsonString key;
-        size_t n = 0;
-        int c = peek(p), r;
-
-        switch (c) {
-        case '{':
-                kind = VALUE_OBJECT;
-                r = enter(p);
-                while (r >= 0 && (r = object_next(p, &n, &key)) > 0)
-                        r = read_value(p, NULL, NULL, NULL);
-                break;
-        case '[':
-                kind = VALUE_ARRAY;
-                r = enter(p);
-                while (r >= 0 && (r = array_next(p, &n)) > 0)
-                        r = read_value(p, NULL, NULL, NULL);
-                break;
-        case '"':
-                kind = VALUE_STRING;
-                r = parse_string(p, ret_string);
-                break;
-        case 't':
-                kind = VALUE_BOOLEAN;
-                r = parse_literal(p, "true");
-                break;
-        case 'f':
-                kind = VALUE_BOOLEAN;
-                r = parse_literal(p, "false");
-                break;
-        case 'n':
-                kind = VALUE_NULL;
-                r = parse_literal(p, "null");
-                break;
-        case -1:
-                return syntax_error(p, "the end of the header where a value must be");
-        default:
-                if (c != '-' && (c < '0' || c > '9'))
-                        return syntax_error(p, "something other than a JSON value");
-                r = parse_number(p, &kind, &number);
-        }
-        if (r < 0)
-                return r;
-
-        if (ret_kind)
-                *ret_kind = kind;
-        if (ret_number)
-                *ret_number = number;
-        return 0;
-}
-
-/* ---- strings, decoded on the fly ---- */
-
-/* Yields the bytes a checked string stands for, one at a time, with its
- * escapes decoded to UTF-8. */
-typedef struct StringReader {
-        const uint8_t *text;
-        size_t pos;
-        size_t end;
-        uint8_t pending[4];
-        unsigned n_pending;
-        unsigned next_pending;
-} StringReader;
-
-static StringReader string_reader(const Parser *p, size_t begin, size_t end) {
-        return (StringReader) { .text = p->text, .pos = begin, .end = end };
-}
-
-static int string_reader_next(StringReader *s) {
-        uint32_t code;
-        uint8_t c;
-
-        if (s->next_pending < s->n_pending)
-                return s->pending[s->next_pending++];
-        if (s->pos >= s->end)
-                return -1;
-
-        c = s->text[s->pos];
-        if (c != '\\') {
-                s->pos++;
-                return c;
-        }
-
-        c = s->text[s->pos + 1];
-        if (c != 'u') {
-                s->pos += 2;
-                switch (c) {
-                case 'b':
-                        return '\b';
-                case 'f':
-                        return '\f';
-                case 'n':
-                        return '\n';
-                case 'r':
-                        return '\r';
-                case 't':
-                        return '\t';
-                default:
-                        return c;       /* " \ / */
-                }
-        }
-
-        /* parse_string() checked the escapes and their pairing. */
-        code = (uint32_t) read_unicode_escape(s->text, s->end, s->pos);
-        s->pos += 6;
-        if (code >= 0xd800 && code <= 0xdbff) {
-                uint32_t low = (uint32_t) read_unicode_escape(s->text, s->end, s->pos);
-                s->pos += 6;
-                code = 0x10000 + ((code - 0xd800) << 10) + (low - 0xdc00);
-        }
-
-        s->next_pending = 1;
-        if (code < 0x80) {
-                s->n_pending = 0;
-                return (int) code;
-        }
-        if (code < 0x800) {
-                s->pending[0] = (uint8_t) (0xc0 | (code >> 6));
-                s->pending[1] = (uint8_t) (0x80 | (code & 0x3f));
-                s->n_pending = 2;
-        } else if (code < 0x10000) {
-                s->pending[0] = (uint8_t) (0xe0 | (code >> 12));
-                s->pending[1] = (uint8_t) (0x80 | ((code >> 6) & 0x3f));
-                s->pending[2] = (uint8_t) (0x80 | (code & 0x3f));
-                s->n_pending = 3;
-        } else {
-                s->pending[0] = (uint8_t) (0xf0 | (code >> 18));
-                s->pending[1] = (uint8_t) (0x80 | ((code >> 12) & 0x3f));
-                s->pending[2] = (uint8_t) (0x80 | ((code >> 6) & 0x3f));
-                s->pending[3] = (uint8_t) (0x80 | (code & 0x3f));
-                s->n_pending = 4;
-        }
-        return s->pending[0];
-}
-
-/* Compares what two strings stand for, byte by byte as strcmp() would. */
-static int string_compare(const Parser *p, size_t a_begin, size_t a_length, bool a_escaped, size_t b_begin,
-                          size_t b_length, bool b_escaped) {
-        StringReader a, b;
-
-        if (!a_escaped && !b_escaped) {
-                int r = memcmp(p->text + a_begin, p->text + b_begin, MIN(a_length, b_length));
-                if (r != 0)
-                        return r;
-                return a_length < b_length ? -1 : a_length > b_length ? 1 : 0;
-        }
-
-        a = string_reader(p, a_begin, a_begin + a_length);
-        b = string_reader(p, b_begin, b_begin + b_length);
-        for (;;) {
-                int x = string_reader_next(&a), y = string_reader_next(&b);
-
-                if (x != y)
-                        return x < y ? -1 : 1;
-                if (x < 0)
-                        return 0;
-        }
-}
-
-static bool string_equal(const Parser *p, const JsonString *s, const char *word) {
-        StringReader r;
-        size_t i = 0;
-        int c;
-
-        if (!s->escaped)
-                return s->end - s->begin == strlen(word) && memcmp(p->text + s->begin, word, strlen(word)) == 0;
-
-        r = string_reader(p, s->begin, s->end);
-        while ((c = string_reader_next(&r)) >= 0)
-                if (word[i] == '\0' || (uint8_t) word[i++] != c)
-                        return false;
-        return word[i] == '\0';
-}
-
-/* Bytes of the string once decoded: no more than it takes in the header. */
-static size_t string_length(const Parser *p, const JsonString *s) {
-        StringReader r;
-        size_t n = 0;
-
-        if (!s->escaped)
-                return s->end - s->begin;
-        r = string_reader(p, s->begin, s->end);
-        while (string_reader_next(&r) >= 0)
-                n++;
-        return n;
 }
 
 /* ---- the safetensors structure ---- */
@@ -883,39 +299,39 @@ static size_t string_length(const Parser *p, const JsonString *s) {
  * first thing wrong in it, in order: an element that is not a whole number,
  * or one more element than max. */
 typedef struct NumberList {
-        ValueKind kind;         /* of the member's value */
+        JsonKind kind;         /* of the member's value */
         uint64_t *values;
         size_t max;
         size_t n;
         bool too_many;
         bool bad;
         size_t bad_index;
-        ValueKind bad_kind;
+        JsonKind bad_kind;
 } NumberList;
 
 static int parse_number_list(Parser *p, NumberList *l) {
         size_t n = 0;
         int r;
 
-        if (peek(p) != '[')
-                return read_value(p, &l->kind, NULL, NULL);
+        if (json_peek(&p->json) != '[')
+                return json_read_value(&p->json, &l->kind, NULL, NULL);
 
-        l->kind = VALUE_ARRAY;
-        r = enter(p);
+        l->kind = JSON_ARRAY;
+        r = json_enter(&p->json);
         if (r < 0)
                 return r;
-        while ((r = array_next(p, &n)) > 0) {
-                ValueKind kind;
+        while ((r = json_array_next(&p->json, &n)) > 0) {
+                JsonKind kind;
                 uint64_t value;
 
-                r = read_value(p, &kind, &value, NULL);
+                r = json_read_value(&p->json, &kind, &value, NULL);
                 if (r < 0)
                         return r;
                 if (l->bad || l->too_many)
                         continue;
                 if (l->n >= l->max)
                         l->too_many = true;
-                else if (kind != VALUE_WHOLE) {
+                else if (kind != JSON_WHOLE) {
                         l->bad = true;
                         l->bad_index = l->n;
                         l->bad_kind = kind;
@@ -928,7 +344,7 @@ static int parse_number_list(Parser *p, NumberList *l) {
 typedef struct TensorFields {
         bool have_dtype, have_shape, have_offsets;
         const char *duplicate;          /* the first member given twice */
-        ValueKind dtype_kind;
+        JsonKind dtype_kind;
         const char *dtype;              /* our name for a known dtype, else NULL */
         unsigned element_bits;
         NumberList shape;
@@ -941,11 +357,11 @@ static int parse_dtype(Parser *p, TensorFields *f) {
         JsonString s;
         int r;
 
-        r = read_value(p, &f->dtype_kind, NULL, &s);
-        if (r < 0 || f->dtype_kind != VALUE_STRING)
+        r = json_read_value(&p->json, &f->dtype_kind, NULL, &s);
+        if (r < 0 || f->dtype_kind != JSON_STRING)
                 return r;
         for (size_t i = 0; i < ELEMENTSOF(dtypes); i++)
-                if (string_equal(p, &s, dtypes[i].name)) {
+                if (json_string_equal(&p->json, &s, dtypes[i].name)) {
                         f->dtype = dtypes[i].name;
                         f->element_bits = dtypes[i].bits;
                 }
@@ -954,32 +370,32 @@ static int parse_dtype(Parser *p, TensorFields *f) {
 
 /* The rules for one tensor, in a fixed order: the first one broken is the
  * one reported. */
-static int check_tensor(Parser *p, const TensorRange *t, size_t name_length, ValueKind kind, TensorFields *f) {
+static int check_tensor(Parser *p, const TensorRange *t, size_t name_length, JsonKind kind, TensorFields *f) {
         uint64_t elements, bytes;
         int r;
 
         if (name_length > SAFETENSORS_NAME_MAX)
                 return violation(p, TENSOR_FMT ": its name is %zu bytes long, more than the limit of %d",
                                  TENSOR_ARGS(t), name_length, SAFETENSORS_NAME_MAX);
-        if (kind != VALUE_OBJECT)
+        if (kind != JSON_OBJECT)
                 return violation(p, TENSOR_FMT " is %s, not an object with dtype, shape and data_offsets",
-                                 TENSOR_ARGS(t), describe(kind));
+                                 TENSOR_ARGS(t), json_kind_to_string(kind));
         if (f->duplicate)
                 return violation(p, TENSOR_FMT " has \"%s\" more than once", TENSOR_ARGS(t), f->duplicate);
 
         if (!f->have_dtype)
                 return violation(p, TENSOR_FMT " has no \"dtype\"", TENSOR_ARGS(t));
-        if (f->dtype_kind != VALUE_STRING)
+        if (f->dtype_kind != JSON_STRING)
                 return violation(p, TENSOR_FMT ": \"dtype\" is %s, not a string", TENSOR_ARGS(t),
-                                 describe(f->dtype_kind));
+                                 json_kind_to_string(f->dtype_kind));
         if (!f->dtype)
                 return violation(p, TENSOR_FMT ": \"dtype\" is not a known dtype", TENSOR_ARGS(t));
 
         if (!f->have_shape)
                 return violation(p, TENSOR_FMT " has no \"shape\"", TENSOR_ARGS(t));
-        if (f->shape.kind != VALUE_ARRAY)
+        if (f->shape.kind != JSON_ARRAY)
                 return violation(p, TENSOR_FMT ": \"shape\" is %s, not an array of dimensions", TENSOR_ARGS(t),
-                                 describe(f->shape.kind));
+                                 json_kind_to_string(f->shape.kind));
         if (f->shape.too_many)
                 return violation(p, TENSOR_FMT ": \"shape\" has more than %d dimensions", TENSOR_ARGS(t),
                                  SAFETENSORS_DIMS_MAX);
@@ -989,9 +405,9 @@ static int check_tensor(Parser *p, const TensorRange *t, size_t name_length, Val
 
         if (!f->have_offsets)
                 return violation(p, TENSOR_FMT " has no \"data_offsets\"", TENSOR_ARGS(t));
-        if (f->offsets.kind != VALUE_ARRAY)
+        if (f->offsets.kind != JSON_ARRAY)
                 return violation(p, TENSOR_FMT ": \"data_offsets\" is %s, not an array [begin, end]",
-                                 TENSOR_ARGS(t), describe(f->offsets.kind));
+                                 TENSOR_ARGS(t), json_kind_to_string(f->offsets.kind));
         if (f->offsets.too_many)
                 return violation(p, TENSOR_FMT ": \"data_offsets\" has more than 2 elements, not [begin, end]",
                                  TENSOR_ARGS(t));
@@ -1036,7 +452,7 @@ static int add_range(Parser *p, const TensorRange *t) {
         assert(p->n_ranges < SAFETENSORS_TENSORS_MAX);
         if ((p->n_ranges + 1) * sizeof(TensorRange) > p->ranges.size) {
                 /* From a page, doubling, up to what the limit needs. */
-                r = buffer_resize(&p->ranges, MIN(MAX(p->ranges.size * 2, (size_t) 4096),
+                r = json_buffer_resize(&p->ranges, MIN(MAX(p->ranges.size * 2, (size_t) 4096),
                                                   (size_t) SAFETENSORS_TENSORS_MAX * sizeof(TensorRange)));
                 if (r < 0)
                         return r;
@@ -1045,7 +461,7 @@ static int add_range(Parser *p, const TensorRange *t) {
         return 0;
 }
 
-/* A tensor's value, p->pos at it; name is its member name. */
+/* A tensor's value, p->json.pos at it; name is its member name. */
 static int parse_tensor(Parser *p, const JsonString *name) {
         TensorFields f = {};
         TensorRange t = {
@@ -1054,7 +470,7 @@ static int parse_tensor(Parser *p, const JsonString *name) {
                 .name_length = (uint32_t) (name->end - name->begin),
                 .name_escaped = name->escaped,
         };
-        ValueKind kind;
+        JsonKind kind;
         JsonString key;
         size_t n = 0;
         int r;
@@ -1065,26 +481,26 @@ static int parse_tensor(Parser *p, const JsonString *name) {
         f.shape = (NumberList) { .values = f.dims, .max = SAFETENSORS_DIMS_MAX };
         f.offsets = (NumberList) { .values = f.bounds, .max = 2 };
 
-        if (peek(p) != '{') {
-                r = read_value(p, &kind, NULL, NULL);
+        if (json_peek(&p->json) != '{') {
+                r = json_read_value(&p->json, &kind, NULL, NULL);
                 if (r < 0)
                         return r;
         } else {
-                kind = VALUE_OBJECT;
-                r = enter(p);
-                while (r >= 0 && (r = object_next(p, &n, &key)) > 0) {
+                kind = JSON_OBJECT;
+                r = json_enter(&p->json);
+                while (r >= 0 && (r = json_object_next(&p->json, &n, &key)) > 0) {
                         bool *have;
 
-                        if (string_equal(p, &key, "dtype"))
+                        if (json_string_equal(&p->json, &key, "dtype"))
                                 have = &f.have_dtype;
-                        else if (string_equal(p, &key, "shape"))
+                        else if (json_string_equal(&p->json, &key, "shape"))
                                 have = &f.have_shape;
-                        else if (string_equal(p, &key, "data_offsets"))
+                        else if (json_string_equal(&p->json, &key, "data_offsets"))
                                 have = &f.have_offsets;
                         else {
                                 /* Ignored, as by the reference, and read
                                  * without keeping anything of it. */
-                                r = read_value(p, NULL, NULL, NULL);
+                                r = json_read_value(&p->json, NULL, NULL, NULL);
                                 continue;
                         }
 
@@ -1092,7 +508,7 @@ static int parse_tensor(Parser *p, const JsonString *name) {
                                 if (!f.duplicate)
                                         f.duplicate = have == &f.have_dtype ? "dtype" :
                                                       have == &f.have_shape ? "shape" : "data_offsets";
-                                r = read_value(p, NULL, NULL, NULL);
+                                r = json_read_value(&p->json, NULL, NULL, NULL);
                                 continue;
                         }
                         *have = true;
@@ -1109,7 +525,7 @@ static int parse_tensor(Parser *p, const JsonString *name) {
         if (p->failed || p->n_tensors > SAFETENSORS_TENSORS_MAX)
                 return 0;
 
-        r = check_tensor(p, &t, string_length(p, name), kind, &f);
+        r = check_tensor(p, &t, json_string_length(&p->json, name), kind, &f);
         if (r < 0 || p->failed)
                 return r;
 
@@ -1118,9 +534,9 @@ static int parse_tensor(Parser *p, const JsonString *name) {
         return add_range(p, &t);
 }
 
-/* The value of "__metadata__", p->pos at it: null, or strings by name. */
+/* The value of "__metadata__", p->json.pos at it: null, or strings by name. */
 static int parse_metadata(Parser *p) {
-        ValueKind kind;
+        JsonKind kind;
         JsonString key;
         size_t n = 0;
         int r;
@@ -1132,46 +548,46 @@ static int parse_metadata(Parser *p) {
         }
         p->have_metadata = true;
 
-        if (peek(p) != '{') {
-                r = read_value(p, &kind, NULL, NULL);
+        if (json_peek(&p->json) != '{') {
+                r = json_read_value(&p->json, &kind, NULL, NULL);
                 if (r < 0)
                         return r;
                 /* The reference reads the member as an optional map, so
                  * null is the same as leaving it out. */
-                if (kind == VALUE_NULL)
+                if (kind == JSON_NULL)
                         return 0;
-                return violation(p, "\"__metadata__\" is %s, not an object of strings", describe(kind));
+                return violation(p, "\"__metadata__\" is %s, not an object of strings", json_kind_to_string(kind));
         }
 
-        r = enter(p);
-        while (r >= 0 && (r = object_next(p, &n, &key)) > 0) {
-                r = read_value(p, &kind, NULL, NULL);
-                if (r >= 0 && kind != VALUE_STRING)
+        r = json_enter(&p->json);
+        while (r >= 0 && (r = json_object_next(&p->json, &n, &key)) > 0) {
+                r = json_read_value(&p->json, &kind, NULL, NULL);
+                if (r >= 0 && kind != JSON_STRING)
                         r = violation(p, "\"__metadata__\" entry %zu (at header byte %zu) is %s, not a string",
-                                      n - 1, key.begin - 1, describe(kind));
+                                      n - 1, key.begin - 1, json_kind_to_string(kind));
         }
         return r;
 }
 
 static int parse_header(Parser *p) {
-        ValueKind kind;
+        JsonKind kind;
         JsonString key;
         size_t n = 0;
         int r;
 
-        r = skip_whitespace(p);
+        r = json_skip_whitespace(&p->json);
         if (r < 0)
                 return r;
 
-        if (peek(p) != '{') {
-                r = read_value(p, &kind, NULL, NULL);
+        if (json_peek(&p->json) != '{') {
+                r = json_read_value(&p->json, &kind, NULL, NULL);
                 if (r < 0)
                         return r;
-                r = violation(p, "the header is %s, not a JSON object", describe(kind));
+                r = violation(p, "the header is %s, not a JSON object", json_kind_to_string(kind));
         } else {
-                r = enter(p);
-                while (r >= 0 && (r = object_next(p, &n, &key)) > 0) {
-                        if (string_equal(p, &key, "__metadata__"))
+                r = json_enter(&p->json);
+                while (r >= 0 && (r = json_object_next(&p->json, &n, &key)) > 0) {
+                        if (json_string_equal(&p->json, &key, "__metadata__"))
                                 r = parse_metadata(p);
                         else
                                 r = parse_tensor(p, &key);
@@ -1181,18 +597,18 @@ static int parse_header(Parser *p) {
                 return r;
 
         /* The reference writer pads with spaces; JSON allows any whitespace. */
-        r = skip_whitespace(p);
+        r = json_skip_whitespace(&p->json);
         if (r < 0)
                 return r;
-        if (p->pos < p->length)
+        if (p->json.pos < p->json.length)
                 return bad(p->ret_error, "the header has more than whitespace after its JSON value, from header byte %zu",
-                           p->pos);
+                           p->json.pos);
         return 0;
 }
 
 static int range_compare_names(const Parser *p, const TensorRange *x, const TensorRange *y) {
-        return string_compare(p, x->name_at, x->name_length, x->name_escaped, y->name_at, y->name_length,
-                              y->name_escaped);
+        return json_string_compare(&p->json, x->name_at, x->name_length, x->name_escaped, y->name_at,
+                                   y->name_length, y->name_escaped);
 }
 
 /* Ties are broken by index, so that messages do not depend on the sort. */
@@ -1240,14 +656,14 @@ static int sort_ranges(Parser *p, range_compare_t compare) {
         if (n < 2)
                 return 0;
         for (size_t i = n / 2; i-- > 0;) {
-                if (++steps % CANCEL_CHECK_STEPS == 0 && ask_cancel(p->cancel, p->userdata) < 0)
+                if (++steps % CANCEL_CHECK_STEPS == 0 && ask_cancel(p->json.cancel, p->json.userdata) < 0)
                         return -ECANCELED;
                 sift_down(p, a, i, n, compare);
         }
         for (size_t end = n - 1; end > 0; end--) {
                 TensorRange t = a[0];
 
-                if (++steps % CANCEL_CHECK_STEPS == 0 && ask_cancel(p->cancel, p->userdata) < 0)
+                if (++steps % CANCEL_CHECK_STEPS == 0 && ask_cancel(p->json.cancel, p->json.userdata) < 0)
                         return -ECANCELED;
                 a[0] = a[end];
                 a[end] = t;
@@ -1347,10 +763,13 @@ int safetensors_validate_header(const char *json, size_t json_length, uint64_t f
                 return bad(ret_error, "the header is empty; it must be a JSON object");
 
         _cleanup_(parser_done) Parser p = {
-                .text = (const uint8_t *) json,
-                .length = json_length,
-                .cancel = cancel,
-                .userdata = userdata,
+                .json = {
+                        .text = (const uint8_t *) json,
+                        .length = json_length,
+                        .cancel = cancel,
+                        .userdata = userdata,
+                        .end_of_text = "the end of the header where a value must be",
+                },
                 .ret_error = ret_error,
         };
 
@@ -1358,6 +777,8 @@ int safetensors_validate_header(const char *json, size_t json_length, uint64_t f
         if (r < 0)
                 return r;
         r = parse_header(&p);
+        if (r == -EBADMSG && p.json.syntax_error)
+                return syntax_error_reported(&p);
         if (r < 0)
                 return r;
 
@@ -1422,7 +843,7 @@ static ssize_t pread_full(int fd, void *buffer, size_t n, uint64_t offset, safet
 
 int safetensors_validate_fd(int fd, safetensors_cancel_t cancel, void *userdata, SafetensorsInfo *ret_info,
                             char **ret_error) {
-        _cleanup_(buffer_free) Buffer header = {};
+        _cleanup_(json_buffer_free) JsonBuffer header = {};
         uint8_t prefix[SAFETENSORS_PREFIX_SIZE];
         uint64_t file_size, header_length;
         struct stat st;
@@ -1460,7 +881,7 @@ int safetensors_validate_fd(int fd, safetensors_cancel_t cancel, void *userdata,
                 return bad(ret_error, "header length %" PRIu64 " exceeds the file size %" PRIu64, header_length,
                            file_size);
 
-        if (buffer_resize(&header, header_length > 0 ? header_length : 1) < 0)
+        if (json_buffer_resize(&header, header_length > 0 ? header_length : 1) < 0)
                 return fail_errno(ret_error, ENOMEM, "cannot allocate %" PRIu64 " bytes for the header",
                                   header_length);
 

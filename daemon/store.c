@@ -14,8 +14,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <cjson/cJSON.h>
-
+#include "json-scan.h"
 #include "log.h"
 #include "parse-util.h"
 #include "store.h"
@@ -28,6 +27,11 @@
 
 /* How much of a directory entry's name a log message quotes. */
 #define QUOTE_MAX 64U
+
+/* Reads of an index are split in chunks of this size, with a question to
+ * the cancellation callback between two: a slow disk must not keep a
+ * cancelled probe waiting for all of 64 MiB. */
+#define READ_CHUNK_BYTES (UINT64_C(8) << 20)
 
 /* openat2() answers EAGAIN when a rename elsewhere raced its check of a ".."
  * component: worth a few more tries, not an endless stream of them. */
@@ -44,10 +48,6 @@ static void closedirp(DIR **d) {
                 closedir(*d);
 }
 #define _cleanup_closedir_ _cleanup_(closedirp)
-
-static void cjson_deletep(cJSON **j) {
-        cJSON_Delete(*j);
-}
 
 static bool isempty(const char *s) {
         return !s || !*s;
@@ -220,14 +220,11 @@ static bool is_open_beneath_error(int error) {
         return error == -EXDEV || error == -ELOOP || error == -ENOSYS;
 }
 
-/* Reads a whole regular file of at most max_size bytes below root_fd,
- * NUL-terminated. -EFBIG if it is larger, -EBADFD if it is not a regular
+/* Opens a regular file of at most max_size bytes below root_fd for reading,
+ * and says its size. -EFBIG if it is larger, -EBADFD if it is not a regular
  * file, open_beneath()'s errors if it cannot be opened. */
-static int read_file_beneath(int root_fd, const char *path, uint64_t max_size, char **ret_contents,
-                             size_t *ret_size) {
-        _cleanup_free_ char *contents = NULL;
+static int open_regular_beneath(int root_fd, const char *path, uint64_t max_size, size_t *ret_size) {
         _cleanup_close_ int fd = -1;
-        size_t size = 0, expected;
         struct stat st;
 
         /* O_NONBLOCK so that a FIFO planted in the store cannot hang us before
@@ -242,23 +239,56 @@ static int read_file_beneath(int root_fd, const char *path, uint64_t max_size, c
         if ((uint64_t) st.st_size > max_size)
                 return -EFBIG;
 
-        expected = (size_t) st.st_size;
+        *ret_size = (size_t) st.st_size;
+        return TAKE_FD(fd);
+}
+
+/* Reads up to n bytes into buffer, in chunks between which cancel (may be
+ * NULL) is asked. Says in *ret_done how many bytes were read: fewer than n
+ * only when the file ended first (a file that grows meanwhile is read only
+ * up to the size checked, one that shrinks up to its end). */
+static int read_full(int fd, void *buffer, size_t n, store_cancel_t cancel, void *userdata, size_t *ret_done) {
+        size_t done = 0;
+
+        while (done < n) {
+                ssize_t k;
+
+                if (cancel && cancel(userdata))
+                        return -ECANCELED;
+                k = read(fd, (uint8_t *) buffer + done, MIN(n - done, (size_t) READ_CHUNK_BYTES));
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return negative_errno();
+                }
+                if (k == 0)
+                        break;
+                done += (size_t) k;
+        }
+
+        *ret_done = done;
+        return 0;
+}
+
+/* Reads a whole regular file of at most max_size bytes below root_fd,
+ * NUL-terminated; for small files. Errors as open_regular_beneath(). */
+static int read_file_beneath(int root_fd, const char *path, uint64_t max_size, char **ret_contents,
+                             size_t *ret_size) {
+        _cleanup_free_ char *contents = NULL;
+        _cleanup_close_ int fd = -1;
+        size_t expected, size = 0;
+        int r;
+
+        fd = open_regular_beneath(root_fd, path, max_size, &expected);
+        if (fd < 0)
+                return fd;
+
         contents = malloc(expected + 1);
         if (!contents)
                 return -ENOMEM;
-
-        /* A file that grows meanwhile is read only up to the size checked. */
-        while (size < expected) {
-                ssize_t n = read(fd, contents + size, expected - size);
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (n == 0)
-                        break;
-                size += (size_t) n;
-        }
+        r = read_full(fd, contents, expected, NULL, NULL, &size);
+        if (r < 0)
+                return r;
         contents[size] = 0;
 
         *ret_contents = TAKE_PTR(contents);
@@ -275,6 +305,8 @@ typedef struct Place {
         const char *subdir;      /* the model's directory, relative to root_fd */
         int dir_fd;              /* that directory, opened beneath root_fd */
         const char *directory;   /* its absolute path, for messages */
+        store_cancel_t cancel;   /* may be NULL */
+        void *userdata;
 } Place;
 
 /* The weights files found: where each is in the store, and open. */
@@ -357,87 +389,330 @@ static int compare_string_pointers(const void *a, const void *b) {
         return strcmp(*(const char * const *) a, *(const char * const *) b);
 }
 
-/* Reads the index's weight_map and opens the shards it names: sorted, each
- * once. Messages point into the index by position, never by quoting it: its
- * strings are what the file holds, and only a shard name that passed as a
- * plain file name (so names a file beside the index) is repeated. */
-static int read_index_shards(const Place *p, Weights *w, char **ret_error) {
-        _cleanup_(cjson_deletep) cJSON *root = NULL;
-        _cleanup_free_ char *contents = NULL, *index = NULL;
-        _cleanup_free_ const char **shards = NULL;
-        const char *parse_end = NULL;
-        const cJSON *weight_map, *entry;
-        size_t size, n_entries = 0, n_shards = 0;
-        int r, n;
+/* ---- the index ---- */
+
+/* The distinct shard names of an index, kept as they are read: sorted, each
+ * once. Mapped, not malloc'd, as the index's text is (see JsonBuffer). */
+typedef struct ShardSet {
+        JsonBuffer names;       /* NUL-terminated names, one after the other */
+        size_t names_used;
+        JsonBuffer sorted;      /* uint32_t offsets into names, in the order of the names */
+        size_t n;
+        size_t last;            /* offset of the name found or added last, for runs of one shard */
+        bool full;              /* a name beyond STORE_SHARDS_MAX was not kept */
+} ShardSet;
+
+static void shard_set_done(ShardSet *s) {
+        json_buffer_free(&s->names);
+        json_buffer_free(&s->sorted);
+}
+
+static const char *shard_set_name(const ShardSet *s, size_t i) {
+        assert(i < s->n);
+        return (const char *) s->names.data + ((const uint32_t *) s->sorted.data)[i];
+}
+
+/* Makes room for size bytes, doubling from a page. */
+static int buffer_reserve(JsonBuffer *b, size_t size) {
+        if (size <= b->size)
+                return 0;
+        return json_buffer_resize(b, MAX(size, MAX(b->size * 2, (size_t) 4096)));
+}
+
+static int shard_set_add(ShardSet *s, const char *name) {
+        size_t length = strlen(name), low = 0, high = s->n;
+        uint32_t *sorted;
+        int r;
+
+        /* Indexes list tensors by name, and a shard's tensors mostly come
+         * one after the other. */
+        if (s->n > 0 && streq((const char *) s->names.data + s->last, name))
+                return 0;
+
+        while (low < high) {
+                size_t middle = low + (high - low) / 2;
+                int c = strcmp(name, shard_set_name(s, middle));
+
+                if (c == 0) {
+                        s->last = ((const uint32_t *) s->sorted.data)[middle];
+                        return 0;
+                }
+                if (c < 0)
+                        high = middle;
+                else
+                        low = middle + 1;
+        }
+
+        if (s->n >= STORE_SHARDS_MAX) {
+                s->full = true;
+                return 0;
+        }
+
+        /* At most STORE_SHARDS_MAX names of at most NAME_MAX bytes: offsets
+         * fit in 32 bits. */
+        r = buffer_reserve(&s->names, s->names_used + length + 1);
+        if (r < 0)
+                return r;
+        r = buffer_reserve(&s->sorted, (s->n + 1) * sizeof(uint32_t));
+        if (r < 0)
+                return r;
+
+        memcpy((char *) s->names.data + s->names_used, name, length + 1);
+        sorted = s->sorted.data;
+        memmove(sorted + low + 1, sorted + low, (s->n - low) * sizeof *sorted);
+        sorted[low] = (uint32_t) s->names_used;
+        s->last = s->names_used;
+        s->names_used += length + 1;
+        s->n++;
+        return 0;
+}
+
+/* An index read in place: the shards its weight_map names, and the first
+ * thing wrong with it. */
+typedef struct IndexReader {
+        JsonScan json;
+        ShardSet shards;
+        unsigned n_weight_maps; /* members of that name, whatever their value */
+        bool have_weight_map;   /* the first of them, as an object */
+        size_t n_entries;       /* in its object */
+        size_t bad_entry;       /* the first entry that names no plain file, from 1; 0 if none */
+        JsonKind bad_entry_kind;
+} IndexReader;
+
+static void index_reader_done(IndexReader *x) {
+        shard_set_done(&x->shards);
+}
+
+/* weight_map's object, json.pos at it. */
+static int index_read_weight_map(IndexReader *x) {
+        size_t n = 0;
+        int r;
+
+        r = json_enter(&x->json);
+        while (r >= 0 && (r = json_object_next(&x->json, &n, NULL)) > 0) {
+                char name[NAME_MAX + 1];
+                JsonString value;
+                JsonKind kind;
+
+                /* The tensor's name, the key, is not needed: nothing is kept
+                 * per tensor. */
+                r = json_read_value(&x->json, &kind, NULL, &value);
+                if (r < 0 || x->bad_entry > 0)
+                        continue;
+
+                if (kind != JSON_STRING) {
+                        x->bad_entry = n;
+                        x->bad_entry_kind = kind;
+                        continue;
+                }
+                if (json_string_decode(&x->json, &value, name, sizeof name) >= sizeof name ||
+                    !shard_name_is_valid(name)) {
+                        x->bad_entry = n;
+                        x->bad_entry_kind = JSON_STRING;
+                        continue;
+                }
+                r = shard_set_add(&x->shards, name);
+        }
+        x->n_entries = n;
+        return r;
+}
+
+/* Reads the whole text, keeping only weight_map's distinct shards. Members
+ * other than weight_map (metadata, and anything else) are read past,
+ * keeping nothing of them. */
+static int index_read(IndexReader *x) {
+        JsonString key;
+        size_t n = 0;
+        int r;
+
+        r = json_skip_whitespace(&x->json);
+        if (r < 0)
+                return r;
+
+        if (json_peek(&x->json) != '{')
+                r = json_read_value(&x->json, NULL, NULL, NULL);
+        else {
+                r = json_enter(&x->json);
+                while (r >= 0 && (r = json_object_next(&x->json, &n, &key)) > 0) {
+                        bool first_weight_map = json_string_equal(&x->json, &key, "weight_map") &&
+                                x->n_weight_maps++ == 0;
+
+                        if (first_weight_map && json_peek(&x->json) == '{') {
+                                x->have_weight_map = true;
+                                r = index_read_weight_map(x);
+                        } else
+                                r = json_read_value(&x->json, NULL, NULL, NULL);
+                }
+        }
+        if (r < 0)
+                return r;
+
+        r = json_skip_whitespace(&x->json);
+        if (r < 0)
+                return r;
+        if (x->json.pos < x->json.length)
+                return json_syntax_error_at(&x->json, x->json.pos, "more than whitespace after the JSON value");
+        return 0;
+}
+
+/* The room a message about an index takes, without the index's path: it
+ * quotes nothing of the file, so its length is known. */
+#define INDEX_DETAIL_MAX 256U
+
+/* Reads the index as index_read() does and judges it: 0 when it is valid,
+ * -EBADMSG with what is wrong in detail, -ECANCELED, or -ENOMEM. */
+static int index_parse(IndexReader *x, char detail[static INDEX_DETAIL_MAX]) {
+        int r;
+
+        r = index_read(x);
+        if (r == -EBADMSG) {
+                snprintf(detail, INDEX_DETAIL_MAX, "not valid JSON: %s at byte %zu", x->json.syntax_error,
+                         x->json.syntax_error_at);
+                return r;
+        }
+        if (r < 0)
+                return r;
+
+        if (x->n_weight_maps > 1)
+                /* Readers differ on which one counts. */
+                snprintf(detail, INDEX_DETAIL_MAX, "\"weight_map\" appears more than once");
+        else if (!x->have_weight_map)
+                snprintf(detail, INDEX_DETAIL_MAX, "no \"weight_map\" object");
+        else if (x->bad_entry > 0 && x->bad_entry_kind != JSON_STRING)
+                snprintf(detail, INDEX_DETAIL_MAX, "entry %zu of \"weight_map\" is %s, not a file name",
+                         x->bad_entry, json_kind_to_string(x->bad_entry_kind));
+        else if (x->bad_entry > 0)
+                snprintf(detail, INDEX_DETAIL_MAX,
+                         "the shard of entry %zu of \"weight_map\" is not a plain file name", x->bad_entry);
+        else if (x->n_entries == 0)
+                snprintf(detail, INDEX_DETAIL_MAX, "\"weight_map\" names no tensors");
+        else if (x->shards.full)
+                snprintf(detail, INDEX_DETAIL_MAX, "\"weight_map\" names more than %u shards, the most allowed",
+                         STORE_SHARDS_MAX);
+        else
+                return 0;
+        return -EBADMSG;
+}
+
+static IndexReader index_reader(const void *text, size_t length, store_cancel_t cancel, void *userdata) {
+        return (IndexReader) {
+                .json = {
+                        .text = text,
+                        .length = length,
+                        .cancel = cancel,
+                        .userdata = userdata,
+                        .end_of_text = "the end of the file where a value must be",
+                },
+        };
+}
+
+int store_index_parse(const char *text, size_t length, store_cancel_t cancel, void *userdata, char ***ret_shards,
+                      char **ret_error) {
+        _cleanup_(index_reader_done) IndexReader x = index_reader(text, length, cancel, userdata);
+        _cleanup_strv_free_ char **shards = NULL;
+        char detail[INDEX_DETAIL_MAX];
+        int r;
+
+        assert(text || length == 0);
+
+        r = index_parse(&x, detail);
+        if (r == -EBADMSG && ret_error) {
+                *ret_error = strdup(detail);
+                if (!*ret_error)
+                        return -ENOMEM;
+        }
+        if (r < 0)
+                return r;
+
+        shards = calloc(x.shards.n + 1, sizeof *shards);
+        if (!shards)
+                return -ENOMEM;
+        for (size_t i = 0; i < x.shards.n; i++) {
+                shards[i] = strdup(shard_set_name(&x.shards, i));
+                if (!shards[i])
+                        return -ENOMEM;
+        }
+
+        if (ret_shards)
+                *ret_shards = TAKE_PTR(shards);
+        return 0;
+}
+
+/* Reads the index into memory of its own, asking cancel as it goes. */
+static int read_index_text(const Place *p, JsonBuffer *ret_text, size_t *ret_length, char **ret_error) {
+        _cleanup_(json_buffer_free) JsonBuffer text = {};
+        _cleanup_free_ char *index = NULL;
+        _cleanup_close_ int fd = -1;
+        size_t size, length;
+        int r;
 
         index = path_join(p->subdir, STORE_INDEX_FILE);
         if (!index)
                 return -ENOMEM;
 
-        r = read_file_beneath(p->root_fd, index, STORE_INDEX_SIZE_MAX, &contents, &size);
-        if (r == -EFBIG)
+        fd = open_regular_beneath(p->root_fd, index, STORE_INDEX_SIZE_MAX, &size);
+        if (fd == -EFBIG)
                 return set_error(ret_error, -EBADMSG, "%s/%s is larger than %" PRIu64 " MiB.", p->directory,
                                  STORE_INDEX_FILE, STORE_INDEX_SIZE_MAX / (1024 * 1024));
-        if (r == -EBADFD)
+        if (fd == -EBADFD)
                 return set_error(ret_error, -EBADMSG, "%s/%s is not a regular file.", p->directory,
                                  STORE_INDEX_FILE);
-        if (r == -ENOENT)
+        if (fd == -ENOENT)
                 return set_error(ret_error, -EBADMSG, "%s/%s is a dangling symlink.", p->directory,
                                  STORE_INDEX_FILE);
-        if (is_open_beneath_error(r))
-                return set_open_error(ret_error, r, p->directory, STORE_INDEX_FILE, p->root);
+        if (is_open_beneath_error(fd))
+                return set_open_error(ret_error, fd, p->directory, STORE_INDEX_FILE, p->root);
+        if (fd < 0)
+                return set_error(ret_error, fd, "Cannot read %s/%s: %m", p->directory, STORE_INDEX_FILE);
+
+        if (json_buffer_resize(&text, MAX(size, (size_t) 1)) < 0)
+                return -ENOMEM;
+        r = read_full(fd, text.data, size, p->cancel, p->userdata, &length);
+        if (r == -ECANCELED)
+                return set_error(ret_error, r, "Reading %s/%s was cancelled.", p->directory, STORE_INDEX_FILE);
         if (r < 0)
                 return set_error(ret_error, r, "Cannot read %s/%s: %m", p->directory, STORE_INDEX_FILE);
 
-        /* The length includes our NUL so that cJSON can insist on nothing but
-         * whitespace after the document. */
-        root = cJSON_ParseWithLengthOpts(contents, size + 1, &parse_end, true);
-        if (!root)
-                return set_error(ret_error, -EBADMSG, "%s/%s is not valid JSON (at byte %zu).", p->directory,
-                                 STORE_INDEX_FILE, parse_end ? (size_t) (parse_end - contents) : (size_t) 0);
+        *ret_text = text;
+        text = (JsonBuffer) {};
+        *ret_length = length;
+        return 0;
+}
 
-        weight_map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
-        if (!cJSON_IsObject(weight_map))
-                return set_error(ret_error, -EBADMSG, "%s/%s has no \"weight_map\" object.", p->directory,
-                                 STORE_INDEX_FILE);
+/* Reads the index's weight_map and opens the shards it names: sorted, each
+ * once. Messages point into the index by position, never by quoting it: its
+ * strings are what the file holds, and only a shard name that passed as a
+ * plain file name (so names a file beside the index) is repeated. */
+static int read_index_shards(const Place *p, Weights *w, char **ret_error) {
+        _cleanup_(index_reader_done) IndexReader x = {};
+        _cleanup_(json_buffer_free) JsonBuffer text = {};
+        char detail[INDEX_DETAIL_MAX];
+        size_t length = 0;
+        int r;
 
-        n = cJSON_GetArraySize(weight_map);
-        if (n <= 0)
-                return set_error(ret_error, -EBADMSG, "%s/%s: \"weight_map\" names no tensors.", p->directory,
-                                 STORE_INDEX_FILE);
-
-        shards = calloc((size_t) n, sizeof *shards);
-        if (!shards)
-                return -ENOMEM;
-
-        cJSON_ArrayForEach(entry, weight_map) {
-                if (!cJSON_IsString(entry) || !entry->valuestring)
-                        return set_error(ret_error, -EBADMSG,
-                                         "%s/%s: entry %zu of \"weight_map\" is not a file name.", p->directory,
-                                         STORE_INDEX_FILE, n_entries + 1);
-                if (!shard_name_is_valid(entry->valuestring))
-                        return set_error(ret_error, -EBADMSG,
-                                         "%s/%s: the shard of entry %zu of \"weight_map\" is not a plain file name.",
-                                         p->directory, STORE_INDEX_FILE, n_entries + 1);
-                assert(n_entries < (size_t) n);
-                shards[n_entries++] = entry->valuestring;
-        }
-
-        /* Most tensors share a shard: sort, then keep each name once. */
-        qsort(shards, n_entries, sizeof *shards, compare_string_pointers);
-        for (size_t i = 0; i < n_entries; i++)
-                if (n_shards == 0 || !streq(shards[n_shards - 1], shards[i]))
-                        shards[n_shards++] = shards[i];
-
-        if (n_shards > STORE_SHARDS_MAX)
-                return set_error(ret_error, -EBADMSG, "%s/%s names %zu shards, more than the %u allowed.",
-                                 p->directory, STORE_INDEX_FILE, n_shards, STORE_SHARDS_MAX);
-
-        r = weights_allocate(w, n_shards);
+        r = read_index_text(p, &text, &length, ret_error);
         if (r < 0)
                 return r;
-        for (size_t i = 0; i < n_shards; i++) {
-                r = weights_open(w, i, p, shards[i], ret_error);
+
+        x = index_reader(text.data, length, p->cancel, p->userdata);
+        r = index_parse(&x, detail);
+        if (r == -EBADMSG)
+                return set_error(ret_error, r, "%s/%s: %s.", p->directory, STORE_INDEX_FILE, detail);
+        if (r == -ECANCELED)
+                return set_error(ret_error, r, "Reading %s/%s was cancelled.", p->directory, STORE_INDEX_FILE);
+        if (r < 0)
+                return r;
+        /* Only the shards' names are needed from here on. */
+        json_buffer_free(&text);
+
+        r = weights_allocate(w, x.shards.n);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < x.shards.n; i++) {
+                if (p->cancel && p->cancel(p->userdata))
+                        return set_error(ret_error, -ECANCELED, "Opening the shards named by %s/%s was cancelled.",
+                                         p->directory, STORE_INDEX_FILE);
+                r = weights_open(w, i, p, shard_set_name(&x.shards, i), ret_error);
                 if (r < 0)
                         return r;
         }
@@ -499,8 +774,8 @@ static int find_weights(const Place *p, Weights *w, char **ret_error) {
         return LOOKUP_FOUND;
 }
 
-static int lookup_in_model_dir(const char *root, const char *name, char **ret_directory, Weights *w,
-                               char **ret_error) {
+static int lookup_in_model_dir(const char *root, const char *name, store_cancel_t cancel, void *userdata,
+                               char **ret_directory, Weights *w, char **ret_error) {
         _cleanup_close_ int root_fd = -1, dir_fd = -1;
         _cleanup_free_ char *directory = NULL;
         int r;
@@ -527,6 +802,8 @@ static int lookup_in_model_dir(const char *root, const char *name, char **ret_di
                         .subdir = name,
                         .dir_fd = dir_fd,
                         .directory = directory,
+                        .cancel = cancel,
+                        .userdata = userdata,
                 }, w, ret_error);
         if (r != LOOKUP_FOUND)
                 return r;
@@ -607,7 +884,7 @@ static int hf_open_snapshot(int repo_fd, const char *repo_path, int *ret_fd, cha
                             char **ret_path, char **ret_error) {
         _cleanup_free_ char *ref = NULL, *snapshot = NULL, *path = NULL;
         _cleanup_close_ int fd = -1;
-        size_t n;
+        size_t n = 0;
         int r;
 
         r = read_file_beneath(repo_fd, HF_REF_FILE, HF_REF_SIZE_MAX, &ref, &n);
@@ -647,8 +924,8 @@ static int hf_open_snapshot(int repo_fd, const char *repo_path, int *ret_fd, cha
         return 0;
 }
 
-static int lookup_in_hf_cache(const char *root, const char *name, char **ret_directory, Weights *w,
-                              char **ret_error) {
+static int lookup_in_hf_cache(const char *root, const char *name, store_cancel_t cancel, void *userdata,
+                              char **ret_directory, Weights *w, char **ret_error) {
         _cleanup_close_ int root_fd = -1, repo_fd = -1, snapshot_fd = -1;
         _cleanup_free_ char *repo = NULL, *repo_path = NULL, *snapshot = NULL, *snapshot_path = NULL;
         int r;
@@ -685,6 +962,8 @@ static int lookup_in_hf_cache(const char *root, const char *name, char **ret_dir
                         .subdir = snapshot,
                         .dir_fd = snapshot_fd,
                         .directory = snapshot_path,
+                        .cancel = cancel,
+                        .userdata = userdata,
                 }, w, ret_error);
         if (r < 0)
                 return r;
@@ -744,8 +1023,8 @@ static int build_location(const char *name, char **directory, Weights *w, bool f
         return 0;
 }
 
-int store_resolve(const char *model_dir, const char *hf_cache, const char *name, ModelLocation **ret,
-                  char **ret_error) {
+int store_resolve_full(const char *model_dir, const char *hf_cache, const char *name, store_cancel_t cancel,
+                       void *userdata, ModelLocation **ret, char **ret_error) {
         _cleanup_free_ char *error = NULL, *model_dir_absolute = NULL, *hf_cache_absolute = NULL,
                             *directory = NULL;
         _cleanup_(weights_done) Weights weights = {};
@@ -761,7 +1040,8 @@ int store_resolve(const char *model_dir, const char *hf_cache, const char *name,
                         goto fail;
                 }
 
-                r = in_model_dir = lookup_in_model_dir(model_dir_absolute, name, &directory, &weights, &error);
+                r = in_model_dir = lookup_in_model_dir(model_dir_absolute, name, cancel, userdata, &directory,
+                                                       &weights, &error);
                 if (r < 0)
                         goto fail;
         }
@@ -776,7 +1056,8 @@ int store_resolve(const char *model_dir, const char *hf_cache, const char *name,
                         goto fail;
                 }
 
-                r = in_hf_cache = lookup_in_hf_cache(hf_cache_absolute, name, &directory, &weights, &error);
+                r = in_hf_cache = lookup_in_hf_cache(hf_cache_absolute, name, cancel, userdata, &directory,
+                                                     &weights, &error);
                 if (r < 0)
                         goto fail;
         }

@@ -20,6 +20,13 @@
  * store only finds files and reads the index; the loader validates the
  * safetensors content.
  *
+ * The index is read in place (json-scan.h), in one pass, keeping only the
+ * distinct names of the shards: reading the largest index allowed, whatever
+ * it holds, takes little memory beyond its text, which is mapped for the
+ * read and given back to the kernel after it. Members other than
+ * "weight_map" (such as the "metadata" transformers writes) are read past
+ * and may hold any JSON.
+ *
  * Everything below a root is resolved beneath it (openat2() with
  * RESOLVE_BENEATH): the root of ModelDir is ModelDir itself, the root of a
  * cached model is its models--* folder, so that the cache's relative symlinks
@@ -30,7 +37,8 @@
  * themselves come from the configuration and are opened as configured.
  *
  * Messages name files by their place in the store, never by what a symlink
- * points to, and never quote what a file holds. */
+ * points to, and never quote what a file holds: an index's entries are
+ * named by their number in weight_map, its syntax errors by byte offset. */
 
 /* Bounds on what a store may make us read or hold. */
 #define STORE_LIST_MAX          4096U
@@ -59,21 +67,45 @@ static inline void model_location_freep(ModelLocation **l) {
         *l = model_location_free(*l);
 }
 
+/* Asked now and then while an index is read (about once per MiB of it, and
+ * before each shard is opened); returning true stops the resolution, which
+ * then returns -ECANCELED. Called on the resolving thread. */
+typedef bool (*store_cancel_t)(void *userdata);
+
 /* Finds the model's files. The name must already be valid
- * (model_name_validate()); either root may be NULL or missing.
+ * (model_name_validate()); either root may be NULL or missing. cancel (may
+ * be NULL) and userdata: see above.
  * Returns 0 and a new ModelLocation in *ret, or
- *   -ENOENT   no root holds a model of that name,
- *   -EBADMSG  the directory is there but is not a valid model (no weights
- *             file, malformed or oversized index, a shard missing or named
- *             with a path, a file or directory that leads out of its root),
- *   -ENOSYS   the kernel lacks openat2() (Linux 5.6), without which files
- *             cannot be kept to the store,
+ *   -ENOENT     no root holds a model of that name,
+ *   -EBADMSG    the directory is there but is not a valid model (no weights
+ *               file, malformed or oversized index, a shard missing or named
+ *               with a path, a file or directory that leads out of its root),
+ *   -ENOSYS     the kernel lacks openat2() (Linux 5.6), without which files
+ *               cannot be kept to the store,
+ *   -ECANCELED  cancel said so,
  *   another negative errno on I/O failure or lack of memory.
  * On failure, if ret_error is non-NULL it receives a message for people
  * saying what is wrong and where (NULL only if even that allocation
  * failed). */
-int store_resolve(const char *model_dir, const char *hf_cache, const char *name, ModelLocation **ret,
-                  char **ret_error);
+int store_resolve_full(const char *model_dir, const char *hf_cache, const char *name, store_cancel_t cancel,
+                       void *userdata, ModelLocation **ret, char **ret_error);
+
+static inline int store_resolve(const char *model_dir, const char *hf_cache, const char *name, ModelLocation **ret,
+                                char **ret_error) {
+        return store_resolve_full(model_dir, hf_cache, name, NULL, NULL, ret, ret_error);
+}
+
+/* Reads the text of a model.safetensors.index.json (length bytes, need not
+ * be NUL-terminated) as store_resolve() does: a JSON object whose
+ * "weight_map" member, given once, is a non-empty object mapping tensor
+ * names to the plain file names of at most STORE_SHARDS_MAX shards. Returns
+ * 0 and the distinct shard names, sorted, in *ret_shards (NULL-terminated;
+ * ret_shards may be NULL). On a violation returns -EBADMSG and, if
+ * ret_error is non-NULL, a message without the file's path that says what
+ * is wrong and where, quoting nothing of the text. -ECANCELED, -ENOMEM
+ * otherwise. For tests and fuzzing: store_resolve() reads the file itself. */
+int store_index_parse(const char *text, size_t length, store_cancel_t cancel, void *userdata, char ***ret_shards,
+                      char **ret_error);
 
 /* Lists the names of the models in both roots: sorted, without duplicates,
  * NULL-terminated, at most STORE_LIST_MAX (a warning is logged about the

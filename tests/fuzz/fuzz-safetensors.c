@@ -5,7 +5,7 @@
  *
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
  *         -std=gnu11 -D_GNU_SOURCE -Iinclude -Ibase -Idaemon $(pkg-config --cflags libcjson) \
- *         tests/fuzz/fuzz-safetensors.c daemon/safetensors.c \
+ *         tests/fuzz/fuzz-safetensors.c daemon/safetensors.c daemon/json-scan.c \
  *         $(pkg-config --libs libcjson) -o build/fuzz-safetensors
  *   mkdir -p build/fuzz-corpus && build/fuzz-safetensors -max_total_time=300 build/fuzz-corpus
  *

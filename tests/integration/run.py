@@ -28,6 +28,7 @@ import tests_errors  # noqa: E402
 import tests_files  # noqa: E402
 import tests_holds  # noqa: E402
 import tests_idle  # noqa: E402
+import tests_index  # noqa: E402
 import tests_lifecycle  # noqa: E402
 import tests_load  # noqa: E402
 import tests_memory  # noqa: E402
@@ -39,8 +40,8 @@ import tests_queue  # noqa: E402
 import tests_signals  # noqa: E402
 
 MODULES = [tests_load, tests_idle, tests_memory, tests_holds, tests_errors, tests_files, tests_objects,
-           tests_lifecycle, tests_probe, tests_queue, tests_client, tests_polkit, tests_callers, tests_names,
-           tests_signals]
+           tests_lifecycle, tests_probe, tests_index, tests_queue, tests_client, tests_polkit, tests_callers,
+           tests_names, tests_signals]
 
 
 def collect(name_filter):

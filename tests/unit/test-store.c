@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: MIT */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -9,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -393,6 +397,372 @@ static void test_index_too_many_shards(void **state) {
         assert_resolve_fails(f, "m", -EBADMSG, "more than");
 }
 
+/* Parses an index's text, which must be valid, and checks the shards it names. */
+static void assert_index_shards(const char *text, const char *const *expected) {
+        _cleanup_strv_free_ char **shards = NULL;
+        _cleanup_free_ char *error = NULL;
+        size_t n = 0;
+        int r;
+
+        r = store_index_parse(text, strlen(text), NULL, NULL, &shards, &error);
+        if (r != 0)
+                fail_msg("index %s refused (%d): %s", text, r, strempty(error));
+        assert_null(error);
+        for (; expected[n]; n++) {
+                assert_non_null(shards[n]);
+                assert_string_equal(shards[n], expected[n]);
+        }
+        assert_null(shards[n]);
+}
+
+/* The index must be refused with a message holding fact and nothing of the
+ * text that holds secret (NULL: none). */
+static void assert_index_refused(const char *text, size_t length, const char *fact, const char *secret) {
+        _cleanup_strv_free_ char **shards = NULL;
+        _cleanup_free_ char *error = NULL;
+
+        assert_int_equal(store_index_parse(text, length, NULL, NULL, &shards, &error), -EBADMSG);
+        assert_null(shards);
+        assert_non_null(error);
+        if (!strstr(error, fact))
+                fail_msg("error \"%s\" does not mention \"%s\"", error, fact);
+        if (secret && strstr(error, secret))
+                fail_msg("error \"%s\" quotes the index", error);
+        /* Without a place for the message, the verdict is the same. */
+        assert_int_equal(store_index_parse(text, length, NULL, NULL, NULL, NULL), -EBADMSG);
+}
+
+static void test_index_parse(void **state) {
+        /* As transformers writes it (json.dumps(index, indent=2,
+         * sort_keys=True)): metadata first, with total_size. */
+        assert_index_shards("{\n"
+                            "  \"metadata\": {\n"
+                            "    \"total_parameters\": 6738415616,\n"
+                            "    \"total_size\": 13476839424\n"
+                            "  },\n"
+                            "  \"weight_map\": {\n"
+                            "    \"lm_head.weight\": \"model-00002-of-00002.safetensors\",\n"
+                            "    \"model.embed_tokens.weight\": \"model-00001-of-00002.safetensors\",\n"
+                            "    \"model.layers.0.mlp.down_proj.weight\": \"model-00001-of-00002.safetensors\",\n"
+                            "    \"model.norm.weight\": \"model-00002-of-00002.safetensors\"\n"
+                            "  }\n"
+                            "}\n",
+                            (const char *const[]) { "model-00001-of-00002.safetensors",
+                                                    "model-00002-of-00002.safetensors", NULL });
+
+        /* Any JSON beside weight_map; escapes in shard names are decoded. */
+        assert_index_shards("{\"weight_map\": {\"a\": \"b.safetensors\", \"\\u00e9\": \"a\\u002e\\u0073t\","
+                            " \"c\": \"b.safetensors\"}, \"x\": [1.5e3, -0, null, true, {\"y\": [[]]}],"
+                            " \"\xc3\xa9t\xc3\xa9\": \"\\ud83d\\ude00\"}",
+                            (const char *const[]) { "a.st", "b.safetensors", NULL });
+
+        /* Shards come sorted and once, in whatever order entries name them. */
+        assert_index_shards("{\"weight_map\": {\"a\": \"s3\", \"b\": \"s1\", \"c\": \"s2\", \"d\": \"s1\","
+                            " \"e\": \"s3\", \"f\": \"s0\", \"g\": \"s2\"}}",
+                            (const char *const[]) { "s0", "s1", "s2", "s3", NULL });
+}
+
+#define INDEX_SECRET "s3cr3t-Index"
+
+static void test_index_parse_refuses(void **state) {
+        char long_name[NAME_MAX + 64];
+        char text[2 * NAME_MAX + 256];
+
+        assert_index_refused("", 0, "not valid JSON: the end of the file where a value must be at byte 0", NULL);
+        assert_index_refused("   ", 3, "at byte 3", NULL);
+        assert_index_refused("{\"weight_map\": {\"a\": \"s\"}", 25, "not valid JSON: a missing ',' or '}' in an "
+                             "object at byte 25", NULL);
+        assert_index_refused("{\"weight_map\": {\"a\": \"s\"}} " INDEX_SECRET,
+                             strlen("{\"weight_map\": {\"a\": \"s\"}} " INDEX_SECRET),
+                             "not valid JSON: more than whitespace after the JSON value at byte 27", INDEX_SECRET);
+        /* A NUL byte ends nothing: the length given does. */
+        assert_index_refused("{\"weight_map\": {\"a\": \"s\"}}\0", 27, "at byte 26", NULL);
+        /* A byte order mark is not JSON; transformers refuses it too. */
+        assert_index_refused("\xef\xbb\xbf{\"weight_map\": {\"a\": \"s\"}}", 29,
+                             "not valid JSON: something other than a JSON value at byte 0", NULL);
+        /* Strings must be UTF-8, even those nobody reads. */
+        assert_index_refused("{\"x\": \"\xff" INDEX_SECRET "\", \"weight_map\": {\"a\": \"s\"}}",
+                             strlen("{\"x\": \"\xff" INDEX_SECRET "\", \"weight_map\": {\"a\": \"s\"}}"),
+                             "not valid JSON: a string that is not valid UTF-8 at byte 7", INDEX_SECRET);
+
+        assert_index_refused("[]", 2, "no \"weight_map\" object", NULL);
+        assert_index_refused("{\"weight_map\": null}", 20, "no \"weight_map\" object", NULL);
+        assert_index_refused("{\"Weight_map\": {\"a\": \"s\"}}", 26, "no \"weight_map\" object", NULL);
+        assert_index_refused("{\"weight_map\": {\"a\": \"s\"}, \"weight_map\": {\"a\": \"t\"}}", 52,
+                             "\"weight_map\" appears more than once", NULL);
+        assert_index_refused("{\"weight_map\": {}}", 18, "\"weight_map\" names no tensors", NULL);
+
+        /* Entries are named by their number, from 1: neither the tensor's
+         * name nor the value is quoted. */
+        assert_index_refused("{\"weight_map\": {\"a\": \"s\", \"" INDEX_SECRET "\": [\"" INDEX_SECRET "\"]}}",
+                             strlen("{\"weight_map\": {\"a\": \"s\", \"" INDEX_SECRET "\": [\"" INDEX_SECRET "\"]}}"),
+                             "entry 2 of \"weight_map\" is an array, not a file name", INDEX_SECRET);
+        assert_index_refused("{\"weight_map\": {\"a\": \"s\", \"b\": \"t\", \"c\": \"../" INDEX_SECRET "\"}}",
+                             strlen("{\"weight_map\": {\"a\": \"s\", \"b\": \"t\", \"c\": \"../" INDEX_SECRET
+                                    "\"}}"),
+                             "the shard of entry 3 of \"weight_map\" is not a plain file name", INDEX_SECRET);
+        /* Escapes are decoded before the name is judged. */
+        assert_index_refused("{\"weight_map\": {\"a\": \"x\\u002f" INDEX_SECRET "\"}}",
+                             strlen("{\"weight_map\": {\"a\": \"x\\u002f" INDEX_SECRET "\"}}"),
+                             "the shard of entry 1 of \"weight_map\" is not a plain file name", INDEX_SECRET);
+        assert_index_refused("{\"weight_map\": {\"a\": \"\xc3\xa9" INDEX_SECRET "\"}}",
+                             strlen("{\"weight_map\": {\"a\": \"\xc3\xa9" INDEX_SECRET "\"}}"),
+                             "entry 1", INDEX_SECRET);
+        /* The first entry that is wrong is the one reported. */
+        assert_index_refused("{\"weight_map\": {\"a\": 1, \"b\": \"/\"}}", 34, "entry 1 of \"weight_map\" is a number",
+                             NULL);
+
+        /* A name just short enough, and one byte longer. */
+        memset(long_name, 'n', NAME_MAX);
+        long_name[NAME_MAX] = '\0';
+        snprintf(text, sizeof text, "{\"weight_map\": {\"a\": \"%s\"}}", long_name);
+        assert_index_shards(text, (const char *const[]) { long_name, NULL });
+        snprintf(text, sizeof text, "{\"weight_map\": {\"a\": \"%sn\"}}", long_name);
+        assert_index_refused(text, strlen(text), "the shard of entry 1 of \"weight_map\" is not a plain file name",
+                             NULL);
+}
+
+static void test_index_resolve_messages(void **state) {
+        Fixture *f = *state;
+
+        /* What store_resolve() says: where the index is, then what is
+         * wrong, quoting nothing of it. */
+        write_weights(path_printf("%s/m/s", f->models));
+        write_index(f, "{\"weight_map\": {\"a\": \"s\", \"" INDEX_SECRET "\" " INDEX_SECRET "}}");
+        assert_resolve_fails_without(f, "m", -EBADMSG,
+                                     path_printf("%s/m/model.safetensors.index.json: not valid JSON: a missing ':' "
+                                                 "after a member name at byte 41.", f->models),
+                                     INDEX_SECRET);
+        write_index(f, "{\"weight_map\": {\"a\": \"s\", \"b\": {\"" INDEX_SECRET "\": 1}}}");
+        assert_resolve_fails_without(f, "m", -EBADMSG,
+                                     path_printf("%s/m/model.safetensors.index.json: entry 2 of \"weight_map\" is an "
+                                                 "object, not a file name.", f->models),
+                                     INDEX_SECRET);
+}
+
+#define MiB (UINT64_C(1) << 20)
+/* Close to the largest index allowed. */
+#define HUGE_INDEX_SIZE (60 * MiB)
+#define HUGE_INDEX_SHARDS 4
+
+typedef enum HugeIndex {
+        HUGE_INDEX_IGNORED_ARRAY,       /* tens of millions of values under a member nobody reads */
+        HUGE_INDEX_MANY_ENTRIES,        /* millions of tensors in weight_map */
+} HugeIndex;
+
+typedef struct Writer {
+        FILE *f;
+        uint64_t written;
+} Writer;
+
+_printf_(2, 3) static void writer_printf(Writer *w, const char *format, ...) {
+        va_list ap;
+        int n;
+
+        va_start(ap, format);
+        n = vfprintf(w->f, format, ap);
+        va_end(ap);
+        assert_true(n >= 0);
+        w->written += (uint64_t) n;
+}
+
+/* Writes the model "m": an index of exactly HUGE_INDEX_SIZE bytes naming
+ * shards s0 to s3, and the shards. */
+static void write_huge_index(const Fixture *f, HugeIndex kind) {
+        static const char array_tail[] = "]}, \"weight_map\": {\"a\": \"s0\", \"b\": \"s1\", \"c\": \"s2\", \"d\": \"s3\"}}";
+        Writer w = {};
+
+        for (unsigned i = 0; i < HUGE_INDEX_SHARDS; i++)
+                write_weights(path_printf("%s/m/s%u", f->models, i));
+
+        w.f = fopen(path_printf("%s/m/model.safetensors.index.json", f->models), "we");
+        assert_non_null(w.f);
+        assert_int_equal(setvbuf(w.f, NULL, _IOFBF, 1 << 20), 0);
+
+        if (kind == HUGE_INDEX_IGNORED_ARRAY) {
+                _cleanup_free_ char *chunk = malloc(MiB);
+
+                assert_non_null(chunk);
+                for (size_t i = 0; i < MiB; i += 2)
+                        memcpy(chunk + i, ",0", 2);
+
+                writer_printf(&w, "{\"metadata\": {\"total_size\": 4, \"ignored\": [0");
+                while (w.written + 2 + strlen(array_tail) <= HUGE_INDEX_SIZE) {
+                        size_t n = MIN((size_t) MiB, (size_t) (HUGE_INDEX_SIZE - strlen(array_tail) - w.written));
+
+                        n -= n % 2;
+                        assert_int_equal(fwrite(chunk, 1, n, w.f), n);
+                        w.written += n;
+                }
+                writer_printf(&w, "%s", array_tail);
+        } else {
+                writer_printf(&w, "{\"metadata\": {\"total_size\": 4}, \"weight_map\": {\"t0000000\": \"s0\"");
+                for (unsigned i = 1; w.written + 32 <= HUGE_INDEX_SIZE; i++)
+                        writer_printf(&w, ",\"t%07x\":\"s%u\"", i, i % HUGE_INDEX_SHARDS);
+                writer_printf(&w, "}}");
+        }
+        while (w.written < HUGE_INDEX_SIZE)
+                writer_printf(&w, " ");
+
+        assert_int_equal(fclose(w.f), 0);
+        assert_int_equal(w.written, HUGE_INDEX_SIZE);
+}
+
+static uint64_t proc_status_bytes(const char *key) {
+        _cleanup_fclose_ FILE *f = fopen("/proc/self/status", "re");
+        char line[256];
+        size_t n = strlen(key);
+
+        if (!f)
+                return 0;
+        while (fgets(line, sizeof line, f))
+                if (strncmp(line, key, n) == 0 && line[n] == ':')
+                        return strtoull(line + n + 1, NULL, 10) * 1024;
+        return 0;
+}
+
+/* In a child, so that its peak memory is its own and a limit on its address
+ * space stops a reader that would take gigabytes before it takes them. */
+static void assert_huge_index_bounded_memory(const Fixture *f, HugeIndex kind) {
+        int status;
+        pid_t pid;
+
+        write_huge_index(f, kind);
+
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                ModelLocation *l = NULL;
+                uint64_t before, peak, after;
+                struct rlimit limit;
+                char *error = NULL;
+                int r;
+
+                /* The index itself, and 256 MiB for all the rest. */
+                limit.rlim_cur = limit.rlim_max = proc_status_bytes("VmSize") + STORE_INDEX_SIZE_MAX + 256 * MiB;
+                if (setrlimit(RLIMIT_AS, &limit) < 0)
+                        _exit(10);
+
+                before = proc_status_bytes("VmRSS");
+                r = store_resolve(f->models, NULL, "m", &l, &error);
+                peak = proc_status_bytes("VmHWM");
+                if (r != 0) {
+                        fprintf(stderr, "the index was refused (%d): %s\n", r, error ?: "-");
+                        _exit(11);
+                }
+                if (l->n_weights != HUGE_INDEX_SHARDS) {
+                        fprintf(stderr, "%zu shards instead of %u\n", l->n_weights, HUGE_INDEX_SHARDS);
+                        _exit(12);
+                }
+                /* Beyond the index's own bytes, nothing that grows with its
+                 * millions of values. */
+                if (peak > before + HUGE_INDEX_SIZE + 16 * MiB) {
+                        fprintf(stderr, "peak RSS rose by %" PRIu64 " MiB for a %" PRIu64 " MiB index\n",
+                                (peak - before) / MiB, HUGE_INDEX_SIZE / MiB);
+                        _exit(13);
+                }
+                /* And nothing is kept once the files are found. */
+                model_location_free(l);
+                after = proc_status_bytes("VmRSS");
+                if (after > before + 4 * MiB) {
+                        fprintf(stderr, "RSS is %" PRIu64 " KiB above what it was before the index was read\n",
+                                (after - before) / 1024);
+                        _exit(14);
+                }
+                _exit(0);
+        }
+
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+                fail_msg("the child failed (status 0x%x); see its message above", status);
+}
+
+static void test_index_huge_ignored_array_bounded_memory(void **state) {
+        assert_huge_index_bounded_memory(*state, HUGE_INDEX_IGNORED_ARRAY);
+}
+
+static void test_index_huge_weight_map_bounded_memory(void **state) {
+        assert_huge_index_bounded_memory(*state, HUGE_INDEX_MANY_ENTRIES);
+}
+
+typedef struct CancelCounter {
+        unsigned calls;
+        unsigned cancel_at;     /* 0: never */
+} CancelCounter;
+
+static bool count_and_cancel(void *userdata) {
+        CancelCounter *c = userdata;
+
+        c->calls++;
+        return c->cancel_at > 0 && c->calls >= c->cancel_at;
+}
+
+static unsigned count_fds(void) {
+        DIR *d = opendir("/proc/self/fd");
+        unsigned n = 0;
+
+        assert_non_null(d);
+        while (readdir(d))
+                n++;
+        closedir(d);
+        return n;
+}
+
+static void assert_huge_index_cancellable(const Fixture *f, HugeIndex kind) {
+        _cleanup_(model_location_freep) ModelLocation *l = NULL;
+        CancelCounter all = {};
+        unsigned total, fds;
+
+        write_huge_index(f, kind);
+
+        /* Asked all along: at least once per MiB of the index. */
+        assert_int_equal(store_resolve_full(f->models, NULL, "m", count_and_cancel, &all, &l, NULL), 0);
+        assert_int_equal(l->n_weights, HUGE_INDEX_SHARDS);
+        total = all.calls;
+        assert_true(total >= HUGE_INDEX_SIZE / MiB);
+
+        /* Stopped as soon as asked: while reading the file, parsing it, or
+         * at the last question, before the last shard is opened. */
+        fds = count_fds();
+        const unsigned points[] = { 1, total / 2, total * 3 / 4, total };
+        for (size_t i = 0; i < ELEMENTSOF(points); i++) {
+                CancelCounter c = { .cancel_at = points[i] };
+                ModelLocation *cancelled = NULL;
+                _cleanup_free_ char *error = NULL;
+
+                assert_int_equal(store_resolve_full(f->models, NULL, "m", count_and_cancel, &c, &cancelled, &error),
+                                 -ECANCELED);
+                assert_int_equal(c.calls, points[i]);
+                assert_null(cancelled);
+                assert_non_null(error);
+                assert_non_null(strstr(error, "was cancelled"));
+                assert_int_equal(count_fds(), fds);
+        }
+}
+
+static void test_index_huge_ignored_array_cancellable(void **state) {
+        assert_huge_index_cancellable(*state, HUGE_INDEX_IGNORED_ARRAY);
+}
+
+static void test_index_huge_weight_map_cancellable(void **state) {
+        assert_huge_index_cancellable(*state, HUGE_INDEX_MANY_ENTRIES);
+}
+
+static void test_index_parse_cancellable(void **state) {
+        const char *text = "{\"weight_map\": {\"a\": \"s\"}}";
+        _cleanup_strv_free_ char **shards = NULL;
+        CancelCounter now = { .cancel_at = 1 }, never = {};
+        char *error = NULL;
+
+        /* Even a small index is asked about at least once. */
+        assert_int_equal(store_index_parse(text, strlen(text), count_and_cancel, &now, &shards, &error),
+                         -ECANCELED);
+        assert_null(shards);
+        assert_null(error);
+        assert_int_equal(store_index_parse(text, strlen(text), count_and_cancel, &never, &shards, &error), 0);
+        assert_true(never.calls >= 1);
+}
+
 static void test_hf_cache(void **state) {
         Fixture *f = *state;
         _cleanup_(model_location_freep) ModelLocation *l = NULL, *sharded = NULL;
@@ -731,6 +1101,14 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_index_malformed, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_index_too_large, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_index_too_many_shards, setup, teardown),
+                cmocka_unit_test(test_index_parse),
+                cmocka_unit_test(test_index_parse_refuses),
+                cmocka_unit_test(test_index_parse_cancellable),
+                cmocka_unit_test_setup_teardown(test_index_resolve_messages, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_index_huge_ignored_array_bounded_memory, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_index_huge_weight_map_bounded_memory, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_index_huge_ignored_array_cancellable, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_index_huge_weight_map_cancellable, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_hf_cache, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_hf_one_segment_name, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_hf_broken, setup, teardown),
