@@ -304,20 +304,22 @@ int json_enter(JsonScan *s) {
         return 0;
 }
 
-int json_array_next(JsonScan *s, size_t *n) {
+/* Past the separator before the next member of an array or object: 1 with
+ * s->pos at it, 0 once the closer is consumed. */
+static int container_next(JsonScan *s, size_t *n, char closer, const char *missing_separator) {
         int r;
 
         r = json_skip_whitespace(s);
         if (r < 0)
                 return r;
-        if (json_peek(s) == ']') {
+        if (json_peek(s) == closer) {
                 s->pos++;
                 s->depth--;
                 return 0;
         }
         if (*n > 0) {
                 if (json_peek(s) != ',')
-                        return syntax_error(s, "a missing ',' or ']' in an array");
+                        return syntax_error(s, missing_separator);
                 s->pos++;
                 r = json_skip_whitespace(s);
                 if (r < 0)
@@ -327,25 +329,16 @@ int json_array_next(JsonScan *s, size_t *n) {
         return 1;
 }
 
+int json_array_next(JsonScan *s, size_t *n) {
+        return container_next(s, n, ']', "a missing ',' or ']' in an array");
+}
+
 int json_object_next(JsonScan *s, size_t *n, JsonString *ret_key) {
         int r;
 
-        r = json_skip_whitespace(s);
-        if (r < 0)
+        r = container_next(s, n, '}', "a missing ',' or '}' in an object");
+        if (r <= 0)
                 return r;
-        if (json_peek(s) == '}') {
-                s->pos++;
-                s->depth--;
-                return 0;
-        }
-        if (*n > 0) {
-                if (json_peek(s) != ',')
-                        return syntax_error(s, "a missing ',' or '}' in an object");
-                s->pos++;
-                r = json_skip_whitespace(s);
-                if (r < 0)
-                        return r;
-        }
         if (json_peek(s) != '"')
                 return syntax_error(s, "something other than a member name in an object");
         r = parse_string(s, ret_key);
@@ -360,7 +353,6 @@ int json_object_next(JsonScan *s, size_t *n, JsonString *ret_key) {
         r = json_skip_whitespace(s);
         if (r < 0)
                 return r;
-        (*n)++;
         return 1;
 }
 

@@ -7,11 +7,9 @@ quote it."""
 
 import json
 import os
-import threading
 
-from harness import (ERROR_CANCELLED, ERROR_INVALID_MODEL, KiB, MiB, PyClient, expect_dbus_error,
-                     write_config_json)
-from tests_probe import RSS_SLACK, proc_status, write_huge_header
+from harness import ERROR_INVALID_MODEL, KiB, MiB, expect_dbus_error, write_config_json
+from tests_probe import RSS_SLACK, cancel_probe, proc_status, write_huge_header
 
 # The daemon's limit on an index (STORE_INDEX_SIZE_MAX), and the size of the
 # indexes written here: close to it.
@@ -94,28 +92,7 @@ def test_long_index_probe_is_cancelled(ctx):
         d = ctx.daemon()
         before = warm_up(ctx, d)
 
-        outcome = {}
-
-        def load():
-                client = PyClient(d.address)
-                try:
-                        outcome["message"] = expect_dbus_error(ERROR_CANCELLED, client.load, "slow")
-                except Exception as e:  # noqa: BLE001 - reported below
-                        outcome["error"] = e
-                finally:
-                        client.close()
-
-        loader = threading.Thread(target=load, daemon=True)
-        loader.start()
-        d.wait_model("slow", lambda m: m["state"] == "loading", "loading")
-
-        # Answered once the probe has let go of the model.
-        d.unload("slow")
-        loader.join(60)
-        assert not loader.is_alive(), "Load did not return after Unload"
-        assert "error" not in outcome, outcome["error"]
-        m = d.model("slow")
-        assert m is not None and m["state"] == "available", m
+        cancel_probe(d, "slow")
 
         peak = proc_status(d.pid, "VmHWM")
         assert peak - before <= INDEX_MAX + 100 * MiB + 64 * MiB, \

@@ -40,6 +40,34 @@ def write_huge_header(path):
         write_safetensors_raw(path, header, b"\x01")
 
 
+def cancel_probe(d, name):
+        """Loads name in a thread, cancels it with Unload while it is being
+        probed, and checks that the Load ended Cancelled and the model is
+        available again once Unload replied (after the probe let go)."""
+        outcome = {}
+
+        def load():
+                client = PyClient(d.address)
+                try:
+                        outcome["message"] = expect_dbus_error(ERROR_CANCELLED, client.load, name)
+                except Exception as e:  # noqa: BLE001 - reported below
+                        outcome["error"] = e
+                finally:
+                        client.close()
+
+        loader = threading.Thread(target=load, daemon=True)
+        loader.start()
+        d.wait_model(name, lambda m: m["state"] == "loading", "loading")
+
+        d.unload(name)
+        loader.join(60)
+        assert not loader.is_alive(), "Load did not return after Unload"
+        assert "error" not in outcome, outcome["error"]
+        m = d.model(name)
+        assert m is not None and m["state"] == "available", m
+        return outcome
+
+
 def test_probe_of_many_tensors_gives_memory_back(ctx):
         ctx.model("warm", size="1M")
         ctx.model("many", size="1M", tensors=100000)
@@ -107,28 +135,7 @@ def test_long_probe_is_cancelled(ctx):
         assert d.unload("warm") is True
         before = d.rss()
 
-        outcome = {}
-
-        def load():
-                client = PyClient(d.address)
-                try:
-                        outcome["message"] = expect_dbus_error(ERROR_CANCELLED, client.load, "slow")
-                except Exception as e:  # noqa: BLE001 - reported below
-                        outcome["error"] = e
-                finally:
-                        client.close()
-
-        loader = threading.Thread(target=load, daemon=True)
-        loader.start()
-        d.wait_model("slow", lambda m: m["state"] == "loading", "loading")
-
-        # Answered once the probe has let go of the model.
-        d.unload("slow")
-        loader.join(60)
-        assert not loader.is_alive(), "Load did not return after Unload"
-        assert "error" not in outcome, outcome["error"]
-        m = d.model("slow")
-        assert m is not None and m["state"] == "available", m
+        cancel_probe(d, "slow")
 
         after = d.rss()
         assert after - before <= RSS_SLACK, \
