@@ -1,0 +1,85 @@
+#!/bin/bash
+# A stand-in for mpool-pull in the unit tests of the daemon's side of the
+# protocol (daemon/pull-process.c): behaves as --repo= says.
+set -u
+repo=""
+for arg in "$@"; do
+        case "$arg" in
+        --repo=*) repo="${arg#--repo=}" ;;
+        esac
+done
+
+plan() {
+        echo "COMMIT 0123456789abcdef0123456789abcdef01234567"
+        echo "FILE 100 - config.json"
+        echo "FILE 4096 $(printf 'a%.0s' $(seq 64)) model.safetensors"
+        echo "TOTAL 4196 2"
+        echo "READY"
+}
+
+case "$repo" in
+ok)
+        plan
+        read -r answer || exit 3
+        [ "$answer" = GO ] || { echo "FAILED cancelled The download was cancelled."; exit 1; }
+        echo "PROGRESS 0 4196"
+        echo "PROGRESS 4196 4196"
+        echo "DONE"
+        ;;
+fail)
+        plan
+        read -r answer
+        echo "FAILED hash-mismatch model.safetensors does not have the sha256 the hub names."
+        exit 1
+        ;;
+crash)
+        plan
+        read -r answer
+        echo "PROGRESS 10 4196"
+        kill -9 $$
+        ;;
+done-but-exit-1)
+        plan
+        read -r answer
+        echo "DONE"
+        exit 1
+        ;;
+garbage)
+        echo "COMMIT 0123456789abcdef0123456789abcdef01234567"
+        echo "rm -rf / please"
+        sleep 30
+        ;;
+escape)
+        echo "COMMIT 0123456789abcdef0123456789abcdef01234567"
+        echo "FILE 1 - ../../etc/passwd"
+        sleep 30
+        ;;
+long)
+        printf 'COMMIT '
+        head -c 5000 /dev/zero | tr '\0' 'x'
+        echo
+        sleep 30
+        ;;
+fds)
+        # Whether a descriptor the test left open without O_CLOEXEC reached
+        # the helper (it must not), and the length of the token on fd 3.
+        n=0
+        [ -e "/proc/$$/fd/${FAKE_PULL_LEAK_FD:-999}" ] && n=1
+        token_length=0
+        if [ -e /proc/$$/fd/3 ]; then token=$(cat <&3); token_length=${#token}; fi
+        echo "COMMIT 0123456789abcdef0123456789abcdef01234567"
+        echo "FILE $n - fds"
+        echo "FILE $token_length - token"
+        echo "TOTAL 0 2"
+        echo "READY"
+        read -r answer
+        echo "DONE"
+        ;;
+hang)
+        plan
+        # Waits for its answer; a cancellation is CANCEL, then SIGTERM.
+        trap 'echo "FAILED cancelled The download was cancelled."; exit 1' TERM
+        read -r answer
+        sleep 30 & wait
+        ;;
+esac

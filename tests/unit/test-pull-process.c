@@ -1,0 +1,263 @@
+/* SPDX-License-Identifier: MIT */
+/* The daemon's side of the mpool-pull protocol, against a stand-in helper
+ * (tests/tools/fake-pull.sh) that plays each case. */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "macro.h"
+#include "pull-process.h"
+#include "time-util.h"
+
+#define WAIT_USEC (60 * USEC_PER_SEC)
+#define FAKE_HELPER "tests/tools/fake-pull.sh"
+
+typedef struct Run {
+        sd_event *event;
+        PullProcess *process;
+        bool go;                  /* answer READY with GO, else cancel */
+        unsigned ready_calls;
+        size_t n_files;
+        char first_file[64];
+        uint64_t file_sizes[4];
+        uint64_t last_done, last_total;
+        unsigned progress_calls;
+        bool finished;
+        int error;
+        char failure[64];
+        char message[256];
+} Run;
+
+static void on_ready(PullProcess *p, const PullPlan *plan, void *userdata) {
+        Run *run = userdata;
+
+        run->ready_calls++;
+        run->n_files = plan->n_files;
+        snprintf(run->first_file, sizeof run->first_file, "%s", plan->files[0].name);
+        for (size_t i = 0; i < plan->n_files && i < ELEMENTSOF(run->file_sizes); i++)
+                run->file_sizes[i] = plan->files[i].size;
+        if (run->go)
+                assert_int_equal(pull_process_go(p), 0);
+        else
+                pull_process_cancel(p);
+}
+
+static void on_progress(PullProcess *p, uint64_t done, uint64_t total, void *userdata) {
+        Run *run = userdata;
+
+        run->progress_calls++;
+        run->last_done = done;
+        run->last_total = total;
+}
+
+static void on_finished(PullProcess *p, int error, const char *failure, const char *message, void *userdata) {
+        Run *run = userdata;
+
+        assert_false(run->finished);
+        run->finished = true;
+        run->error = error;
+        snprintf(run->failure, sizeof run->failure, "%s", strempty(failure));
+        snprintf(run->message, sizeof run->message, "%s", strempty(message));
+}
+
+static const PullCallbacks callbacks = {
+        .ready = on_ready,
+        .progress = on_progress,
+        .finished = on_finished,
+};
+
+static void run_helper(Run *run, const char *repo, int token_fd) {
+        PullArguments args = {
+                .helper = FAKE_HELPER,
+                .endpoint = "http://127.0.0.1:1",
+                .repo = repo,
+                .revision = "main",
+                .staging = "/nonexistent",
+                .token_fd = token_fd,
+        };
+        uint64_t end = now_monotonic_usec() + WAIT_USEC;
+
+        assert_int_equal(sd_event_new(&run->event), 0);
+        assert_int_equal(pull_process_start(run->event, &args, &callbacks, run, &run->process), 0);
+        while (!run->finished) {
+                assert_true(now_monotonic_usec() < end);
+                assert_true(sd_event_run(run->event, 100 * USEC_PER_MSEC) >= 0);
+        }
+        pull_process_free(run->process);
+        sd_event_unref(run->event);
+}
+
+static void test_download_done(void **state) {
+        Run run = { .go = true };
+
+        run_helper(&run, "ok", -1);
+        assert_int_equal(run.ready_calls, 1);
+        assert_int_equal(run.n_files, 2);
+        assert_string_equal(run.first_file, "config.json");
+        assert_int_equal(run.file_sizes[1], 4096);
+        assert_int_equal(run.progress_calls, 2);
+        assert_int_equal(run.last_done, 4196);
+        assert_int_equal(run.error, 0);
+}
+
+static void test_download_failed(void **state) {
+        Run run = { .go = true };
+
+        run_helper(&run, "fail", -1);
+        assert_int_equal(run.error, -EIO);
+        assert_string_equal(run.failure, "hash-mismatch");
+        assert_non_null(strstr(run.message, "model.safetensors"));
+}
+
+static void test_cancel_at_ready(void **state) {
+        Run run = { .go = false };
+
+        run_helper(&run, "ok", -1);
+        assert_int_equal(run.error, -ECANCELED);
+        assert_string_equal(run.failure, "cancelled");
+        assert_int_equal(run.progress_calls, 0);
+}
+
+static void test_cancel_while_it_hangs(void **state) {
+        Run run = { .go = false };
+
+        run_helper(&run, "hang", -1);
+        assert_int_equal(run.error, -ECANCELED);
+}
+
+static void test_helper_dies_without_a_word(void **state) {
+        Run run = { .go = true };
+
+        run_helper(&run, "crash", -1);
+        assert_int_equal(run.error, -EPROTO);
+        assert_string_equal(run.failure, "internal");
+}
+
+static void test_done_needs_a_clean_exit(void **state) {
+        Run run = { .go = true };
+
+        run_helper(&run, "done-but-exit-1", -1);
+        assert_int_equal(run.error, -EPROTO);
+}
+
+static void test_protocol_violations_stop_the_helper(void **state) {
+        static const char *const cases[] = { "garbage", "escape", "long" };
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                Run run = { .go = true };
+
+                /* Each would sleep for 30 s: it is killed instead. */
+                run_helper(&run, cases[i], -1);
+                assert_int_equal(run.error, -EPROTO);
+                assert_string_equal(run.failure, "protocol");
+                assert_int_equal(run.ready_calls, 0);
+                /* Nothing the helper said is repeated. */
+                assert_null(strstr(run.message, "passwd"));
+                assert_null(strstr(run.message, "rm -rf"));
+        }
+}
+
+static void test_descriptors_handed_on(void **state) {
+        _cleanup_close_ int leak = -1;
+        int token[2];
+        char number[16];
+        Run run = { .go = true };
+
+        /* A descriptor of the daemon's without O_CLOEXEC must not reach
+         * the helper; the token's must, as fd 3. */
+        {
+                _cleanup_close_ int low = open("/dev/null", O_RDONLY);
+
+                assert_true(low >= 0);
+                /* Above 3, so that it is not the token's number. */
+                leak = fcntl(low, F_DUPFD, 20);
+                assert_true(leak >= 20);
+        }
+        snprintf(number, sizeof number, "%d", leak);
+        assert_int_equal(setenv("FAKE_PULL_LEAK_FD", number, 1), 0);
+        assert_int_equal(pipe2(token, O_CLOEXEC), 0);
+        assert_int_equal(write(token[1], "hf_secret", 9), 9);
+        close(token[1]);
+
+        run_helper(&run, "fds", token[0]);
+        close(token[0]);
+        unsetenv("FAKE_PULL_LEAK_FD");
+        assert_int_equal(run.error, 0);
+        assert_int_equal(run.file_sizes[0], 0);   /* no leak */
+        assert_int_equal(run.file_sizes[1], 9);   /* the token arrived */
+}
+
+static void test_line_parsing(void **state) {
+        PullPlan plan = {};
+        uint64_t done = 0, total = 0;
+        char *failure = NULL, *message = NULL;
+        static const char *const bad[] = {
+                "COMMIT 0123",
+                "COMMIT 0123456789ABCDEF0123456789abcdef01234567",
+                "FILE 12 - /etc/passwd",
+                "FILE 12 - a/../b",
+                "FILE 12 - a/b/c",
+                "FILE 12 - a\tb",
+                "FILE x - a",
+                "FILE 99999999999999999999999 - a",
+                "FILE 12 abc a",
+                "PROGRESS 5 4",
+                "READY now",
+                "FAILED",
+                "FAILED Hash oops",
+                "HELLO",
+                "",
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++)
+                if (pull_line_parse(bad[i], &plan, &done, &total, &failure, &message) != -EBADMSG)
+                        fail_msg("accepted: \"%s\"", bad[i]);
+
+        assert_int_equal(pull_line_parse("COMMIT 0123456789abcdef0123456789abcdef01234567", &plan, &done, &total,
+                                         &failure, &message), PULL_LINE_COMMIT);
+        assert_int_equal(pull_line_parse("FILE 7 - 1_Pooling/config.json", &plan, &done, &total, &failure,
+                                         &message), PULL_LINE_FILE);
+        /* A name twice is no plan. */
+        assert_int_equal(pull_line_parse("FILE 7 - 1_Pooling/config.json", &plan, &done, &total, &failure,
+                                         &message), -EBADMSG);
+        assert_int_equal(pull_line_parse("TOTAL 7 2", &plan, &done, &total, &failure, &message), -EBADMSG);
+        assert_int_equal(pull_line_parse("TOTAL 7 1", &plan, &done, &total, &failure, &message), PULL_LINE_TOTAL);
+        assert_int_equal(plan.total_bytes, 7);
+        assert_int_equal(pull_line_parse("PROGRESS 3 7", &plan, &done, &total, &failure, &message),
+                         PULL_LINE_PROGRESS);
+        assert_int_equal(done, 3);
+        assert_int_equal(pull_line_parse("FAILED not-found No such repository.", &plan, &done, &total, &failure,
+                                         &message), PULL_LINE_FAILED);
+        assert_string_equal(failure, "not-found");
+        assert_string_equal(message, "No such repository.");
+        free(failure);
+        free(message);
+        pull_plan_done(&plan);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_line_parsing),
+                cmocka_unit_test(test_download_done),
+                cmocka_unit_test(test_download_failed),
+                cmocka_unit_test(test_cancel_at_ready),
+                cmocka_unit_test(test_cancel_while_it_hangs),
+                cmocka_unit_test(test_helper_dies_without_a_word),
+                cmocka_unit_test(test_done_needs_a_clean_exit),
+                cmocka_unit_test(test_protocol_violations_stop_the_helper),
+                cmocka_unit_test(test_descriptors_handed_on),
+        };
+
+        /* As in the daemon: a helper that went away is EPIPE, not a signal. */
+        signal(SIGPIPE, SIG_IGN);
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
