@@ -545,6 +545,7 @@ static const ManagerEvents bus_events = {
         .model_loaded = emit_model_loaded,
         .load_failed = emit_load_failed,
         .model_unloaded = emit_model_unloaded,
+        .model_removed = bus_model_emit_removed,
 };
 
 int bus_manager_register(Manager *m) {

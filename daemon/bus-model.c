@@ -147,6 +147,20 @@ void bus_model_emit_added(Manager *m, PoolModel *model) {
         bus_log_emit(sd_bus_emit_object_added(m->bus, path), "InterfacesAdded", model->name);
 }
 
+/* Called while the model can still be found: sd-bus looks the object up to
+ * list the interfaces that go with it. */
+void bus_model_emit_removed(Manager *m, PoolModel *model) {
+        _cleanup_free_ char *path = NULL;
+
+        if (!m->bus || !model_is_announced(model))
+                return;
+        if (bus_model_path(model->name, &path) < 0) {
+                log_oom();
+                return;
+        }
+        bus_log_emit(sd_bus_emit_object_removed(m->bus, path), "InterfacesRemoved", model->name);
+}
+
 int bus_model_register(Manager *m) {
         int r;
 

@@ -5,10 +5,11 @@
 
 /* The per-model objects, org.mpool.Model at /org/mpool/Manager/models/NAME
  * (the name path-encoded): their properties, and the signals that say a
- * model appeared or changed. */
+ * model appeared, changed or went. */
 
 int bus_model_register(Manager *m);
 int bus_model_path(const char *name, char **ret);
 
 void bus_model_emit_added(Manager *m, PoolModel *model);
+void bus_model_emit_removed(Manager *m, PoolModel *model);
 void bus_model_emit_changed(Manager *m, PoolModel *model, ModelChange what);

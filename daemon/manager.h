@@ -11,6 +11,7 @@
 #include "peer.h"
 #include "polkit.h"
 #include "pool.h"
+#include "store-watch.h"
 #include "workpool.h"
 
 /* The daemon's state, owned by the event loop thread alone: the pool and
@@ -52,6 +53,9 @@ typedef struct ManagerEvents {
         /* error: negative errno as in request.h. */
         void (*load_failed)(Manager *m, PoolModel *model, int error, const char *message);
         void (*model_unloaded)(Manager *m, PoolModel *model, const char *reason);
+        /* A model is about to be forgotten (it left the store): the last
+         * moment it can still be found. */
+        void (*model_removed)(Manager *m, PoolModel *model);
 } ManagerEvents;
 
 struct Manager {
@@ -65,6 +69,8 @@ struct Manager {
         MemoryInfo memory;
         uint64_t memory_available_min;
         sd_event_source *idle_timer;
+        sd_event_source *forget_source; /* forgets models that left the store, once they let go */
+        StoreWatch *store_watch;      /* models added and removed by hand */
         sd_bus_slot *object_manager_slot;
         sd_bus_slot *peer_left_slot;
         size_t preload_next;          /* Preload= entries started so far */

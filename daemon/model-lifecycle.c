@@ -45,6 +45,7 @@ void model_announce(Manager *m, PoolModel *model) {
         ModelRuntime *rt = model->userdata;
 
         assert(rt);
+        rt->left_store = false;
         if (rt->announced)
                 return;
         rt->announced = true;
@@ -279,6 +280,73 @@ static bool forget_if_unannounced(Manager *m, PoolModel *model) {
         return true;
 }
 
+/* Nothing loaded, loading or unloading, no hold, no user, nobody waiting. */
+static bool model_unused(const PoolModel *model) {
+        const ModelRuntime *rt = model->userdata;
+
+        return !(rt && (rt->job || rt->n_waiters > 0)) && model->holds == 0 && model->in_flight == 0 &&
+                (model->state == MODEL_AVAILABLE || model->state == MODEL_ERROR);
+}
+
+/* Forgets a model that left the store if it holds nothing any more. Its
+ * object goes first, while it can still be found, as sd-bus needs to say
+ * which interfaces went. Returns true when it did. */
+static bool forget_if_left(Manager *m, PoolModel *model) {
+        ModelRuntime *rt = model->userdata;
+
+        if (!rt || !rt->left_store || !model_unused(model))
+                return false;
+        log_info("Model %s left the store; forgetting it.", model->name);
+        if (rt->announced && m->events && m->events->model_removed)
+                m->events->model_removed(m, model);
+        rt->announced = false;
+        return forget_if_unannounced(m, model);
+}
+
+static int on_forget(sd_event_source *s, void *userdata) {
+        Manager *m = userdata;
+
+        for (PoolModel *model = m->pool.models, *next; model; model = next) {
+                next = model->hh.next;
+                (void) forget_if_left(m, model);
+        }
+        return 0;
+}
+
+/* A model that left the store let go of something. It is forgotten from
+ * the loop's next turn, not here: this moment comes deep inside completions
+ * whose callers still use the model. */
+static void forget_later(Manager *m, PoolModel *model) {
+        const ModelRuntime *rt = model->userdata;
+        int r;
+
+        if (!rt || !rt->left_store || !m->event)
+                return;
+        if (!m->forget_source) {
+                r = sd_event_add_defer(m->event, &m->forget_source, on_forget, m);
+                if (r < 0) {
+                        log_error_errno(r, "Cannot schedule forgetting %s, which left the store: %m", model->name);
+                        return;
+                }
+                (void) sd_event_source_set_description(m->forget_source, "forget-models");
+        }
+        r = sd_event_source_set_enabled(m->forget_source, SD_EVENT_ONESHOT);
+        if (r < 0)
+                log_error_errno(r, "Cannot schedule forgetting %s, which left the store: %m", model->name);
+}
+
+void model_left_store(Manager *m, PoolModel *model) {
+        ModelRuntime *rt = model->userdata;
+
+        if (!rt || !rt->announced || rt->left_store)
+                return;
+        rt->left_store = true;
+        if (forget_if_left(m, model))
+                return;
+        log_info("The files of model %s left the store; it stays (%s) until it is unloaded and nothing holds or "
+                 "waits for it.", model->name, model_state_to_string(model->state));
+}
+
 static void record_requests(ModelRuntime *rt, const Request *req) {
         if (req->keep_alive_sec != KEEP_ALIVE_DEFAULT)
                 rt->keep_alive_requested = req->keep_alive_sec;
@@ -331,6 +399,7 @@ static bool load_failed(Manager *m, PoolModel *model, int r, const char *message
         if (forget_if_unannounced(m, model))
                 return true;
         manager_emit_model_changed(m, model, MODEL_CHANGED_STATE);
+        forget_later(m, model);
         return false;
 }
 
@@ -580,6 +649,7 @@ static void unloaded(Manager *m, PoolModel *model, const char *reason) {
 
         answer_unloads(m, model, false);
         restart_if_wanted(m, model);
+        forget_later(m, model);
 }
 
 void model_unload(Manager *m, PoolModel *model, const char *reason) {
@@ -847,6 +917,7 @@ void model_drop_holds(Manager *m, const char *model_name, unsigned count) {
         pool_model_release(&m->pool, model, count, now_monotonic_usec());
         manager_emit_model_changed(m, model, MODEL_CHANGED_HOLDS | MODEL_CHANGED_EXPIRES);
         manager_reschedule_idle(m);
+        forget_later(m, model);
 }
 
 int model_release(Manager *m, const char *model_name, const char *owner) {

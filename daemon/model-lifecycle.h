@@ -22,6 +22,7 @@ typedef struct ModelRuntime {
         size_t n_waiters;
         ModelWeights *weights;        /* the pool's reference while loaded */
         bool announced;               /* known to callers: found in the store */
+        bool left_store;              /* its files left the store: forgotten once it holds nothing */
         uint64_t load_started_usec;   /* monotonic */
         uint64_t progress_emitted_usec;
         uint64_t progress_emitted_bytes;
@@ -71,8 +72,16 @@ bool model_is_announced(const PoolModel *model);
 /* The runtime of a model, created on first use; NULL on OOM. */
 ModelRuntime *model_runtime(Manager *m, PoolModel *model);
 void model_runtime_free(ModelRuntime *rt);
-/* Makes a model found in the store known to callers. */
+/* Makes a model found in the store known to callers (again in the store,
+ * if it had left). */
 void model_announce(Manager *m, PoolModel *model);
+/* The model's files are no longer in the store. A model that holds nothing
+ * and that nothing waits for is forgotten at once (model_removed first,
+ * then the PoolModel is freed); one that is loaded, loading, held or waited
+ * for stays as it is (a loaded model's mappings keep its data) and is
+ * forgotten once it has let go of everything, unless it is found in the
+ * store again before. Names callers never heard of are left alone. */
+void model_left_store(Manager *m, PoolModel *model);
 
 /* A file truncated under a loaded model takes its pages with it, locked or
  * not: what the models hold follows what is really resident. Cheap (one

@@ -4,7 +4,6 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 
 #include "log.h"
@@ -14,6 +13,7 @@
 #include "service.h"
 #include "mpool-bus.h"
 #include "store.h"
+#include "store-watch.h"
 #include "strv.h"
 #include "time-util.h"
 
@@ -27,6 +27,8 @@ Manager *manager_free(Manager *m) {
         if (!m)
                 return NULL;
 
+        store_watch_free(m->store_watch);
+        sd_event_source_disable_unref(m->forget_source);
         polkit_registry_free(m->polkit);
         peers_done(&m->peers);
         POOL_FOREACH(model, &m->pool) {
@@ -67,16 +69,37 @@ int manager_configure(Manager *m, const Config *config) {
         return 0;
 }
 
-static uint64_t files_size(const ModelLocation *location) {
-        uint64_t total = 0;
+/* A model the store lists: available with the size of its files, or error
+ * saying why it cannot be used. Announced only then, so that the object
+ * appears with its state. A name the pool knows already (a load found it
+ * first, or it left the store and is back) keeps its state. */
+static int add_found_model(Manager *m, const char *name, int resolved, uint64_t size_bytes, const char *error) {
+        PoolModel *model = pool_find(&m->pool, name);
+        bool added = false;
+        int r;
 
-        for (size_t i = 0; i < location->n_weights; i++) {
-                struct stat st;
-
-                if (fstat(location->weight_fds[i], &st) >= 0)
-                        total += (uint64_t) st.st_size;
+        if (!model) {
+                r = pool_add(&m->pool, name, &model);
+                if (r < 0)
+                        return log_error_errno(r, "Cannot add model %s to the pool: %m", name);
+                added = true;
         }
-        return total;
+        if (!model_runtime(m, model)) {
+                if (added)
+                        (void) pool_remove(&m->pool, model);
+                return log_oom();
+        }
+
+        if (added) {
+                if (resolved < 0) {
+                        log_warning("Model %s is not usable: %s", name, strempty(error));
+                        model->state = MODEL_ERROR;
+                        model->error = strdup(error ?: "Out of memory.");
+                } else
+                        model->size_bytes = size_bytes;
+        }
+        model_announce(m, model);
+        return 0;
 }
 
 /* Runs once before the loop starts serving, so reading the store's
@@ -90,31 +113,94 @@ int manager_scan_store(Manager *m) {
                 return log_error_errno(r, "Cannot list the models in %s: %m", m->config.model_dir);
 
         for (char **name = names; name && *name; name++) {
-                _cleanup_(model_location_freep) ModelLocation *location = NULL;
                 _cleanup_free_ char *error = NULL;
-                PoolModel *model;
+                uint64_t size_bytes = 0;
 
-                r = pool_add(&m->pool, *name, &model);
+                r = store_measure(m->config.model_dir, m->config.huggingface_cache, *name, &size_bytes, &error);
+                r = add_found_model(m, *name, r, size_bytes, error);
                 if (r < 0)
-                        return log_error_errno(r, "Cannot add model %s to the pool: %m", *name);
-                if (!model_runtime(m, model))
-                        return log_oom();
-                model_announce(m, model);
-
-                r = store_resolve(m->config.model_dir, m->config.huggingface_cache, *name, &location, &error);
-                if (r < 0) {
-                        log_warning("Model %s is not usable: %s", *name, strempty(error));
-                        model->state = MODEL_ERROR;
-                        model->error = TAKE_PTR(error);
-                        continue;
-                }
-                model->size_bytes = files_size(location);
+                        return r;
         }
 
         log_info("Found %zu model(s) in %s%s%s.", pool_size(&m->pool), m->config.model_dir,
                  m->config.huggingface_cache ? " and " : "", strempty(m->config.huggingface_cache));
         return 0;
 }
+
+static bool names_contain(char **sorted, size_t n, const char *name) {
+        size_t lo = 0, hi = n;
+
+        while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
+                int c = strcmp(sorted[mid], name);
+
+                if (c == 0)
+                        return true;
+                if (c < 0)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        return false;
+}
+
+/* The store was looked at again: models that left go (or go once they let
+ * go), new names are resolved off the loop and announced when they come
+ * back (on_store_resolved). */
+static void on_store_listed(char **names, void *userdata) {
+        Manager *m = userdata;
+        _cleanup_(strv_freep) char **left = NULL;
+        size_t n = strv_length(names);
+        int r;
+
+        if (m->shutting_down)
+                return;
+
+        /* Names first: forgetting a model changes the pool. */
+        POOL_FOREACH(model, &m->pool) {
+                const ModelRuntime *rt = model->userdata;
+
+                if (!model_is_announced(model) || rt->left_store || names_contain(names, n, model->name))
+                        continue;
+                r = strv_extend(&left, model->name);
+                if (r < 0) {
+                        log_oom();
+                        break;
+                }
+        }
+        for (char **name = left; name && *name; name++) {
+                PoolModel *model = pool_find(&m->pool, *name);
+
+                if (model)
+                        model_left_store(m, model);
+        }
+
+        for (char **name = names; name && *name; name++) {
+                PoolModel *model = pool_find(&m->pool, *name);
+
+                if (model && model_is_announced(model)) {
+                        /* Back before it was forgotten. */
+                        model_announce(m, model);
+                        continue;
+                }
+                r = store_watch_resolve(m->store_watch, *name);
+                if (r < 0)
+                        log_warning_errno(r, "Cannot look into model %s, found in the store: %m", *name);
+        }
+}
+
+static void on_store_resolved(const char *name, int r, uint64_t size_bytes, const char *error, void *userdata) {
+        Manager *m = userdata;
+
+        if (r != -ECANCELED && !m->shutting_down)
+                (void) add_found_model(m, name, r, size_bytes, error);   /* logged */
+        manager_work_done(m);
+}
+
+static const StoreWatchCallbacks store_watch_callbacks = {
+        .listed = on_store_listed,
+        .resolved = on_store_resolved,
+};
 
 /* Unloads the victims (a list from the pool's policy) for the reason. */
 static void unload_victims(Manager *m, PoolModel **victims, size_t n, const char *reason) {
@@ -204,7 +290,7 @@ static void on_memory(MemoryMonitor *monitor, const MemoryInfo *info, bool stall
 static void maybe_exit(Manager *m) {
         int r;
 
-        if (!m->shutting_down || !models_settled(m))
+        if (!m->shutting_down || !models_settled(m) || store_watch_busy(m->store_watch))
                 return;
         r = sd_event_exit(m->event, 0);
         if (r < 0)
@@ -242,6 +328,11 @@ int manager_start(Manager *m) {
         r = memory_monitor_new(m->event, MEMORY_CHECK_INTERVAL_USEC, on_memory, m, &m->memory_monitor);
         if (r < 0)
                 return log_error_errno(r, "Cannot watch memory pressure: %m");
+
+        r = store_watch_new(m->event, m->config.model_dir, m->config.huggingface_cache, &store_watch_callbacks, m,
+                            &m->store_watch);
+        if (r < 0)
+                return log_error_errno(r, "Cannot watch the store for models added by hand: %m");
 
         return 0;
 }
@@ -307,6 +398,7 @@ void manager_begin_shutdown(Manager *m) {
                 log_debug_errno(r, "Cannot tell the service manager we stop: %m");
         log_info("Shutting down: unloading every model.");
 
+        store_watch_stop(m->store_watch);
         models_stop_all(m);
         maybe_exit(m);
 }

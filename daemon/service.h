@@ -3,14 +3,15 @@
 
 #include "manager.h"
 
-/* The daemon as a service around the model core: configuration and the
- * store's scan at start-up, the idle timer, memory pressure and the memory
- * limit, Preload=, peers leaving, and shutdown. */
+/* The daemon as a service around the model core: configuration, the
+ * store's scan at start-up and its changes later, the idle timer, memory
+ * pressure and the memory limit, Preload=, peers leaving, and shutdown. */
 
 /* Applies the configuration: pool limits resolved against the host's memory. */
 int manager_configure(Manager *m, const Config *config);
 int manager_scan_store(Manager *m);
-/* Needs m->event. Starts the workers, the idle timer and the memory watch. */
+/* Needs m->event. Starts the workers, the idle timer, the memory watch and
+ * the store's watch (models added or removed by hand). */
 int manager_start(Manager *m);
 Manager *manager_free(Manager *m);
 static inline void manager_freep(Manager **m) {

@@ -26,7 +26,7 @@
 #define WAIT_USEC (60 * USEC_PER_SEC)
 
 typedef struct Recorder {
-        unsigned loaded, unloaded, failed, announced, progress;
+        unsigned loaded, unloaded, failed, announced, progress, removed;
         char last_unload_reason[64];
         int last_failure;
 } Recorder;
@@ -55,12 +55,20 @@ static void on_progress(Manager *m, PoolModel *model, uint64_t done, uint64_t to
         rec.progress++;
 }
 
+static void on_removed(Manager *m, PoolModel *model) {
+        /* Still findable, as sd-bus needs it to be. */
+        assert_ptr_equal(pool_find(&m->pool, model->name), model);
+        assert_true(model_is_announced(model));
+        rec.removed++;
+}
+
 static const ManagerEvents recorder_events = {
         .model_loaded = on_model_loaded,
         .model_unloaded = on_model_unloaded,
         .load_failed = on_load_failed,
         .model_announced = on_announced,
         .load_progress = on_progress,
+        .model_removed = on_removed,
 };
 
 typedef struct Fixture {
@@ -575,6 +583,96 @@ static void test_requeued_load_keeps_its_options(void **state) {
         fixture_free(f);
 }
 
+/* The loop runs until cond holds (the store watch settles in ~150 ms). */
+#define RUN_UNTIL(f, cond)                                                              \
+        do {                                                                            \
+                uint64_t end_ = now_monotonic_usec() + WAIT_USEC;                       \
+                while (!(cond)) {                                                       \
+                        assert_true(now_monotonic_usec() < end_);                       \
+                        assert_true(sd_event_run((f)->m->event, 100 * USEC_PER_MSEC) >= 0); \
+                }                                                                       \
+        } while (0)
+
+static void remove_model_dir(Fixture *f, const char *name) {
+        char command[256];
+
+        snprintf(command, sizeof command, "rm -rf '%s/%s'", f->dir, name);
+        assert_int_equal(system(command), 0);
+}
+
+static bool left_store(Fixture *f, const char *name) {
+        PoolModel *model = pool_find(&f->m->pool, name);
+
+        return model && ((ModelRuntime *) model->userdata)->left_store;
+}
+
+static void test_store_watch_announces_and_forgets(void **state) {
+        Fixture *f = fixture_new("1G", 2, 4);
+        PoolModel *gamma;
+
+        assert_int_equal(rec.announced, 2);
+        write_model(f->dir, "gamma", 1024);
+        RUN_UNTIL(f, rec.announced == 3);
+        gamma = pool_find(&f->m->pool, "gamma");
+        assert_non_null(gamma);
+        assert_int_equal(gamma->state, MODEL_AVAILABLE);
+        assert_true(gamma->size_bytes > 4096);
+        assert_int_equal(rec.removed, 0);
+
+        remove_model_dir(f, "gamma");
+        RUN_UNTIL(f, rec.removed == 1);
+        assert_null(pool_find(&f->m->pool, "gamma"));
+        assert_non_null(pool_find(&f->m->pool, "alpha"));
+        fixture_free(f);
+}
+
+static void test_store_watch_keeps_loaded_model_until_unloaded(void **state) {
+        Fixture *f = fixture_new("1G", 2, 4);
+        PoolModel *alpha = load(f, "alpha");
+        Outcome o;
+        Request *req;
+
+        remove_model_dir(f, "alpha");
+        RUN_UNTIL(f, left_store(f, "alpha"));
+        /* Its mappings keep its data. */
+        assert_int_equal(alpha->state, MODEL_LOADED);
+        assert_int_equal(rec.removed, 0);
+
+        req = submit(f, REQUEST_UNLOAD, "alpha", NULL, &o);
+        run_until(f, &o.completed);
+        assert_int_equal(o.error, 0);
+        assert_true(o.was_loaded);
+        request_unref(req);
+        RUN_UNTIL(f, rec.removed == 1);
+        assert_null(pool_find(&f->m->pool, "alpha"));
+        fixture_free(f);
+}
+
+static void test_store_watch_model_back_before_unload_stays(void **state) {
+        Fixture *f = fixture_new("1G", 2, 4);
+        char from[128], to[128];
+        Outcome o;
+        Request *req;
+
+        (void) load(f, "alpha");
+        snprintf(from, sizeof from, "%s/alpha", f->dir);
+        snprintf(to, sizeof to, "%s/.away", f->dir);
+        assert_int_equal(rename(from, to), 0);
+        RUN_UNTIL(f, left_store(f, "alpha"));
+        assert_int_equal(rename(to, from), 0);
+        RUN_UNTIL(f, !left_store(f, "alpha"));
+
+        req = submit(f, REQUEST_UNLOAD, "alpha", NULL, &o);
+        run_until(f, &o.completed);
+        request_unref(req);
+        /* A look more, to be sure nothing forgets it later. */
+        write_model(f->dir, "gamma", 1024);
+        RUN_UNTIL(f, rec.announced == 3);
+        assert_int_equal(rec.removed, 0);
+        assert_non_null(pool_find(&f->m->pool, "alpha"));
+        fixture_free(f);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_load_and_unload),
@@ -590,6 +688,9 @@ int main(void) {
                 cmocka_unit_test(test_shutdown_completes_waiters_of_unloading_model),
                 cmocka_unit_test(test_unload_without_force_keeps_pinned_load),
                 cmocka_unit_test(test_requeued_load_keeps_its_options),
+                cmocka_unit_test(test_store_watch_announces_and_forgets),
+                cmocka_unit_test(test_store_watch_keeps_loaded_model_until_unloaded),
+                cmocka_unit_test(test_store_watch_model_back_before_unload_stays),
         };
 
         log_set_max_level(LOG_WARNING);
