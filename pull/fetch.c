@@ -186,8 +186,10 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *userdata) {
                 return 0;
         }
         j->progressed = true;
-        if (j->progress)
-                j->progress(j->progress_userdata);
+        if (j->progress && j->progress(j->progress_userdata, j->error) < 0) {
+                j->failed = true;
+                return 0;
+        }
         if (r > 0) {
                 j->enough = true;
                 return 0;

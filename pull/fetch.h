@@ -69,8 +69,9 @@ typedef struct FetchRequest {
         void *userdata;
 } FetchRequest;
 
-/* Called after bytes were written somewhere. */
-typedef void (*fetch_progress_t)(void *userdata);
+/* Called after bytes were written somewhere; a negative errno stops every
+ * transfer, the failure recorded in e. */
+typedef int (*fetch_progress_t)(void *userdata, PullError *e);
 
 /* Runs the requests, at most parallel at once, until each is finished or
  * one fails for good (the others are then stopped). 0, or a negative errno

@@ -346,10 +346,15 @@ static int inspect(Pull *p) {
         return 0;
 }
 
-static void on_progress(void *userdata) {
+static int on_progress(void *userdata, PullError *e) {
         Pull *p = userdata;
+        int r;
 
-        (void) protocol_progress(p->done, p->total, false);
+        /* Nobody reads what we do any more. */
+        r = protocol_progress(p->done, p->total, false);
+        if (r < 0)
+                return pull_error(e, PULL_CANCELLED, r, "Cannot write to the daemon: %m");
+        return 0;
 }
 
 static int download_open(void *userdata, PullError *e) {

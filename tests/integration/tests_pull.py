@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 
-from harness import DEADLINE, MiB, wait_until
+from harness import DEADLINE, SANITIZER_REPORT, MiB, wait_until
 
 PAGE = os.sysconf("SC_PAGESIZE")
 # A whole run of the helper on a loaded machine: far more than it takes.
@@ -182,6 +182,10 @@ class Pull:
                 self.err_reader.join(timeout=DEADLINE)
                 if not self.proc.stdin.closed:
                         self.proc.stdin.close()
+                # UBSan reports on stderr (ASan's and LSan's go to the test's
+                # report directory, which the runner checks).
+                found = SANITIZER_REPORT.search(self.stderr.decode(errors="replace"))
+                assert not found, f"sanitizer report from mpool-pull:\n{self.stderr.decode(errors='replace')}"
                 lines = self.output().splitlines()
                 assert lines, f"mpool-pull printed nothing: {self.stderr.decode(errors='replace')}"
                 return self.proc.returncode, lines[-1].split(" ")
