@@ -33,7 +33,8 @@ endif
 B ?= build
 
 # Debian 12 packages the build needs; `make deps` installs what is missing.
-BUILD_DEB_PACKAGES = build-essential pkg-config libsystemd-dev libcjson-dev libinih-dev libcmocka-dev uthash-dev
+BUILD_DEB_PACKAGES = build-essential pkg-config libsystemd-dev libcjson-dev libinih-dev libcmocka-dev uthash-dev \
+	libcurl4-openssl-dev libssl-dev
 TEST_DEB_PACKAGES = dbus-daemon systemd python3 python3-dbus polkitd util-linux tmux libglib2.0-bin python3-gi
 DEPS_PC = libsystemd libcjson inih
 
@@ -44,6 +45,10 @@ override CFLAGS += -std=gnu11 -Wall -Wextra -Wno-unused-parameter -Wno-missing-f
 override CPPFLAGS += -D_GNU_SOURCE -Iinclude -Ibase $(shell $(PKG_CONFIG) --cflags $(DEPS_PC) 2>/dev/null)
 LIBS = $(shell $(PKG_CONFIG) --libs $(DEPS_PC) 2>/dev/null) -pthread
 CMOCKA_LIBS = $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null)
+# Only the download helper speaks HTTP and hashes: only it links these.
+PULL_PC = libcurl libcrypto
+PULL_CFLAGS = $(shell $(PKG_CONFIG) --cflags $(PULL_PC) 2>/dev/null)
+PULL_LIBS = $(shell $(PKG_CONFIG) --libs $(PULL_PC) 2>/dev/null)
 
 # base/: what daemon, client and tests all use (macros, logging, parsers,
 # string vectors, clocks). The client links it alone, never the daemon's code.
@@ -53,10 +58,12 @@ DAEMON_LIB_SRCS := $(filter-out daemon/mpoold.c,$(wildcard daemon/*.c))
 DAEMON_LIB_OBJS := $(DAEMON_LIB_SRCS:%.c=$(B)/%.o)
 CLIENT_SRCS := $(wildcard client/*.c)
 CLIENT_OBJS := $(CLIENT_SRCS:%.c=$(B)/%.o)
+PULL_SRCS := $(wildcard pull/*.c)
+PULL_OBJS := $(PULL_SRCS:%.c=$(B)/%.o)
 UNIT_TEST_SRCS := $(wildcard tests/unit/test-*.c)
 UNIT_TESTS := $(UNIT_TEST_SRCS:tests/unit/%.c=$(B)/tests/%)
 
-PROGRAMS = $(B)/mpoold $(B)/mpool-mkmodel $(B)/mpool-client
+PROGRAMS = $(B)/mpoold $(B)/mpool-mkmodel $(B)/mpool-client $(B)/mpool-pull
 
 .PHONY: all deps check check-unit check-integration check-system run install clean bench
 .DEFAULT_GOAL := all
@@ -97,6 +104,14 @@ $(B)/mpoold-test: $(B)/daemon/mpoold.o $(TEST_HOOK_OBJS) $(B)/libmpoold.a $(B)/l
 
 $(B)/mpool-client: $(CLIENT_OBJS) $(B)/libmpool-base.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+# The download helper (libexec): the daemon's readers (json-scan, the
+# safetensors validator, the index reader) from libmpoold.a, and libcurl
+# and libcrypto, which nothing else links.
+$(B)/pull/%.o: override CPPFLAGS += -Idaemon $(PULL_CFLAGS)
+
+$(B)/mpool-pull: $(PULL_OBJS) $(B)/libmpoold.a $(B)/libmpool-base.a
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(PULL_LIBS) $(LIBS)
 
 $(B)/mpool-mkmodel: $(B)/tests/tools/mkmodel.o $(B)/libmpoold.a $(B)/libmpool-base.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
@@ -148,6 +163,7 @@ run: deps
 install: all
 	install -Dm0755 $(B)/mpoold $(DESTDIR)$(SBINDIR)/mpoold
 	install -Dm0755 $(B)/mpool-client $(DESTDIR)$(BINDIR)/mpool-client
+	install -Dm0755 $(B)/mpool-pull $(DESTDIR)$(LIBEXECDIR)/mpool/mpool-pull
 	install -Dm0644 client/mpool-client.1 $(DESTDIR)$(MANDIR)/man1/mpool-client.1
 	install -Dm0644 client/mpool-client.bash-completion $(DESTDIR)$(BASHCOMPLETIONDIR)/mpool-client
 	install -Dm0644 dbus/org.mpool.Manager.xml $(DESTDIR)$(DATADIR)/dbus-1/interfaces/org.mpool.Manager.xml

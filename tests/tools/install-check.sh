@@ -17,6 +17,7 @@ expected=$(cat <<'LIST'
 /usr/bin/mpool-client
 /usr/lib/sysusers.d/mpool.conf
 /usr/lib/tmpfiles.d/mpool.conf
+/usr/libexec/mpool/mpool-pull
 /usr/sbin/mpoold
 /usr/share/bash-completion/completions/mpool-client
 /usr/share/dbus-1/interfaces/org.mpool.Manager.xml
@@ -38,7 +39,7 @@ grep -q '^ExecStart=/usr/sbin/mpoold --system$' "$dest/lib/systemd/system/mpoold
         echo "install-check: the installed unit does not start /usr/sbin/mpoold" >&2
         exit 1
 }
-for f in usr/sbin/mpoold usr/bin/mpool-client; do
+for f in usr/sbin/mpoold usr/bin/mpool-client usr/libexec/mpool/mpool-pull; do
         [[ -x $dest/$f ]] || { echo "install-check: $f is not executable" >&2; exit 1; }
 done
 echo "install-check: $(echo "$expected" | wc -l) files installed where Debian expects them."
