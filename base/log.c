@@ -85,7 +85,10 @@ static void log_to_stderr(int level, const char *message) {
 
         /* Best effort: a closed stderr or one whose reader went away (EPIPE,
          * with SIGPIPE ignored) costs the line, never the caller. */
-        (void) fprintf(stderr, "mpoold[%s]: %s\n", prefix[level & LOG_PRIMASK], message);
+        /* Named after the program, so that mpool-pull's lines in mpoold's
+         * log are told apart from mpoold's own. */
+        (void) fprintf(stderr, "%s[%s]: %s\n", program_invocation_short_name, prefix[level & LOG_PRIMASK],
+                       message);
         clearerr(stderr);
         errno = saved_errno;
 }
