@@ -49,16 +49,17 @@ static int strv_copy(char *const *l, char ***ret) {
 }
 
 int config_init_defaults(Config *c) {
-        char *model_dir;
+        _cleanup_free_ char *model_dir = NULL, *hub_endpoint = NULL;
 
         assert(c);
 
         model_dir = strdup(CONFIG_MODEL_DIR_DEFAULT);
-        if (!model_dir)
+        hub_endpoint = strdup(CONFIG_HUB_ENDPOINT_DEFAULT);
+        if (!model_dir || !hub_endpoint)
                 return -ENOMEM;
 
         *c = (Config) {
-                .model_dir = model_dir,
+                .model_dir = TAKE_PTR(model_dir),
                 .huggingface_cache = NULL,
                 .memory_limit = { .is_percent = true, .permyriad = 5000 },
                 .max_loaded_models = 0,
@@ -68,6 +69,9 @@ int config_init_defaults(Config *c) {
                 .preload = NULL,
                 .max_concurrent_loads = CONFIG_MAX_CONCURRENT_LOADS_DEFAULT,
                 .max_queued_loads = CONFIG_MAX_QUEUED_LOADS_DEFAULT,
+                .max_concurrent_downloads = CONFIG_MAX_CONCURRENT_DOWNLOADS_DEFAULT,
+                .hub_endpoint = TAKE_PTR(hub_endpoint),
+                .hub_token_file = NULL,
         };
         return 0;
 }
@@ -78,13 +82,31 @@ void config_done(Config *c) {
         free(c->model_dir);
         free(c->huggingface_cache);
         strv_free(c->preload);
+        free(c->hub_endpoint);
+        free(c->hub_token_file);
         *c = (Config) {};
 }
 
+static int strdup_or_null(const char *s, char **ret) {
+        char *copy = NULL;
+
+        if (s) {
+                copy = strdup(s);
+                if (!copy)
+                        return -ENOMEM;
+        }
+        *ret = copy;
+        return 0;
+}
+
 static int config_copy(const Config *c, Config *ret) {
-        _cleanup_free_ char *model_dir = NULL, *huggingface_cache = NULL;
+        _cleanup_free_ char *model_dir = NULL, *huggingface_cache = NULL, *hub_endpoint = NULL, *hub_token_file = NULL;
         char **preload;
         int r;
+
+        if (strdup_or_null(c->hub_endpoint, &hub_endpoint) < 0 ||
+            strdup_or_null(c->hub_token_file, &hub_token_file) < 0)
+                return -ENOMEM;
 
         if (c->model_dir) {
                 model_dir = strdup(c->model_dir);
@@ -104,6 +126,8 @@ static int config_copy(const Config *c, Config *ret) {
         ret->model_dir = TAKE_PTR(model_dir);
         ret->huggingface_cache = TAKE_PTR(huggingface_cache);
         ret->preload = preload;
+        ret->hub_endpoint = TAKE_PTR(hub_endpoint);
+        ret->hub_token_file = TAKE_PTR(hub_token_file);
         return 0;
 }
 
@@ -256,6 +280,66 @@ static int parse_max_queued_loads(Config *c, const char *value, char **ret_reaso
         return parse_unsigned_setting(value, 0, CONFIG_MAX_QUEUED_LOADS_MAX, &c->max_queued_loads, ret_reason);
 }
 
+static int parse_max_concurrent_downloads(Config *c, const char *value, char **ret_reason) {
+        return parse_unsigned_setting(value, 1, CONFIG_MAX_CONCURRENT_DOWNLOADS_MAX,
+                                      &c->max_concurrent_downloads, ret_reason);
+}
+
+/* The helper builds its URLs by appending "/api/…" and "/{repo}/resolve/…",
+ * so the endpoint is a bare http(s) origin or prefix without spaces, control
+ * characters, a query or a fragment, and its trailing slashes are dropped. */
+static int parse_hub_endpoint(Config *c, const char *value, char **ret_reason) {
+        const char *rest;
+        char *copy;
+        size_t n;
+        int r;
+
+        r = refuse_empty(value, ret_reason);
+        if (r < 0)
+                return r;
+        if (strncmp(value, "https://", 8) == 0)
+                rest = value + 8;
+        else if (strncmp(value, "http://", 7) == 0)
+                rest = value + 7;
+        else
+                return config_error(ret_reason, -EINVAL, "'%s' is not an http:// or https:// URL", value);
+        n = strlen(value);
+        if (n > CONFIG_HUB_ENDPOINT_MAX)
+                return config_error(ret_reason, -EINVAL, "URL is longer than %u characters", CONFIG_HUB_ENDPOINT_MAX);
+        if (rest[0] == '\0' || rest[0] == '/')
+                return config_error(ret_reason, -EINVAL, "'%s' has no host", value);
+        for (const char *p = value; *p; p++)
+                if ((unsigned char) *p <= 0x20 || (unsigned char) *p >= 0x7f || strchr("?#\\\"<>", *p))
+                        return config_error(ret_reason, -EINVAL, "URL contains the character '%c' (0x%02x), which is not allowed",
+                                            (unsigned char) *p > 0x20 && (unsigned char) *p < 0x7f ? *p : '?',
+                                            (unsigned char) *p);
+        while (n > 0 && value[n - 1] == '/')
+                n--;
+
+        copy = strndup(value, n);
+        if (!copy)
+                return -ENOMEM;
+        free(c->hub_endpoint);
+        c->hub_endpoint = copy;
+        return 0;
+}
+
+static int parse_hub_token_file(Config *c, const char *value, char **ret_reason) {
+        char *path = NULL;
+        int r;
+
+        /* Empty means no token file, which is the default. */
+        if (value[0] != '\0') {
+                r = parse_absolute_path(value, &path, ret_reason);
+                if (r < 0)
+                        return r;
+        }
+
+        free(c->hub_token_file);
+        c->hub_token_file = path;
+        return 0;
+}
+
 static int parse_idle_timeout(Config *c, const char *value, char **ret_reason) {
         int64_t sec;
         int r;
@@ -353,6 +437,9 @@ static const struct {
         { "Pool",  "Preload",            parse_preload },
         { "Pool",  "MaxConcurrentLoads", parse_max_concurrent_loads },
         { "Pool",  "MaxQueuedLoads", parse_max_queued_loads },
+        { "Pool",  "MaxConcurrentDownloads", parse_max_concurrent_downloads },
+        { "Hub",   "Endpoint",           parse_hub_endpoint },
+        { "Hub",   "TokenFile",          parse_hub_token_file },
 };
 
 static int config_apply(Config *c, const char *section, const char *key, const char *value,
@@ -360,7 +447,7 @@ static int config_apply(Config *c, const char *section, const char *key, const c
         bool section_known = false;
 
         if (section[0] == '\0')
-                return config_error(ret_reason, -EINVAL, "setting outside of a section, expected [Store] or [Pool] first");
+                return config_error(ret_reason, -EINVAL, "setting outside of a section, expected [Store], [Pool] or [Hub] first");
 
         for (size_t i = 0; i < ELEMENTSOF(config_keys); i++) {
                 if (strcmp(section, config_keys[i].section) != 0)

@@ -7,7 +7,7 @@
 #include "parse-util.h"
 
 /* mpoold's configuration: /etc/mpool/mpoold.conf, an INI file with the
- * sections [Store] and [Pool]. Every key, its default and its syntax are
+ * sections [Store], [Pool] and [Hub]. Every key, its default and its syntax are
  * listed in the shipped daemon/mpoold.conf. Anything the daemon does not
  * understand (a malformed value, an unknown key or section, a line without
  * '=') is an error that names the file, the line and the key: a typo must
@@ -23,6 +23,10 @@
 #define CONFIG_MAX_CONCURRENT_LOADS_MAX       64U
 #define CONFIG_MAX_QUEUED_LOADS_DEFAULT       64U
 #define CONFIG_MAX_QUEUED_LOADS_MAX           1024U
+#define CONFIG_HUB_ENDPOINT_DEFAULT           "https://huggingface.co"
+#define CONFIG_HUB_ENDPOINT_MAX               1024U
+#define CONFIG_MAX_CONCURRENT_DOWNLOADS_DEFAULT 2U
+#define CONFIG_MAX_CONCURRENT_DOWNLOADS_MAX   16U
 /* Bounds what Preload= lines can make the daemon hold and start at boot. */
 #define CONFIG_PRELOAD_MAX                    1024U
 
@@ -48,6 +52,9 @@ typedef struct Config {
         char **preload;                   /* NULL-terminated, valid model names, no duplicates; may be NULL */
         unsigned max_concurrent_loads;    /* 1..CONFIG_MAX_CONCURRENT_LOADS_MAX */
         unsigned max_queued_loads;        /* 0..CONFIG_MAX_QUEUED_LOADS_MAX */
+        unsigned max_concurrent_downloads; /* 1..CONFIG_MAX_CONCURRENT_DOWNLOADS_MAX */
+        char *hub_endpoint;               /* http:// or https:// URL, no trailing slash */
+        char *hub_token_file;             /* absolute path, NULL when none; the token itself is read at use */
 } Config;
 
 /* Fills c (which holds nothing yet) with the defaults. -ENOMEM. */

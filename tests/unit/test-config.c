@@ -70,6 +70,9 @@ static void assert_defaults(const Config *c) {
         assert_null(c->preload);
         assert_int_equal(c->max_concurrent_loads, 4);
         assert_int_equal(c->max_queued_loads, 64);
+        assert_int_equal(c->max_concurrent_downloads, 2);
+        assert_string_equal(c->hub_endpoint, "https://huggingface.co");
+        assert_null(c->hub_token_file);
 }
 
 static void test_idle_policy_strings(void **state) {
@@ -136,7 +139,11 @@ static void test_every_key(void **state) {
                      "MemoryAvailableMin=512M\n"
                      "Preload=org/one two\n"
                      "MaxConcurrentLoads=64\r\n"
-                     "MaxQueuedLoads=0\r\n");
+                     "MaxQueuedLoads=0\r\n"
+                     "MaxConcurrentDownloads=16\n"
+                     "[Hub]\n"
+                     "Endpoint=http://127.0.0.1:8080/mirror//\n"
+                     "TokenFile=/etc/mpool//hub-token\n");
 
         assert_int_equal(config_init_defaults(&c), 0);
         if (config_load_file(&c, f->path, true, &error) != 0)
@@ -157,6 +164,9 @@ static void test_every_key(void **state) {
         assert_null(c.preload[2]);
         assert_int_equal(c.max_concurrent_loads, 64);
         assert_int_equal(c.max_queued_loads, 0);
+        assert_int_equal(c.max_concurrent_downloads, 16);
+        assert_string_equal(c.hub_endpoint, "http://127.0.0.1:8080/mirror");
+        assert_string_equal(c.hub_token_file, "/etc/mpool/hub-token");
 
         config_done(&c);
 }
@@ -302,6 +312,19 @@ static void test_bad_values(void **state) {
                 { "Pool",  "MaxConcurrentLoads=65",        "MaxConcurrentLoads=: 65 is out of range 1..64", -ERANGE },
                 { "Pool",  "MaxConcurrentLoads=4x",        "MaxConcurrentLoads=: invalid number '4x'", -EINVAL },
                 { "Pool",  "MaxQueuedLoads=1025",          "MaxQueuedLoads=: 1025 is out of range 0..1024", -ERANGE },
+                { "Pool",  "MaxConcurrentDownloads=0",     "MaxConcurrentDownloads=: 0 is out of range 1..16", -ERANGE },
+                { "Pool",  "MaxConcurrentDownloads=17",    "MaxConcurrentDownloads=: 17 is out of range 1..16", -ERANGE },
+                { "Hub",   "Endpoint=",                    "Endpoint=: empty value; comment the line out to use the default", -EINVAL },
+                { "Hub",   "Endpoint=ftp://hub",           "Endpoint=: 'ftp://hub' is not an http:// or https:// URL", -EINVAL },
+                { "Hub",   "Endpoint=huggingface.co",      "Endpoint=: 'huggingface.co' is not an http:// or https:// URL", -EINVAL },
+                { "Hub",   "Endpoint=https://",            "Endpoint=: 'https://' has no host", -EINVAL },
+                { "Hub",   "Endpoint=https:///x",          "Endpoint=: 'https:///x' has no host", -EINVAL },
+                { "Hub",   "Endpoint=https://h/a b",       "Endpoint=: URL contains the character '?' (0x20), which is not allowed", -EINVAL },
+                { "Hub",   "Endpoint=https://h/?q=1",      "Endpoint=: URL contains the character '?' (0x3f), which is not allowed", -EINVAL },
+                { "Hub",   "Endpoint=https://h/#x",        "Endpoint=: URL contains the character '#' (0x23), which is not allowed", -EINVAL },
+                { "Hub",   "TokenFile=token",              "TokenFile=: 'token' is not an absolute path", -EINVAL },
+                { "Hub",   "TokenFile=/etc/../token",      "TokenFile=: '/etc/../token' contains a '..' component", -EINVAL },
+                { "Hub",   "MaxConcurrentDownloads=2",     "MaxConcurrentDownloads=: unknown key in section [Hub]", -EINVAL },
                 { "Pool",  "MaxLoadedModel=3",             "MaxLoadedModel=: unknown key in section [Pool]", -EINVAL },
                 { "Pool",  "ModelDir=/srv",                "ModelDir=: unknown key in section [Pool]", -EINVAL },
                 { "Pool",  "memorylimit=4G",               "memorylimit=: unknown key in section [Pool]", -EINVAL },
@@ -378,7 +401,7 @@ static void test_bad_structure(void **state) {
         check_load_error_str(f, "[pool]\nMemoryLimit=4G\n", -EINVAL,
                              "2: MemoryLimit=: unknown section [pool]");
         check_load_error_str(f, "# no section yet\nMemoryLimit=4G\n", -EINVAL,
-                             "2: MemoryLimit=: setting outside of a section, expected [Store] or [Pool] first");
+                             "2: MemoryLimit=: setting outside of a section, expected [Store], [Pool] or [Hub] first");
         check_load_error_str(f, "[Pool]\nMemoryLimit 4G\n", -EINVAL,
                              "2: syntax error: expected Key=value, [Section] or a comment");
         check_load_error_str(f, "[Pool\nMemoryLimit=4G\n", -EINVAL,
@@ -520,7 +543,7 @@ static void test_shipped_config(void **state) {
         }
         fclose(in);
         assert_int_equal(fclose(out), 0);
-        assert_int_equal(settings, 10);
+        assert_int_equal(settings, 13);
 
         assert_int_equal(config_init_defaults(&c), 0);
         if (config_load_file(&c, f->path, true, &error) != 0)
