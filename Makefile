@@ -88,6 +88,10 @@ $(B)/libmpoold.a: $(DAEMON_LIB_OBJS)
 	@rm -f $@
 	$(AR) rcs $@ $^
 
+# Where the daemon finds the download helper; MPOOL_PULL_PATH in its
+# environment overrides it (the integration tests point it at the build).
+$(B)/daemon/mpoold.o: override CPPFLAGS += -DMPOOL_PULL_PATH='"$(LIBEXECDIR)/mpool/mpool-pull"'
+
 $(B)/mpoold: $(B)/daemon/mpoold.o $(B)/libmpoold.a $(B)/libmpool-base.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
 

@@ -12,6 +12,7 @@
 #include "bus-signal.h"
 #include "service.h"
 #include "bus-util.h"
+#include "download.h"
 #include "log.h"
 #include "macro.h"
 #include "mpool-bus.h"
@@ -239,6 +240,128 @@ static int method_unload_all(sd_bus_message *message, void *userdata, sd_bus_err
         return submit(m, message, REQUEST_UNLOAD_ALL, NULL, &options);
 }
 
+typedef struct PullOptions {
+        const char *revision;
+        const char *token;
+} PullOptions;
+
+static const BusOption pull_options[] = {
+        { "revision", BUS_OPTION_STRING, offsetof(PullOptions, revision), .string.max_length = DOWNLOAD_REVISION_MAX },
+        { "token",    BUS_OPTION_STRING, offsetof(PullOptions, token),    .string.max_length = DOWNLOAD_TOKEN_MAX },
+        {}
+};
+
+/* Owns the reference on the call taken by method_pull(). */
+static void on_pull_reply(int error, const char *message, const char *name, void *userdata) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *call = userdata;
+        _cleanup_free_ char *path = NULL;
+        const char *error_name;
+        int r;
+
+        switch (error) {
+        case 0:
+                r = bus_model_path(name, &path);
+                if (r >= 0)
+                        r = sd_bus_reply_method_return(call, "o", path);
+                else
+                        r = sd_bus_reply_method_errnof(call, r, "Cannot name the object of %s: %m", name);
+                goto done;
+        case -EDQUOT:
+                error_name = MPOOL_ERROR_INSUFFICIENT_STORAGE;
+                break;
+        case -EREMOTEIO:
+                error_name = MPOOL_ERROR_DOWNLOAD_FAILED;
+                break;
+        default:
+                error_name = bus_error_name(error);
+        }
+        r = sd_bus_reply_method_errorf(call, error_name, "%s", strempty(message));
+done:
+        if (r < 0 && r != -ENOTCONN && r != -ECONNRESET)
+                log_warning_errno(r, "Cannot send the reply about pulling %s: %m", name);
+}
+
+static int method_pull(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        PullOptions options = { .revision = "main" };
+        const char *repo;
+        int r;
+
+        r = read_model_name(message, &repo, error);
+        if (r < 0)
+                return r;
+        r = bus_options_read(message, pull_options, &options, error);
+        if (r < 0)
+                return r;
+        if (download_revision_validate(options.revision) < 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "Invalid option \"revision\": 1 to %u characters of A-Z a-z 0-9 . _ / -, without \"..\".",
+                                         DOWNLOAD_REVISION_MAX);
+        if (options.token && (options.token[0] == '\0' || strpbrk(options.token, "\n\r")))
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "Invalid option \"token\": empty or more than one line.");
+        r = verify_actions(m, message, repo, error, POLKIT_ACTION_MANAGE_MODELS, NULL);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+
+        sd_bus_message_ref(message);   /* on_pull_reply's */
+        r = download_pull(m, repo, options.revision, options.token, on_pull_reply, message);
+        if (r < 0) {
+                sd_bus_message_unref(message);
+                switch (r) {
+                case -EBUSY:
+                        return sd_bus_error_setf(error, MPOOL_ERROR_BUSY,
+                                                 m->shutting_down ? "The daemon is shutting down."
+                                                                  : "Model %s is loaded: unload it before pulling it again.",
+                                                 repo);
+                case -EEXIST:
+                        return sd_bus_error_setf(error, MPOOL_ERROR_BUSY,
+                                                 "%s is being pulled at another revision.", repo);
+                case -EUSERS:
+                        return sd_bus_error_setf(error, MPOOL_ERROR_LIMITS_EXCEEDED,
+                                                 "Too many pulls under way or waiting.");
+                default:
+                        return sd_bus_error_set_errnof(error, r, "Cannot pull %s: %m", repo);
+                }
+        }
+        return 1;
+}
+
+static int method_cancel(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        PoolModel *model;
+        const char *name;
+        int r;
+
+        r = read_model_name(message, &name, error);
+        if (r < 0)
+                return r;
+
+        if (download_find(m, name, NULL, NULL)) {
+                r = verify_actions(m, message, name, error, POLKIT_ACTION_MANAGE_MODELS, NULL);
+                if (r <= 0)
+                        return r < 0 ? r : 1;
+                /* Polkit may have taken its time: look again. */
+                if (download_cancel(m, name) >= 0)
+                        return sd_bus_reply_method_return(message, NULL);
+        }
+
+        model = pool_find(&m->pool, name);
+        if (model && model->state == MODEL_LOADING) {
+                r = verify_actions(m, message, name, error, POLKIT_ACTION_LOAD, NULL);
+                if (r <= 0)
+                        return r < 0 ? r : 1;
+                model = pool_find(&m->pool, name);
+                if (model && model->state == MODEL_LOADING) {
+                        model_cancel_load(m, model);
+                        return sd_bus_reply_method_return(message, NULL);
+                }
+        }
+
+        return sd_bus_error_setf(error, MPOOL_ERROR_NOTHING_TO_CANCEL,
+                                 "Nothing is under way for %s: no download and no load.", name);
+}
+
 static double percent(uint64_t part, uint64_t whole) {
         return whole > 0 ? 100.0 * (double) part / (double) whole : 0.0;
 }
@@ -419,10 +542,21 @@ static const sd_bus_vtable manager_vtable[] = {
                                 SD_BUS_NO_RESULT,
                                 method_release, SD_BUS_VTABLE_UNPRIVILEGED),
 
+        SD_BUS_METHOD_WITH_ARGS("Pull",
+                                SD_BUS_ARGS("s", repo, "a{sv}", options),
+                                SD_BUS_RESULT("o", model),
+                                method_pull, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Cancel",
+                                SD_BUS_ARGS("s", name),
+                                SD_BUS_NO_RESULT,
+                                method_cancel, SD_BUS_VTABLE_UNPRIVILEGED),
+
         SD_BUS_SIGNAL_WITH_ARGS("LoadProgress", SD_BUS_ARGS("s", name, "t", bytes_done, "t", bytes_total), 0),
         SD_BUS_SIGNAL_WITH_ARGS("ModelLoaded", SD_BUS_ARGS("s", name, "t", memory_bytes), 0),
         SD_BUS_SIGNAL_WITH_ARGS("LoadFailed", SD_BUS_ARGS("s", name, "s", error_name, "s", message), 0),
         SD_BUS_SIGNAL_WITH_ARGS("ModelUnloaded", SD_BUS_ARGS("s", name, "s", reason), 0),
+        SD_BUS_SIGNAL_WITH_ARGS("DownloadProgress", SD_BUS_ARGS("s", name, "t", bytes_done, "t", bytes_total), 0),
+        SD_BUS_SIGNAL_WITH_ARGS("DownloadFinished", SD_BUS_ARGS("s", name, "s", result, "s", message), 0),
 
         SD_BUS_VTABLE_END
 };
@@ -537,6 +671,20 @@ static void emit_model_unloaded(Manager *m, PoolModel *model, const char *reason
                              "ModelUnloaded", model->name);
 }
 
+static void emit_download_progress(Manager *m, const char *name, uint64_t done, uint64_t total) {
+        if (m->bus)
+                bus_log_emit(sd_bus_emit_signal(m->bus, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE,
+                                                "DownloadProgress", "stt", name, done, total),
+                             "DownloadProgress", name);
+}
+
+static void emit_download_finished(Manager *m, const char *name, const char *result, const char *message) {
+        if (m->bus)
+                bus_log_emit(sd_bus_emit_signal(m->bus, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE,
+                                                "DownloadFinished", "sss", name, result, message),
+                             "DownloadFinished", name);
+}
+
 static const ManagerEvents bus_events = {
         .manager_changed = emit_manager_changed,
         .model_announced = bus_model_emit_added,
@@ -546,6 +694,8 @@ static const ManagerEvents bus_events = {
         .load_failed = emit_load_failed,
         .model_unloaded = emit_model_unloaded,
         .model_removed = bus_model_emit_removed,
+        .download_progress = emit_download_progress,
+        .download_finished = emit_download_finished,
 };
 
 int bus_manager_register(Manager *m) {

@@ -25,6 +25,7 @@
  * manager.h, model-lifecycle.h, service.h, the bus files. */
 
 typedef struct Manager Manager;
+typedef struct Download Download;
 
 /* What changed, for the listeners of PropertiesChanged. */
 typedef enum ManagerChange {
@@ -56,6 +57,10 @@ typedef struct ManagerEvents {
         /* A model is about to be forgotten (it left the store): the last
          * moment it can still be found. */
         void (*model_removed)(Manager *m, PoolModel *model);
+        /* Pulls (download.h), by repository name: progress at most every
+         * 50 ms; result "done", "failed" or "cancelled". */
+        void (*download_progress)(Manager *m, const char *name, uint64_t done, uint64_t total);
+        void (*download_finished)(Manager *m, const char *name, const char *result, const char *message);
 } ManagerEvents;
 
 struct Manager {
@@ -71,6 +76,8 @@ struct Manager {
         sd_event_source *idle_timer;
         sd_event_source *forget_source; /* forgets models that left the store, once they let go */
         StoreWatch *store_watch;      /* models added and removed by hand */
+        Download *downloads;          /* running and queued pulls, oldest first (download.h) */
+        const char *pull_helper;      /* path of mpool-pull */
         sd_bus_slot *object_manager_slot;
         sd_bus_slot *peer_left_slot;
         size_t preload_next;          /* Preload= entries started so far */

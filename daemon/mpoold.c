@@ -23,6 +23,9 @@
 #include "time-util.h"
 
 #define DEFAULT_CONFIG_FILE "/etc/mpool/mpoold.conf"
+#ifndef MPOOL_PULL_PATH
+#define MPOOL_PULL_PATH "/usr/local/libexec/mpool/mpool-pull"
+#endif
 
 typedef enum BusKind {
         BUS_SYSTEM,
@@ -254,6 +257,11 @@ static int run(int argc, char *argv[]) {
         r = config_load_file(&m->config, arg_config ?: DEFAULT_CONFIG_FILE, !!arg_config, &config_error);
         if (r < 0)
                 return log_error_errno(r, "Invalid configuration: %s", config_error ?: "cannot read it");
+
+        /* Read once, at start-up: the tests run the helper from the build. */
+        m->pull_helper = getenv("MPOOL_PULL_PATH") ?: MPOOL_PULL_PATH;
+        if (m->pull_helper[0] != '/')
+                return log_error_errno(-EINVAL, "MPOOL_PULL_PATH must be an absolute path.");
 
         r = manager_configure(m, &m->config);
         if (r < 0)

@@ -11,6 +11,7 @@
 #include "manager.h"
 #include "model-lifecycle.h"
 #include "service.h"
+#include "download.h"
 #include "mpool-bus.h"
 #include "store.h"
 #include "store-watch.h"
@@ -27,6 +28,7 @@ Manager *manager_free(Manager *m) {
         if (!m)
                 return NULL;
 
+        downloads_stop_all(m);
         store_watch_free(m->store_watch);
         sd_event_source_disable_unref(m->forget_source);
         polkit_registry_free(m->polkit);
@@ -399,6 +401,7 @@ void manager_begin_shutdown(Manager *m) {
         log_info("Shutting down: unloading every model.");
 
         store_watch_stop(m->store_watch);
+        downloads_stop_all(m);
         models_stop_all(m);
         maybe_exit(m);
 }

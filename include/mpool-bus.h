@@ -17,6 +17,9 @@
 #define MPOOL_ERROR_CANCELLED            "org.mpool.Error.Cancelled"
 #define MPOOL_ERROR_BUSY                 "org.mpool.Error.Busy"
 #define MPOOL_ERROR_LIMITS_EXCEEDED      "org.mpool.Error.LimitsExceeded"
+#define MPOOL_ERROR_INSUFFICIENT_STORAGE "org.mpool.Error.InsufficientStorage"
+#define MPOOL_ERROR_DOWNLOAD_FAILED      "org.mpool.Error.DownloadFailed"
+#define MPOOL_ERROR_NOTHING_TO_CANCEL    "org.mpool.Error.NothingToCancel"
 
 /* A model name is one or two path segments ("org/name"), each at most this long. */
 #define MPOOL_NAME_SEGMENT_MAX 96

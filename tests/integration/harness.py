@@ -617,7 +617,12 @@ class Daemon:
                 self.ctx = ctx
                 self.user = user
                 self.program = ctx.suite.mpoold_test if gates else ctx.suite.mpoold
-                self.env = dict(os.environ, MPOOL_TEST_LOAD_GATE=ctx.gate_dir()) if gates else None
+                # The daemon runs the download helper from the build, with
+                # retries that wait milliseconds (pull/PROTOCOL.md).
+                self.env = dict(os.environ, MPOOL_PULL_PATH=os.path.join(ctx.suite.build_dir, "mpool-pull"),
+                                MPOOL_PULL_TEST_BACKOFF_MSEC="20")
+                if gates:
+                        self.env["MPOOL_TEST_LOAD_GATE"] = ctx.gate_dir()
                 self.config_path = config_path
                 self.address = ctx.suite.address
                 self.log_path = os.path.join(ctx.dir, f"mpoold-{len(ctx.daemons)}.log")
