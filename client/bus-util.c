@@ -173,6 +173,9 @@ typedef enum ErrorClass {
         ERROR_INVALID_ARGS,
         ERROR_NOT_HELD,
         ERROR_UNSUPPORTED,
+        ERROR_DOWNLOAD_FAILED,
+        ERROR_NO_STORAGE,
+        ERROR_NOTHING_TO_CANCEL,
 } ErrorClass;
 
 static ErrorClass classify(const sd_bus_error *error, int r) {
@@ -189,6 +192,9 @@ static ErrorClass classify(const sd_bus_error *error, int r) {
                 { MPOOL_ERROR_LIMITS_EXCEEDED,                          ERROR_LIMITS },
                 { SD_BUS_ERROR_LIMITS_EXCEEDED,                         ERROR_LIMITS },
                 { MPOOL_ERROR_NOT_HELD,                                 ERROR_NOT_HELD },
+                { MPOOL_ERROR_DOWNLOAD_FAILED,                          ERROR_DOWNLOAD_FAILED },
+                { MPOOL_ERROR_INSUFFICIENT_STORAGE,                     ERROR_NO_STORAGE },
+                { MPOOL_ERROR_NOTHING_TO_CANCEL,                        ERROR_NOTHING_TO_CANCEL },
                 { SD_BUS_ERROR_UNKNOWN_OBJECT,                          ERROR_NOT_FOUND },
                 { SD_BUS_ERROR_ACCESS_DENIED,                           ERROR_ACCESS_DENIED },
                 { SD_BUS_ERROR_AUTH_FAILED,                             ERROR_ACCESS_DENIED },
@@ -230,7 +236,12 @@ static ErrorClass classify(const sd_bus_error *error, int r) {
 int bus_error_exit_status(const sd_bus_error *error, int r) {
         switch (classify(error, r)) {
         case ERROR_NOT_FOUND:
+        case ERROR_NOTHING_TO_CANCEL:
                 return MPOOL_EXIT_NOT_FOUND;
+        case ERROR_DOWNLOAD_FAILED:
+                return MPOOL_EXIT_DOWNLOAD_FAILED;
+        case ERROR_NO_STORAGE:
+                return MPOOL_EXIT_NO_STORAGE;
         case ERROR_INVALID_MODEL:
                 return MPOOL_EXIT_INVALID_MODEL;
         case ERROR_NO_MEMORY:
@@ -282,6 +293,11 @@ int report_bus_error(const sd_bus_error *error, int r, const char *action, const
                 break;
         case ERROR_INVALID_MODEL:
                 print_error("Model %s is not usable: %s", strempty(model), text);
+                break;
+        case ERROR_DOWNLOAD_FAILED:
+        case ERROR_NO_STORAGE:
+        case ERROR_NOTHING_TO_CANCEL:
+                print_error("Cannot %s: %s", what, text);
                 break;
         case ERROR_NO_MEMORY:
                 print_error("Not enough memory for model %s: %s", strempty(model), text);

@@ -20,6 +20,8 @@ enum {
         MPOOL_EXIT_PINNED = 8,
         MPOOL_EXIT_CANCELLED = 9,
         MPOOL_EXIT_BUSY = 10,
+        MPOOL_EXIT_DOWNLOAD_FAILED = 11,
+        MPOOL_EXIT_NO_STORAGE = 12,
         MPOOL_EXIT_INTERRUPTED = 130,   /* 128 + SIGINT, as shells report it */
 };
 
@@ -54,6 +56,7 @@ extern bool arg_all;
 extern bool arg_pin;
 extern bool arg_keep_alive_set;
 extern int64_t arg_keep_alive_sec;     /* -1: never unload for idleness */
+extern const char *arg_revision;       /* pull: NULL for the daemon's default */
 
 /* Verbs: argv[0] is the verb. They return 0, an exit status, or a negative
  * errno (already reported). */
@@ -65,3 +68,5 @@ int verb_hold(int argc, char *argv[]);
 int verb_monitor(int argc, char *argv[]);
 int verb_top(int argc, char *argv[]);
 int verb_set(int argc, char *argv[]);
+int verb_pull(int argc, char *argv[]);
+int verb_cancel(int argc, char *argv[]);

@@ -28,6 +28,8 @@ bool arg_all = false;
 bool arg_pin = false;
 bool arg_keep_alive_set = false;
 int64_t arg_keep_alive_sec = 0;
+const char *arg_revision = NULL;
+static bool arg_revision_set = false;
 
 #define VERB_ANY ((unsigned) -1)
 
@@ -50,6 +52,8 @@ static void help(void) {
                "  top                        Live view of the loaded models\n"
                "  set memory-limit SIZE      Change the pool's memory limit\n"
                "  set idle-timeout DURATION  Change the default keep-alive\n"
+               "  pull REPO                  Download a model from the hub into the store\n"
+               "  cancel NAME                Cancel the download, or else the load, of a model\n"
                "\nOptions:\n"
                "  -h --help                  Show this help\n"
                "     --version               Show the version\n"
@@ -69,6 +73,7 @@ static void help(void) {
                "     --pin                   load: never unload for idleness or memory\n"
                "     --force                 unload: unload pinned models too\n"
                "     --all                   unload: unload every model\n"
+               "     --revision=REV          pull: branch, tag or commit (default: main)\n"
                "\nSee the mpool-client(1) man page for details.\n",
                program_invocation_short_name, ansi(ANSI_BOLD), ansi(ANSI_NORMAL));
 }
@@ -88,6 +93,7 @@ static int parse_argv(int argc, char *argv[]) {
                 ARG_PIN,
                 ARG_FORCE,
                 ARG_ALL,
+                ARG_REVISION,
         };
         static const struct option options[] = {
                 { "help",            no_argument,       NULL, 'h'                 },
@@ -106,6 +112,7 @@ static int parse_argv(int argc, char *argv[]) {
                 { "pin",             no_argument,       NULL, ARG_PIN             },
                 { "force",           no_argument,       NULL, ARG_FORCE           },
                 { "all",             no_argument,       NULL, ARG_ALL             },
+                { "revision",        required_argument, NULL, ARG_REVISION        },
                 {}
         };
         int c, r;
@@ -200,6 +207,10 @@ static int parse_argv(int argc, char *argv[]) {
                 case ARG_ALL:
                         arg_all = true;
                         break;
+                case ARG_REVISION:
+                        arg_revision = optarg;
+                        arg_revision_set = true;
+                        break;
                 case '?':
                         return -EINVAL;
                 default:
@@ -218,6 +229,8 @@ static const Verb verbs[] = {
         { "monitor", 1, 2,        verb_monitor },
         { "top",     1, 1,        verb_top     },
         { "set",     3, 3,        verb_set     },
+        { "pull",    2, 2,        verb_pull    },
+        { "cancel",  2, 2,        verb_cancel  },
 };
 
 /* Options that only mean something to one verb are refused elsewhere, rather
@@ -232,6 +245,7 @@ static int check_verb_options(const char *verb) {
                 { &arg_keep_alive_set, "--keep-alive", "load"   },
                 { &arg_force,          "--force",      "unload" },
                 { &arg_all,            "--all",        "unload" },
+                { &arg_revision_set,   "--revision",   "pull"   },
         };
 
         for (size_t i = 0; i < ELEMENTSOF(table); i++)

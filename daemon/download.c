@@ -219,6 +219,7 @@ static void on_ready(PullProcess *p, const PullPlan *plan, void *userdata) {
         if (commit && strcmp(commit, plan->commit) == 0) {
                 log_info("%s is at commit %s already.", d->repo, plan->commit);
                 d->up_to_date = true;
+                d->replied = true;      /* joiners until the helper is gone are answered at once */
                 pull_process_cancel(p);
                 download_reply_all(d, 0, NULL);
                 return;
@@ -384,7 +385,7 @@ static void on_finished(PullProcess *p, int error, const char *failure, const ch
         download_unlink(m, d);
 
         if (d->up_to_date)
-                ;
+                download_finish(d, "done", "");
         else if (d->refused) {
                 int e = d->refusal ? -EDQUOT : -ENOMEM;
 
@@ -590,9 +591,21 @@ int download_pull(Manager *m, const char *repo, const char *revision, const char
         }
         if (token)
                 r = token_pipe(token, strlen(token), &d->token_fd);
-        else if (m->config.hub_token_file)
+        else if (m->config.hub_token_file) {
                 r = token_file_pipe(m->config.hub_token_file, &d->token_fd);
-        else
+                if (r < 0 && r != -ENOMEM) {
+                        /* The administrator's file, not the caller's mistake:
+                         * a failed download that says why. */
+                        _cleanup_free_ char *text = NULL;
+
+                        download_free(d);
+                        if (asprintf(&text, "Download of %s failed (internal): cannot read the token file %s: %s",
+                                     repo, m->config.hub_token_file, strerror(-r)) < 0)
+                                return -ENOMEM;
+                        reply(-EREMOTEIO, text, repo, userdata);
+                        return 0;
+                }
+        } else
                 r = 0;
         if (r < 0) {
                 download_free(d);

@@ -83,8 +83,9 @@ def test_pull_daemon_end_to_end(ctx):
         hub.clear_log()
         assert pull(d, "org/tiny") == model_path("org/tiny")
         assert not weights_requests(hub), hub.requests()
-        ctx.sync()
-        assert len(finished(ctx, "org/tiny")) == 1, finished(ctx, "org/tiny")
+        # Every Pull that replied is followed by its DownloadFinished.
+        assert wait_finished(ctx, "org/tiny", 2) == ("org/tiny", "done", "")
+        assert len(info_requests(hub)) == 1, hub.requests()
 
 
 def test_pull_daemon_not_found(ctx):
@@ -269,3 +270,69 @@ def test_pull_daemon_polkit_refuses_nobody(ctx):
         assert not os.path.exists(os.path.join(ctx.store, STAGING))
         ctx.sync()
         assert not ctx.monitor.signals("DownloadFinished"), ctx.monitor.signals("DownloadFinished")
+
+
+def test_pull_daemon_client_pull_and_cancel(ctx):
+        from tests_client import client_argv, client_env, run, run_json
+        hub = FakeHub(ctx)
+        make_repo(ctx, hub, size="1M", extras=False)
+        make_repo(ctx, hub, name="org/big", size="4M", extras=False)
+        d = hub_daemon(ctx, hub)
+
+        proc = run(ctx, d, "pull", "org/tiny")
+        assert "Pulled org/tiny" in proc.stdout, proc.stdout
+        assert os.path.exists(os.path.join(ctx.store, "org", "tiny", ".mpool-pull.json"))
+        assert run_json(ctx, d, "pull", "org/tiny") == {"name": "org/tiny", "path": model_path("org/tiny"),
+                                                         "result": "done"}
+        proc = run(ctx, d, "pull", "org/missing", expect=11)
+        assert "not-found" in proc.stderr, proc.stderr
+        run(ctx, d, "pull", "org/tiny", "--revision=../x", expect=2)
+        run(ctx, d, "cancel", "org/tiny", expect=3)
+
+        # Ctrl-C (SIGINT) of a pull cancels the download.
+        hub.control(stall=[{"file": "model.safetensors", "after": 8192, "times": 1}])
+        p = ctx.spawn(client_argv(ctx, d, "pull", "org/big"), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE, text=True, env=client_env())
+        part = os.path.join(ctx.store, STAGING, "org--big", "model.safetensors.part")
+        wait_until(lambda: os.path.exists(part) and os.path.getsize(part) == 8192, "the .part to reach the stall")
+        p.send_signal(2)
+        out, err = p.communicate(timeout=DEADLINE)
+        assert p.returncode == 130, (p.returncode, out, err)
+        assert "Cancelled pulling org/big." in err, err
+        assert wait_finished(ctx, "org/big")[1] == "cancelled"
+        assert not os.path.exists(os.path.join(ctx.store, "org", "big"))
+
+        # cancel NAME of a download under way: the pull exits "cancelled".
+        cut = 2 * MiB
+        hub.control(stall=[{"file": "model.safetensors", "after": cut, "times": 1}])
+        p = ctx.spawn(client_argv(ctx, d, "pull", "org/big"), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE, text=True, env=client_env())
+        wait_until(lambda: os.path.exists(part) and cut <= os.path.getsize(part) <= cut + 8192,
+                   "the resumed .part to reach the stall")
+        assert run_json(ctx, d, "cancel", "org/big") == {"name": "org/big", "cancelled": True}
+        out, err = p.communicate(timeout=DEADLINE)
+        assert p.returncode == 9, (p.returncode, out, err)
+        assert "Cancelled pulling org/big." in err, err
+
+
+def test_pull_daemon_token_file(ctx):
+        hub = FakeHub(ctx)
+        make_repo(ctx, hub, size="1M", extras=False)
+        token = "hf_fromTheTokenFile42"
+        hub.control(token=token)
+        path = os.path.join(ctx.dir, "hub-token")
+        with open(path, "w") as f:
+                f.write(token + "\n")
+        raw = (f"[Store]\nModelDir={ctx.store}\n\n[Pool]\nMemoryLimit=512M\n\n"
+               f"[Hub]\nEndpoint={hub.endpoint}\nTokenFile={path}\n")
+        d = ctx.daemon(config=ctx.write_config(raw=raw))
+
+        assert pull(d, "org/tiny") == model_path("org/tiny")
+        assert wait_finished(ctx, "org/tiny")[1] == "done"
+        assert any(r["auth"] for r in hub.requests()), hub.requests()
+        # Read at use: a token file that went away fails the next pull.
+        os.unlink(path)
+        message = expect_dbus_error(ERROR_DOWNLOAD_FAILED, pull, d, "org/tiny")
+        assert "token file" in message and path in message, message
+        d.stop()
+        assert token not in d.log()
