@@ -643,6 +643,46 @@ int download_cancel(Manager *m, const char *name) {
         return 0;
 }
 
+void downloads_clean_staging(Manager *m) {
+        _cleanup_free_ char *dir = NULL;
+        _cleanup_close_ int fd = -1;
+        struct timespec now;
+        struct dirent *de;
+        DIR *d;
+
+        if (asprintf(&dir, "%s/" DOWNLOAD_STAGING_DIR, m->config.model_dir) < 0)
+                return;
+        fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+                return;         /* none yet */
+        d = fdopendir(fd);
+        if (!d)
+                return;
+        fd = -1;
+        if (clock_gettime(CLOCK_REALTIME, &now) < 0) {
+                closedir(d);
+                return;
+        }
+        while ((de = readdir(d))) {
+                struct stat st;
+                int r;
+
+                if (de->d_name[0] == '.')
+                        continue;
+                if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode))
+                        continue;
+                if (st.st_mtim.tv_sec > now.tv_sec - DOWNLOAD_STAGING_KEEP_SEC)
+                        continue;
+                r = remove_tree_at(dirfd(d), de->d_name, REMOVE_DEPTH_MAX);
+                if (r < 0)
+                        log_warning_errno(r, "Cannot remove the old staging folder %s/%s: %m", dir, de->d_name);
+                else
+                        log_info("Removed the staging folder %s/%s, unused for %u days.", dir, de->d_name,
+                                 (unsigned) (DOWNLOAD_STAGING_KEEP_SEC / (24 * 3600)));
+        }
+        closedir(d);
+}
+
 void downloads_stop_all(Manager *m) {
         while (m->downloads) {
                 Download *d = m->downloads;

@@ -53,5 +53,12 @@ int download_cancel(Manager *m, const char *name);
 /* The download of name, if one is under way: its progress. */
 bool download_find(Manager *m, const char *name, uint64_t *ret_done, uint64_t *ret_total);
 
+/* A staging folder keeps the .part files of a download that failed or was
+ * cancelled for a later pull of the same repository; one left alone for
+ * this long (by its folder's modification time, which each file created or
+ * renamed in it updates) is removed at start-up. */
+#define DOWNLOAD_STAGING_KEEP_SEC (7 * 24 * 3600)
+void downloads_clean_staging(Manager *m);
+
 /* Shutdown: stops every helper; waiters get -EBUSY. */
 void downloads_stop_all(Manager *m);

@@ -313,6 +313,7 @@ int manager_start(Manager *m) {
         assert(m->event);
 
         m->on_work_done = on_work_done;
+        downloads_clean_staging(m);
 
         r = workpool_new(m->event, "loader", m->config.max_concurrent_loads, m->config.max_queued_loads,
                          &m->loaders);

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 
 import dbus
 
@@ -336,3 +337,21 @@ def test_pull_daemon_token_file(ctx):
         assert "token file" in message and path in message, message
         d.stop()
         assert token not in d.log()
+
+
+def test_pull_daemon_old_staging_is_removed_at_start(ctx):
+        staging = os.path.join(ctx.store, STAGING)
+        old = os.path.join(staging, "org--old")
+        fresh = os.path.join(staging, "org--fresh")
+        for folder in (old, fresh):
+                os.makedirs(os.path.join(folder, "1_Pooling"))
+                with open(os.path.join(folder, "model.safetensors.part"), "wb") as f:
+                        f.write(b"x" * 4096)
+                with open(os.path.join(folder, "1_Pooling", "config.json.part"), "wb") as f:
+                        f.write(b"{}")
+        eight_days_ago = time.time() - 8 * 24 * 3600
+        os.utime(old, (eight_days_ago, eight_days_ago))
+        hub = FakeHub(ctx)
+        hub_daemon(ctx, hub)
+        assert not os.path.exists(old), os.listdir(staging)
+        assert os.path.exists(os.path.join(fresh, "model.safetensors.part")), os.listdir(fresh)
