@@ -31,10 +31,9 @@
 
 /* The answer to a pull: error 0 and the model's name (the download goes on,
  * or the model was complete already), or a negative errno and a message:
- * -ENOENT etc. never; -EDQUOT: not enough free space in the store;
+ * -EDQUOT: not enough free space in the store;
  * -EREMOTEIO: the helper failed (message says why); -ECANCELED: cancelled
- * before the plan was known; -EBUSY: the model is loaded and cannot be
- * replaced, or the daemon is shutting down; -EUSERS: too many pulls. */
+ * before the plan was known; -EBUSY: the daemon is shutting down; -ENOMEM. */
 typedef void (*DownloadReply)(int error, const char *message, const char *name, void *userdata);
 
 /* Checks a revision: 1..DOWNLOAD_REVISION_MAX of [A-Za-z0-9._/-], no "..". */
@@ -43,7 +42,10 @@ int download_revision_validate(const char *revision);
 /* Starts or joins the pull of repo (a valid model name) at revision. token:
  * NULL for the one of TokenFile=, if any. reply is called exactly once,
  * possibly before this returns. Returns 0, or a negative errno when the
- * pull could not even be queued (reply not called then). */
+ * pull could not even be queued (reply not called then): -EINVAL (bad
+ * revision), -EBUSY (the model is loaded, or shutdown), -EEXIST (being
+ * pulled at another revision), -EUSERS (too many pulls or waiters), or what
+ * creating the staging folder or the token's pipe gave. */
 int download_pull(Manager *m, const char *repo, const char *revision, const char *token, DownloadReply reply,
                   void *userdata);
 
