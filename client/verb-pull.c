@@ -11,6 +11,7 @@
 #include "json-out.h"
 #include "mpool-bus.h"
 #include "polkit-agent.h"
+#include "progress-bar.h"
 #include "terminal.h"
 
 typedef struct PullContext {
@@ -22,30 +23,12 @@ typedef struct PullContext {
         bool cancelling;
         int signal;
         bool show_progress;
-        bool bar_drawn;
+        ProgressBar bar;
         uint64_t started_usec;
 } PullContext;
 
 static void progress_clear(PullContext *c) {
-        if (!c->bar_drawn)
-                return;
-        fputs("\r" ANSI_ERASE_TO_EOL, stderr);
-        fflush(stderr);
-        c->bar_drawn = false;
-}
-
-static void progress_draw(PullContext *c, uint64_t done, uint64_t total) {
-        unsigned columns = terminal_columns(STDERR_FILENO);
-        double fraction = total > 0 ? (double) MIN(done, total) / (double) total : 1.0;
-        char line[MPOOL_NAME_MAX + 128];
-
-        snprintf(line, sizeof line, "Pulling %s %3u%% %s/%s", c->name, (unsigned) (fraction * 100.0),
-                 FORMAT_BYTES(done), FORMAT_BYTES(total));
-        /* Never the last column: writing there makes some terminals wrap. */
-        line[MIN(strlen(line), (size_t) (columns > 1 ? columns - 1 : 0))] = 0;
-        fprintf(stderr, "\r%s" ANSI_ERASE_TO_EOL, line);
-        fflush(stderr);
-        c->bar_drawn = true;
+        progress_bar_clear(&c->bar);
 }
 
 static int on_progress(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
@@ -57,7 +40,7 @@ static int on_progress(sd_bus_message *m, void *userdata, sd_bus_error *ret_erro
                 return 0;
         if (strcmp(name, c->name) != 0 || !c->show_progress || c->cancelling)
                 return 0;
-        progress_draw(c, done, total);
+        progress_bar_draw(&c->bar, done, total);
         return 0;
 }
 
@@ -219,6 +202,7 @@ int verb_pull(int argc, char *argv[]) {
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
         PullContext c = {
                 .name = argv[1],
+                .bar = { .verb = "Pulling", .name = argv[1] },
                 .show_progress = on_tty() && !arg_quiet && arg_json == JSON_OFF,
         };
         int r;
