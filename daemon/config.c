@@ -203,20 +203,24 @@ static int parse_model_dir(Config *c, const char *value, char **ret_reason) {
         return 0;
 }
 
-static int parse_huggingface_cache(Config *c, const char *value, char **ret_reason) {
+/* An absolute path, or empty for none (the default); replaces *slot. */
+static int parse_optional_path(const char *value, char **slot, char **ret_reason) {
         char *path = NULL;
         int r;
 
-        /* Empty means no cache, which is the default. */
         if (value[0] != '\0') {
                 r = parse_absolute_path(value, &path, ret_reason);
                 if (r < 0)
                         return r;
         }
 
-        free(c->huggingface_cache);
-        c->huggingface_cache = path;
+        free(*slot);
+        *slot = path;
         return 0;
+}
+
+static int parse_huggingface_cache(Config *c, const char *value, char **ret_reason) {
+        return parse_optional_path(value, &c->huggingface_cache, ret_reason);
 }
 
 static int parse_size_or_percent_setting(const char *value, bool allow_zero, SizeOrPercent *ret,
@@ -325,19 +329,7 @@ static int parse_hub_endpoint(Config *c, const char *value, char **ret_reason) {
 }
 
 static int parse_hub_token_file(Config *c, const char *value, char **ret_reason) {
-        char *path = NULL;
-        int r;
-
-        /* Empty means no token file, which is the default. */
-        if (value[0] != '\0') {
-                r = parse_absolute_path(value, &path, ret_reason);
-                if (r < 0)
-                        return r;
-        }
-
-        free(c->hub_token_file);
-        c->hub_token_file = path;
-        return 0;
+        return parse_optional_path(value, &c->hub_token_file, ret_reason);
 }
 
 static int parse_idle_timeout(Config *c, const char *value, char **ret_reason) {

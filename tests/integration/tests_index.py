@@ -8,8 +8,8 @@ quote it."""
 import json
 import os
 
-from harness import ERROR_INVALID_MODEL, KiB, MiB, expect_dbus_error, write_config_json
-from tests_probe import RSS_SLACK, cancel_probe, proc_status, write_huge_header
+from harness import MiB, write_config_json
+from tests_probe import assert_failures_do_not_quote, assert_rss_back, cancel_probe, proc_status, write_huge_header
 
 # The daemon's limit on an index (STORE_INDEX_SIZE_MAX), and the size of the
 # indexes written here: close to it.
@@ -66,10 +66,7 @@ def test_probe_of_large_index_gives_memory_back(ctx):
                 f"VmHWM rose by {(peak - before) // MiB} MiB while probing a {INDEX_SIZE // MiB} MiB index"
 
         assert d.unload("big") is True
-        after = d.rss()
-        assert after - before <= RSS_SLACK, \
-                f"VmRSS {after // KiB} KiB after probing and unloading a model with a {INDEX_SIZE // MiB} MiB " \
-                f"index, {(after - before) // KiB} KiB above the {before // KiB} KiB before"
+        assert_rss_back(d, before, f"probing and unloading a model with a {INDEX_SIZE // MiB} MiB index")
 
 
 def test_long_index_probe_is_cancelled(ctx):
@@ -98,10 +95,7 @@ def test_long_index_probe_is_cancelled(ctx):
         assert peak - before <= INDEX_MAX + 100 * MiB + 64 * MiB, \
                 f"VmHWM rose by {(peak - before) // MiB} MiB while probing a {INDEX_SIZE // MiB} MiB index " \
                 f"and headers of 100 MB"
-        after = d.rss()
-        assert after - before <= RSS_SLACK, \
-                f"VmRSS {after // KiB} KiB after a cancelled probe, {(after - before) // KiB} KiB above " \
-                f"the {before // KiB} KiB before"
+        assert_rss_back(d, before, "a cancelled probe")
 
 
 SECRET = "s3cr3t-Planted"
@@ -128,17 +122,4 @@ def test_invalid_index_messages_do_not_quote_it(ctx):
                         f.write(text)
 
         d = ctx.daemon()
-        failures = []
-        for name in cases:
-                message = expect_dbus_error(ERROR_INVALID_MODEL, d.py.load, name)
-                failed = ctx.monitor.wait_signal("LoadFailed", name)
-                shown = {"the error reply": message, "LoadFailed": failed.args[2],
-                         "Status": d.model(name)["error"]}
-                for where, text in shown.items():
-                        if not text:
-                                failures.append(f"{name}: {where} has no message")
-                        elif "model.safetensors.index.json" not in text:
-                                failures.append(f"{name}: {where} does not name the index: {text!r}")
-                        elif SECRET in text or "s3cr3t" in text:
-                                failures.append(f"{name}: {where} quotes the index: {text!r}")
-        assert not failures, "\n".join(failures)
+        assert_failures_do_not_quote(ctx, d, cases, SECRET, must_name="model.safetensors.index.json")

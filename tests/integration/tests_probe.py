@@ -40,6 +40,33 @@ def write_huge_header(path):
         write_safetensors_raw(path, header, b"\x01")
 
 
+def assert_rss_back(d, before, after_what):
+        """The daemon's RSS is back within RSS_SLACK of before."""
+        after = d.rss()
+        assert after - before <= RSS_SLACK, \
+                f"VmRSS {after // KiB} KiB after {after_what}, {(after - before) // KiB} KiB above the " \
+                f"{before // KiB} KiB before"
+
+
+def assert_failures_do_not_quote(ctx, d, names, secret, must_name=None):
+        """Loading each name fails as InvalidModel, and neither the reply,
+        LoadFailed nor Status quotes secret (and each names must_name)."""
+        failures = []
+        for name in names:
+                message = expect_dbus_error(ERROR_INVALID_MODEL, d.py.load, name)
+                failed = ctx.monitor.wait_signal("LoadFailed", name)
+                shown = {"the error reply": message, "LoadFailed": failed.args[2],
+                         "Status": d.model(name)["error"]}
+                for where, text in shown.items():
+                        if not text:
+                                failures.append(f"{name}: {where} has no message")
+                        elif must_name and must_name not in text:
+                                failures.append(f"{name}: {where} does not name {must_name}: {text!r}")
+                        elif secret in text or "s3cr3t" in text:
+                                failures.append(f"{name}: {where} quotes the file: {text!r}")
+        assert not failures, "\n".join(failures)
+
+
 def cancel_probe(d, name):
         """Loads name in a thread, cancels it with Unload while it is being
         probed, and checks that the Load ended Cancelled and the model is
@@ -81,10 +108,7 @@ def test_probe_of_many_tensors_gives_memory_back(ctx):
         d.load("many")
         assert d.model("many")["state"] == "loaded"
         assert d.unload("many") is True
-        after = d.rss()
-        assert after - before <= RSS_SLACK, \
-                f"VmRSS {after // KiB} KiB after probing and unloading 100,000 tensors, " \
-                f"{(after - before) // KiB} KiB above the {before // KiB} KiB before"
+        assert_rss_back(d, before, "probing and unloading 100,000 tensors")
 
 
 def test_probe_of_largest_header_is_bounded(ctx):
@@ -107,10 +131,7 @@ def test_probe_of_largest_header_is_bounded(ctx):
                 f"VmHWM rose by {(peak - before) // MiB} MiB while probing a {HEADER_MAX // MiB} MiB header"
 
         assert d.unload("huge") is True
-        after = d.rss()
-        assert after - before <= RSS_SLACK, \
-                f"VmRSS {after // KiB} KiB after probing and unloading a {HEADER_MAX // MiB} MiB header, " \
-                f"{(after - before) // KiB} KiB above the {before // KiB} KiB before"
+        assert_rss_back(d, before, f"probing and unloading a {HEADER_MAX // MiB} MiB header")
 
 
 def test_long_probe_is_cancelled(ctx):
@@ -137,10 +158,7 @@ def test_long_probe_is_cancelled(ctx):
 
         cancel_probe(d, "slow")
 
-        after = d.rss()
-        assert after - before <= RSS_SLACK, \
-                f"VmRSS {after // KiB} KiB after a cancelled probe, {(after - before) // KiB} KiB above " \
-                f"the {before // KiB} KiB before"
+        assert_rss_back(d, before, "a cancelled probe")
 
 
 SECRET = "s3cr3t-Planted"
@@ -170,15 +188,4 @@ def test_invalid_model_messages_do_not_quote_the_file(ctx):
         write_safetensors_raw(weights("syntax"), f'{{"w": {SECRET}}}'.encode())
 
         d = ctx.daemon()
-        failures = []
-        for name in cases:
-                message = expect_dbus_error(ERROR_INVALID_MODEL, d.py.load, name)
-                failed = ctx.monitor.wait_signal("LoadFailed", name)
-                shown = {"the error reply": message, "LoadFailed": failed.args[2],
-                         "Status": d.model(name)["error"]}
-                for where, text in shown.items():
-                        if not text:
-                                failures.append(f"{name}: {where} has no message")
-                        elif SECRET in text or "s3cr3t" in text:
-                                failures.append(f"{name}: {where} quotes the file: {text!r}")
-        assert not failures, "\n".join(failures)
+        assert_failures_do_not_quote(ctx, d, cases, SECRET)
