@@ -19,6 +19,8 @@
 
 #include <cmocka.h>
 
+#include "test-memory.h"
+
 #include "macro.h"
 #include "safetensors.h"
 
@@ -805,19 +807,6 @@ open:
         fd = open(path, O_RDONLY | O_CLOEXEC);
         assert_true(fd >= 0);
         return fd;
-}
-
-static uint64_t proc_status_bytes(const char *key) {
-        _cleanup_fclose_ FILE *f = fopen("/proc/self/status", "re");
-        char line[256];
-        size_t n = strlen(key);
-
-        if (!f)
-                return 0;
-        while (fgets(line, sizeof line, f))
-                if (strncmp(line, key, n) == 0 && line[n] == ':')
-                        return strtoull(line + n + 1, NULL, 10) * 1024;
-        return 0;
 }
 
 /* In a child, so that its peak memory is its own and a limit on its address

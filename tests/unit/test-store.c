@@ -18,6 +18,8 @@
 
 #include <cmocka.h>
 
+#include "test-memory.h"
+
 #include "log.h"
 #include "store.h"
 #include "strv.h"
@@ -606,19 +608,6 @@ static void write_huge_index(const Fixture *f, HugeIndex kind) {
 
         assert_int_equal(fclose(w.f), 0);
         assert_int_equal(w.written, HUGE_INDEX_SIZE);
-}
-
-static uint64_t proc_status_bytes(const char *key) {
-        _cleanup_fclose_ FILE *f = fopen("/proc/self/status", "re");
-        char line[256];
-        size_t n = strlen(key);
-
-        if (!f)
-                return 0;
-        while (fgets(line, sizeof line, f))
-                if (strncmp(line, key, n) == 0 && line[n] == ':')
-                        return strtoull(line + n + 1, NULL, 10) * 1024;
-        return 0;
 }
 
 /* In a child, so that its peak memory is its own and a limit on its address
