@@ -54,6 +54,7 @@ extern uint64_t arg_timeout_usec;      /* UINT64_MAX: no timeout */
 extern bool arg_force;
 extern bool arg_all;
 extern bool arg_pin;
+extern bool arg_files;
 extern bool arg_keep_alive_set;
 extern int64_t arg_keep_alive_sec;     /* -1: never unload for idleness */
 extern const char *arg_revision;       /* pull: NULL for the daemon's default */

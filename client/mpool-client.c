@@ -26,6 +26,7 @@ uint64_t arg_timeout_usec = DEFAULT_TIMEOUT_USEC;
 bool arg_force = false;
 bool arg_all = false;
 bool arg_pin = false;
+bool arg_files = false;
 bool arg_keep_alive_set = false;
 int64_t arg_keep_alive_sec = 0;
 const char *arg_revision = NULL;
@@ -71,6 +72,8 @@ static void help(void) {
                "     --no-ask-password       Do not ask for authorization interactively\n"
                "     --keep-alive=DURATION   load: unload after this long unused, or infinity\n"
                "     --pin                   load: never unload for idleness or memory\n"
+               "     --files                 hold: hand COMMAND the weights files (fds from 3,\n"
+               "                             $MPOOL_FDS, $MPOOL_FDNAMES, $MPOOL_FDS_PID)\n"
                "     --force                 unload: unload pinned models too\n"
                "     --all                   unload: unload every model\n"
                "     --revision=REV          pull: branch, tag or commit (default: main)\n"
@@ -91,6 +94,7 @@ static int parse_argv(int argc, char *argv[]) {
                 ARG_NO_ASK_PASSWORD,
                 ARG_KEEP_ALIVE,
                 ARG_PIN,
+                ARG_FILES,
                 ARG_FORCE,
                 ARG_ALL,
                 ARG_REVISION,
@@ -110,6 +114,7 @@ static int parse_argv(int argc, char *argv[]) {
                 { "no-ask-password", no_argument,       NULL, ARG_NO_ASK_PASSWORD },
                 { "keep-alive",      required_argument, NULL, ARG_KEEP_ALIVE      },
                 { "pin",             no_argument,       NULL, ARG_PIN             },
+                { "files",           no_argument,       NULL, ARG_FILES           },
                 { "force",           no_argument,       NULL, ARG_FORCE           },
                 { "all",             no_argument,       NULL, ARG_ALL             },
                 { "revision",        required_argument, NULL, ARG_REVISION        },
@@ -201,6 +206,9 @@ static int parse_argv(int argc, char *argv[]) {
                 case ARG_PIN:
                         arg_pin = true;
                         break;
+                case ARG_FILES:
+                        arg_files = true;
+                        break;
                 case ARG_FORCE:
                         arg_force = true;
                         break;
@@ -242,6 +250,7 @@ static int check_verb_options(const char *verb) {
                 const char *verb;
         } table[] = {
                 { &arg_pin,            "--pin",        "load"   },
+                { &arg_files,          "--files",      "hold"   },
                 { &arg_keep_alive_set, "--keep-alive", "load"   },
                 { &arg_force,          "--force",      "unload" },
                 { &arg_all,            "--all",        "unload" },

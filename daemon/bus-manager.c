@@ -93,6 +93,27 @@ static int verify_actions(Manager *m, sd_bus_message *message, const char *model
         return r;
 }
 
+static int reply_files(sd_bus_message *call, const RequestFile *files, size_t n_files) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        int r;
+
+        r = sd_bus_message_new_method_return(call, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_open_container(reply, 'a', "(sh)");
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n_files; i++) {
+                r = sd_bus_message_append(reply, "(sh)", files[i].name, files[i].fd);
+                if (r < 0)
+                        return r;
+        }
+        r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
+}
+
 /* The bus's answer to a request the core completed: the reply, or the
  * named error. Owns the reference on the call taken by submit(). */
 static void on_request_complete(Request *req, void *userdata) {
@@ -121,6 +142,9 @@ static void on_request_complete(Request *req, void *userdata) {
                         break;
                 case REQUEST_UNLOAD_ALL:
                         r = reply_strv(call, req->unloaded);
+                        break;
+                case REQUEST_OPEN_FILES:
+                        r = reply_files(call, req->files, req->n_files);
                         break;
                 default:
                         assert(false);
@@ -184,6 +208,26 @@ static int method_acquire(sd_bus_message *message, void *userdata, sd_bus_error 
                 return r < 0 ? r : 1;
 
         return submit(m, message, REQUEST_ACQUIRE, name, NULL);
+}
+
+static int method_open_files(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        const char *name;
+        int r;
+
+        r = read_model_name(message, &name, error);
+        if (r < 0)
+                return r;
+        /* Descriptors can only go to a peer that can receive them; better
+         * said now than after loading the model for nothing. */
+        if (sd_bus_can_send(sd_bus_message_get_bus(message), SD_BUS_TYPE_UNIX_FD) <= 0)
+                return sd_bus_error_set(error, SD_BUS_ERROR_NOT_SUPPORTED,
+                                        "This bus connection cannot pass file descriptors.");
+        r = verify_actions(m, message, name, error, POLKIT_ACTION_LOAD, NULL);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+
+        return submit(m, message, REQUEST_OPEN_FILES, name, NULL);
 }
 
 static int method_release(sd_bus_message *message, void *userdata, sd_bus_error *error) {
@@ -537,6 +581,10 @@ static const sd_bus_vtable manager_vtable[] = {
                                 SD_BUS_ARGS("s", name),
                                 SD_BUS_NO_RESULT,
                                 method_acquire, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("OpenFiles",
+                                SD_BUS_ARGS("s", name),
+                                SD_BUS_RESULT("a(sh)", files),
+                                method_open_files, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Release",
                                 SD_BUS_ARGS("s", name),
                                 SD_BUS_NO_RESULT,

@@ -50,6 +50,7 @@ void loader_mappings_release(LoaderMapping *mappings, size_t n) {
                         log_error_errno(errno, "Failed to unmap %zu bytes: %m", mappings[i].length);
                 if (mappings[i].fd >= 0)
                         close(mappings[i].fd);
+                free(mappings[i].name);
         }
         free(mappings);
 }
@@ -380,6 +381,9 @@ static void map(LoaderJob *j) {
                 struct stat st;
 
                 j->n_mappings++;
+                m->name = strdup(basename(f->path));
+                if (!m->name)
+                        return job_fail(j, ENOMEM, "Out of memory.");
                 if (f->size == 0)
                         continue;
 

@@ -27,6 +27,7 @@ typedef struct LoaderFile {
 } LoaderFile;
 
 typedef struct LoaderMapping {
+        char *name;               /* the file's name in the model's folder, as OpenFiles gives it */
         void *address;
         size_t length;
         /* A file truncated under its mapping takes the pages past its new end

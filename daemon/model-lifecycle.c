@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -193,13 +194,85 @@ static void answer_unloads(Manager *m, PoolModel *model, bool was_loaded) {
         }
 }
 
-/* Gives a Load or Acquire request what it asked for from a loaded model. */
+/* Descriptors of the loaded weights files of their own, for a program that
+ * maps them itself. Opened again through /proc rather than duplicated: a
+ * duplicate would share our file offset with every other holder, and the
+ * path in the store could by now lead to another file. The same inode, so
+ * the same pages in the page cache: nothing is copied. */
+static int open_weights_files(const PoolModel *model, RequestFile **ret_files, size_t *ret_n) {
+        const ModelRuntime *rt = model->userdata;
+        const ModelWeights *w = rt->weights;
+        RequestFile *files;
+        size_t n = 0;
+
+        files = calloc(w->n_mappings ?: 1, sizeof *files);
+        if (!files)
+                return -ENOMEM;
+        for (size_t i = 0; i < w->n_mappings; i++) {
+                const LoaderMapping *mapping = &w->mappings[i];
+                char proc_path[64];
+                int r = 0;
+
+                if (mapping->fd < 0)    /* an empty file: nothing to map */
+                        continue;
+                snprintf(proc_path, sizeof proc_path, "/proc/self/fd/%i", mapping->fd);
+                files[n].fd = open(proc_path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+                if (files[n].fd < 0)
+                        r = negative_errno();
+                else {
+                        files[n].name = strdup(mapping->name);
+                        if (!files[n].name)
+                                r = -ENOMEM;
+                        n++;
+                }
+                if (r < 0) {
+                        for (size_t k = 0; k < n; k++) {
+                                free(files[k].name);
+                                close(files[k].fd);
+                        }
+                        free(files);
+                        return r;
+                }
+        }
+        *ret_files = files;
+        *ret_n = n;
+        return 0;
+}
+
+static bool takes_hold(const Request *req) {
+        return req->kind == REQUEST_ACQUIRE || req->kind == REQUEST_OPEN_FILES;
+}
+
+/* Gives a Load, Acquire or OpenFiles request what it asked for from a
+ * loaded model. */
 static void serve(Manager *m, PoolModel *model, Request *req) {
         int r;
 
         assert(model->state == MODEL_LOADED);
 
-        if (req->kind == REQUEST_ACQUIRE) {
+        if (req->kind == REQUEST_OPEN_FILES) {
+                const ModelRuntime *rt = model->userdata;
+
+                if (rt->weights->n_mappings > REQUEST_FILES_MAX) {
+                        char message[256];
+
+                        snprintf(message, sizeof message,
+                                 "Model %s is in %zu weights files; one reply can carry at most %u descriptors.",
+                                 model->name, rt->weights->n_mappings, REQUEST_FILES_MAX);
+                        return finish(m, req, -EUSERS, message);
+                }
+                r = open_weights_files(model, &req->files, &req->n_files);
+                if (r < 0) {
+                        char message[320];
+
+                        log_error_errno(r, "Cannot open the weights files of %s for a caller: %m", model->name);
+                        snprintf(message, sizeof message, "Cannot open the weights files of %s: %s.", model->name,
+                                 strerror(-r));
+                        return finish(m, req, r, message);
+                }
+        }
+
+        if (takes_hold(req)) {
                 assert(req->owner);
                 r = peers_add_hold(&m->peers, req->owner, model->name);
                 if (r < 0) {
@@ -897,6 +970,7 @@ void manager_submit(Manager *m, Request *req) {
         switch (req->kind) {
         case REQUEST_LOAD:
         case REQUEST_ACQUIRE:
+        case REQUEST_OPEN_FILES:
                 return submit_load(m, req);
         case REQUEST_UNLOAD:
                 return submit_unload(m, req);

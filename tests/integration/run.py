@@ -34,6 +34,7 @@ import tests_load  # noqa: E402
 import tests_memory  # noqa: E402
 import tests_names  # noqa: E402
 import tests_objects  # noqa: E402
+import tests_openfiles  # noqa: E402
 import tests_polkit  # noqa: E402
 import tests_probe  # noqa: E402
 import tests_pull  # noqa: E402
@@ -44,7 +45,7 @@ import tests_watch  # noqa: E402
 
 MODULES = [tests_load, tests_idle, tests_memory, tests_holds, tests_errors, tests_files, tests_objects,
            tests_lifecycle, tests_probe, tests_index, tests_queue, tests_client, tests_polkit, tests_callers,
-           tests_names, tests_signals, tests_watch, tests_pull, tests_pull_daemon]
+           tests_names, tests_signals, tests_watch, tests_pull, tests_pull_daemon, tests_openfiles]
 
 
 def collect(name_filter):
