@@ -182,6 +182,10 @@ static void run_register(CatalogJob *j) {
         }
 
         r = registry_add(j->model_dir, j->name, resolved);
+        if (r == -ENOENT)
+                /* The store is missing, not the caller's directory. */
+                return job_fail(j, -EIO, "Cannot register %s: the model directory %s does not exist.", j->name,
+                                j->model_dir);
         if (r == -EEXIST)
                 return job_fail(j, r, "Model %s exists already: it is registered already.", j->name);
         if (r == -EUSERS)
