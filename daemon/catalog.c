@@ -649,8 +649,8 @@ void catalog_remove(Manager *m, const char *name, bool force, const char *owner,
         if (model)
                 busy = busy_reason(model, true);
         if (busy && !force)
-                return reply_error(reply, userdata, -EBUSY, "Model %s is %s; unload it first, or remove it with "
-                                   "force.", name, busy);
+                return reply_error(reply, userdata, -EBUSY, "Model %s is %s: unload it first, or remove it with "
+                                   "force, which unloads it.", name, busy);
 
         if (rt)
                 rt->removing = true;

@@ -84,11 +84,9 @@ int manager_scan_store(Manager *m) {
                 return log_error_errno(r, "Cannot list the models in %s: %m", m->config.model_dir);
 
         for (char **name = names; name && *name; name++) {
-                _cleanup_free_ char *error = NULL;
-                uint64_t size_bytes = 0;
-
-                _cleanup_free_ char *revision = NULL;
+                _cleanup_free_ char *error = NULL, *revision = NULL;
                 ModelSource source = MODEL_SOURCE_STORE;
+                uint64_t size_bytes = 0;
 
                 r = store_measure(m->config.model_dir, m->config.huggingface_cache, *name, &size_bytes, &source,
                                   &revision, &error);

@@ -40,9 +40,7 @@ static int open_trash(int root_fd) {
         return open_folder_strictly(root_fd, TRASH_DIR);
 }
 
-/* Deletes name in dir_fd, whatever it is, depth levels of folders deep at
- * most. Goes on past failures, returning the first. */
-static int delete_at(int dir_fd, const char *name, unsigned depth) {
+int trash_remove_tree(int dir_fd, const char *name, unsigned depth) {
         _cleanup_close_ int fd = -1;
         struct dirent *de;
         DIR *d;
@@ -75,7 +73,7 @@ static int delete_at(int dir_fd, const char *name, unsigned depth) {
                 }
                 if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
                         continue;
-                k = delete_at(dirfd(d), de->d_name, depth - 1);
+                k = trash_remove_tree(dirfd(d), de->d_name, depth - 1);
                 if (k < 0 && r == 0)
                         r = k;
         }
@@ -157,7 +155,7 @@ int trash_delete(const char *model_dir, const char *entry) {
         trash_fd = open_folder_strictly(root_fd, TRASH_DIR);
         if (trash_fd < 0)
                 return trash_fd;
-        return delete_at(trash_fd, entry, TRASH_DEPTH_MAX);
+        return trash_remove_tree(trash_fd, entry, TRASH_DEPTH_MAX);
 }
 
 void trash_empty(const char *model_dir) {
@@ -186,7 +184,7 @@ void trash_empty(const char *model_dir) {
         while ((de = readdir(d))) {
                 if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
                         continue;
-                r = delete_at(dirfd(d), de->d_name, TRASH_DEPTH_MAX);
+                r = trash_remove_tree(dirfd(d), de->d_name, TRASH_DEPTH_MAX);
                 if (r < 0)
                         log_warning_errno(r, "Cannot delete a removed model from %s/" TRASH_DIR ": %m", model_dir);
                 else

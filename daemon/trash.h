@@ -24,6 +24,11 @@
  * errnos on I/O errors. */
 int trash_move(const char *model_dir, const char *name, char **ret_entry);
 
+/* Deletes name in dir_fd, whatever it is, without following symlinks, at
+ * most depth levels of folders deep (-ELOOP beyond). Goes on past failures
+ * and returns the first; 0 when nothing was there. */
+int trash_remove_tree(int dir_fd, const char *name, unsigned depth);
+
 /* Deletes an entry of the trash. */
 int trash_delete(const char *model_dir, const char *entry);
 
