@@ -22,6 +22,7 @@ enum {
         MPOOL_EXIT_BUSY = 10,
         MPOOL_EXIT_DOWNLOAD_FAILED = 11,
         MPOOL_EXIT_NO_STORAGE = 12,
+        MPOOL_EXIT_EXISTS = 13,
         MPOOL_EXIT_INTERRUPTED = 130,   /* 128 + SIGINT, as shells report it */
 };
 
@@ -71,3 +72,5 @@ int verb_top(int argc, char *argv[]);
 int verb_set(int argc, char *argv[]);
 int verb_pull(int argc, char *argv[]);
 int verb_cancel(int argc, char *argv[]);
+int verb_register(int argc, char *argv[]);
+int verb_remove(int argc, char *argv[]);

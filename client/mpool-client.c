@@ -55,6 +55,8 @@ static void help(void) {
                "  set idle-timeout DURATION  Change the default keep-alive\n"
                "  pull REPO                  Download a model from the hub into the store\n"
                "  cancel NAME                Cancel the download, or else the load, of a model\n"
+               "  register NAME PATH         Add the model in directory PATH to the store\n"
+               "  rm NAME                    Remove a model from the store\n"
                "\nOptions:\n"
                "  -h --help                  Show this help\n"
                "     --version               Show the version\n"
@@ -74,7 +76,7 @@ static void help(void) {
                "     --pin                   load: never unload for idleness or memory\n"
                "     --files                 hold: hand COMMAND the weights files (fds from 3,\n"
                "                             $MPOOL_FDS, $MPOOL_FDNAMES, $MPOOL_FDS_PID)\n"
-               "     --force                 unload: unload pinned models too\n"
+               "     --force                 unload: unload pinned models too; rm: unload first\n"
                "     --all                   unload: unload every model\n"
                "     --revision=REV          pull: branch, tag or commit (default: main)\n"
                "\nSee the mpool-client(1) man page for details.\n",
@@ -239,6 +241,8 @@ static const Verb verbs[] = {
         { "set",     3, 3,        verb_set     },
         { "pull",    2, 2,        verb_pull    },
         { "cancel",  2, 2,        verb_cancel  },
+        { "register", 3, 3,       verb_register },
+        { "rm",      2, 2,        verb_remove  },
 };
 
 /* Options that only mean something to one verb are refused elsewhere, rather
@@ -248,18 +252,24 @@ static int check_verb_options(const char *verb) {
                 bool *set;
                 const char *option;
                 const char *verb;
+                const char *other_verb;
         } table[] = {
                 { &arg_pin,            "--pin",        "load"   },
                 { &arg_files,          "--files",      "hold"   },
                 { &arg_keep_alive_set, "--keep-alive", "load"   },
-                { &arg_force,          "--force",      "unload" },
+                { &arg_force,          "--force",      "unload", "rm" },
                 { &arg_all,            "--all",        "unload" },
                 { &arg_revision_set,   "--revision",   "pull"   },
         };
 
         for (size_t i = 0; i < ELEMENTSOF(table); i++)
-                if (*table[i].set && strcmp(verb, table[i].verb) != 0) {
-                        print_error("%s applies to '%s' only.", table[i].option, table[i].verb);
+                if (*table[i].set && strcmp(verb, table[i].verb) != 0 &&
+                    !(table[i].other_verb && strcmp(verb, table[i].other_verb) == 0)) {
+                        if (table[i].other_verb)
+                                print_error("%s applies to '%s' and '%s' only.", table[i].option, table[i].verb,
+                                            table[i].other_verb);
+                        else
+                                print_error("%s applies to '%s' only.", table[i].option, table[i].verb);
                         return MPOOL_EXIT_USAGE;
                 }
         return 0;

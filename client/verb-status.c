@@ -151,6 +151,11 @@ static void print_model_details(FILE *f, const cJSON *m) {
         print_field(f, "State", "%s%s%s%s", ansi(color), state, ansi(ANSI_NORMAL),
                     json_get_bool(m, "pinned", false) ? " (pinned)" : "");
         print_field(f, "Size", "%s on disk", FORMAT_BYTES(json_get_u64(m, "size_bytes", 0)));
+        if (*json_get_string(m, "revision", ""))
+                print_field(f, "Source", "%s, at %s", json_get_string(m, "source", "n/a"),
+                            json_get_string(m, "revision", ""));
+        else
+                print_field(f, "Source", "%s", json_get_string(m, "source", "n/a"));
         if (loaded)
                 print_field(f, "Memory", "%s (%s of total, %s of the limit)",
                             FORMAT_BYTES(json_get_u64(m, "memory_bytes", 0)),
@@ -281,13 +286,14 @@ int verb_list(int argc, char *argv[]) {
                         if (!cJSON_AddStringToObject(o, "name", json_get_string(m, "name", "")) ||
                             !cJSON_AddStringToObject(o, "state", json_get_string(m, "state", "")) ||
                             !json_add_u64(o, "size_bytes", json_get_u64(m, "size_bytes", 0)) ||
-                            !cJSON_AddBoolToObject(o, "pinned", json_get_bool(m, "pinned", false)))
+                            !cJSON_AddBoolToObject(o, "pinned", json_get_bool(m, "pinned", false)) ||
+                            !cJSON_AddStringToObject(o, "source", json_get_string(m, "source", "")))
                                 return print_oom();
                 }
                 return json_print(list, stdout);
         }
 
-        t = table_new("NAME", "STATE", "SIZE", NULL);
+        t = table_new("NAME", "STATE", "SIZE", "SOURCE", NULL);
         if (!t)
                 return print_oom();
         table_set_align_right(t, 2);
@@ -296,7 +302,8 @@ int verb_list(int argc, char *argv[]) {
 
                 if (table_add_cell(t, json_get_string(m, "name", "?"), NULL) < 0 ||
                     table_add_cell(t, state, state_color(state)) < 0 ||
-                    table_add_cell(t, FORMAT_BYTES(json_get_u64(m, "size_bytes", 0)), NULL) < 0)
+                    table_add_cell(t, FORMAT_BYTES(json_get_u64(m, "size_bytes", 0)), NULL) < 0 ||
+                    table_add_cell(t, json_get_string(m, "source", "-"), NULL) < 0)
                         return print_oom();
         }
 

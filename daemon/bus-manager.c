@@ -12,6 +12,7 @@
 #include "bus-signal.h"
 #include "service.h"
 #include "bus-util.h"
+#include "catalog.h"
 #include "download.h"
 #include "log.h"
 #include "macro.h"
@@ -406,15 +407,104 @@ static int method_cancel(sd_bus_message *message, void *userdata, sd_bus_error *
                                  "Nothing is under way for %s: no download and no load.", name);
 }
 
+/* Owns the reference on the call taken by method_register() or
+ * method_remove(). */
+static void on_catalog_reply(int error, const char *message, void *userdata) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *call = userdata;
+        const char *error_name;
+        int r;
+
+        switch (error) {
+        case 0:
+                r = sd_bus_reply_method_return(call, NULL);
+                goto done;
+        case -EINVAL:
+        case -ENOTDIR:
+                error_name = SD_BUS_ERROR_INVALID_ARGS;
+                break;
+        case -EEXIST:
+                error_name = MPOOL_ERROR_MODEL_EXISTS;
+                break;
+        case -EAGAIN:
+                error_name = MPOOL_ERROR_BUSY;
+                break;
+        case -EOPNOTSUPP:
+                error_name = SD_BUS_ERROR_NOT_SUPPORTED;
+                break;
+        default:
+                error_name = bus_error_name(error);
+        }
+        r = sd_bus_reply_method_errorf(call, error_name, "%s", strempty(message));
+done:
+        if (r < 0 && r != -ENOTCONN && r != -ECONNRESET)
+                log_warning_errno(r, "Cannot send the reply to %s: %m", strempty(sd_bus_message_get_member(call)));
+}
+
+static int method_register(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        static const BusOption no_options[] = { {} };
+        Manager *m = userdata;
+        const char *name, *path;
+        char none;
+        int r;
+
+        r = read_model_name(message, &name, error);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(message, "s", &path);
+        if (r < 0)
+                return r;
+        r = bus_options_read(message, no_options, &none, error);
+        if (r < 0)
+                return r;
+        /* Refused before polkit is asked: a mistake needs no password. */
+        if (path[0] != '/')
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "The path of a model directory must be absolute, not \"%s\".", path);
+        if (strlen(path) > STORE_REGISTERED_PATH_MAX)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "The path is longer than %u bytes.",
+                                         STORE_REGISTERED_PATH_MAX);
+
+        const char *const details[] = { "model", name, "path", path, NULL };
+        r = polkit_verify_async(m->polkit, message, POLKIT_ACTION_MANAGE_MODELS, details, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+
+        sd_bus_message_ref(message);   /* on_catalog_reply's */
+        catalog_register(m, name, path, on_catalog_reply, message);
+        return 1;
+}
+
+static int method_remove(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        RequestOptions options;
+        const char *name;
+        int r;
+
+        r = read_model_name(message, &name, error);
+        if (r < 0)
+                return r;
+        r = request_options_read(message, request_options_unload, &options, error);
+        if (r < 0)
+                return r;
+        r = verify_actions(m, message, name, error, POLKIT_ACTION_MANAGE_MODELS, NULL);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+
+        sd_bus_message_ref(message);   /* on_catalog_reply's */
+        catalog_remove(m, name, options.force, sd_bus_message_get_sender(message), on_catalog_reply, message);
+        return 1;
+}
+
 static double percent(uint64_t part, uint64_t whole) {
         return whole > 0 ? 100.0 * (double) part / (double) whole : 0.0;
 }
 
 static int append_model_status(sd_bus_message *reply, Manager *m, PoolModel *model) {
         uint64_t deadline = pool_model_deadline(&m->pool, model);
+        const ModelRuntime *rt = model->userdata;
 
         return sd_bus_message_append(
-                        reply, "a{sv}", 13,
+                        reply, "a{sv}", 15,
                         "name", "s", model->name,
                         "state", "s", model_state_to_string(model->state),
                         "size_bytes", "t", model->size_bytes,
@@ -428,7 +518,9 @@ static int append_model_status(sd_bus_message *reply, Manager *m, PoolModel *mod
                         "last_used_usec", "t", manager_realtime(m, model->last_used),
                         "expires_at_usec", "t", manager_realtime(m, deadline),
                         "requests_total", "t", model->requests_total,
-                        "error", "s", strempty(model->error));
+                        "error", "s", strempty(model->error),
+                        "source", "s", model_source_to_string(rt->source),
+                        "revision", "s", strempty(rt->revision));
 }
 
 static int method_status(sd_bus_message *message, void *userdata, sd_bus_error *error) {
@@ -598,6 +690,14 @@ static const sd_bus_vtable manager_vtable[] = {
                                 SD_BUS_ARGS("s", name),
                                 SD_BUS_NO_RESULT,
                                 method_cancel, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Register",
+                                SD_BUS_ARGS("s", name, "s", path, "a{sv}", options),
+                                SD_BUS_NO_RESULT,
+                                method_register, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Remove",
+                                SD_BUS_ARGS("s", name, "a{sv}", options),
+                                SD_BUS_NO_RESULT,
+                                method_remove, SD_BUS_VTABLE_UNPRIVILEGED),
 
         SD_BUS_SIGNAL_WITH_ARGS("LoadProgress", SD_BUS_ARGS("s", name, "t", bytes_done, "t", bytes_total), 0),
         SD_BUS_SIGNAL_WITH_ARGS("ModelLoaded", SD_BUS_ARGS("s", name, "t", memory_bytes), 0),

@@ -64,6 +64,7 @@ LoaderJob *loader_job_free(LoaderJob *j) {
         free(j->model_dir);
         free(j->huggingface_cache);
         free(j->error_message);
+        free(j->revision);
         loader_files_free(j->files, j->n_files);
         loader_mappings_release(j->mappings, j->n_mappings);
         free(j);
@@ -197,6 +198,9 @@ static void probe(LoaderJob *j) {
                         return job_fail(j, r, "%s", error);
                 return job_fail(j, r, "Cannot resolve the model's files: %m");
         }
+
+        j->source = location->source;
+        j->revision = TAKE_PTR(location->revision);
 
         files = calloc(location->n_weights, sizeof *files);
         if (!files)

@@ -7,6 +7,7 @@
 #include <systemd/sd-event.h>
 #include <time.h>
 
+#include "store.h"
 #include "workpool.h"
 
 /* The two jobs a load is made of, run on a WorkPool: a probe (find the
@@ -64,6 +65,8 @@ typedef struct LoaderJob {
         uint64_t resident_bytes;  /* pages of the mappings really in memory */
         bool locked;              /* mlock() succeeded for every mapping */
         uint64_t duration_usec;
+        ModelSource source;       /* probe: where the files were found */
+        char *revision;           /* probe: the model's commit, or "" */
 } LoaderJob;
 
 int loader_job_new_probe(const char *name, const char *model_dir, const char *huggingface_cache,

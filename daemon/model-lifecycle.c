@@ -54,6 +54,55 @@ void model_announce(Manager *m, PoolModel *model) {
                 m->events->model_announced(m, model);
 }
 
+int model_set_source(PoolModel *model, ModelSource source, const char *revision) {
+        ModelRuntime *rt = model->userdata;
+        char *copy = NULL;
+
+        assert(rt);
+        if (revision && *revision) {
+                copy = strdup(revision);
+                if (!copy)
+                        return -ENOMEM;
+        }
+        free(rt->revision);
+        rt->revision = copy;
+        rt->source = source;
+        return 0;
+}
+
+int model_found(Manager *m, const char *name, int resolved, uint64_t size_bytes, ModelSource source,
+                const char *revision, const char *error) {
+        PoolModel *model = pool_find(&m->pool, name);
+        bool added = false;
+        int r;
+
+        if (!model) {
+                r = pool_add(&m->pool, name, &model);
+                if (r < 0)
+                        return log_error_errno(r, "Cannot add model %s to the pool: %m", name);
+                added = true;
+        }
+        if (!model_runtime(m, model) || model_set_source(model, source, revision) < 0) {
+                if (added) {
+                        model_runtime_free(model->userdata);
+                        model->userdata = NULL;
+                        (void) pool_remove(&m->pool, model);
+                }
+                return log_oom();
+        }
+
+        if (added) {
+                if (resolved < 0) {
+                        log_warning("Model %s is not usable: %s", name, strempty(error));
+                        model->state = MODEL_ERROR;
+                        model->error = strdup(error ?: "Out of memory.");
+                } else
+                        model->size_bytes = size_bytes;
+        }
+        model_announce(m, model);
+        return 0;
+}
+
 /* --- Requests waiting for a model ------------------------------------- */
 
 /* Every completion goes through here, so that the owner's count of waiting
@@ -84,6 +133,7 @@ void model_runtime_free(ModelRuntime *rt) {
         free(rt->waiters);
         model_weights_unref(rt->weights);
         free(rt->unload_reason);
+        free(rt->revision);
         free(rt);
 }
 
@@ -681,6 +731,8 @@ static void on_job_done(WorkItem *item, bool ran) {
                 removed = load_failed(m, model, job->result, strempty(job->error_message));
         else if (job->kind == LOADER_JOB_PROBE) {
                 model->size_bytes = job->total_bytes;
+                if (model_set_source(model, job->source, job->revision) < 0)
+                        log_oom();
                 model_announce(m, model);
                 if (cancelled)
                         (void) load_failed(m, model, -ECANCELED, "The load was cancelled.");
@@ -783,6 +835,8 @@ static void submit_load(Manager *m, Request *req) {
 
         /* Refused before the name is added, so refusals leave nothing behind. */
         model = pool_find(&m->pool, req->model);
+        if (model && model->userdata && ((ModelRuntime *) model->userdata)->removing)
+                return request_complete(req, -EBUSY, "Model %s is being removed.", req->model);
         if ((!model || model->state == MODEL_AVAILABLE || model->state == MODEL_ERROR) &&
             workpool_full(m->loaders))
                 return request_complete(req, -EBUSY,

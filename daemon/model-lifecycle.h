@@ -7,6 +7,7 @@
 #include "loader.h"
 #include "manager.h"
 #include "request.h"
+#include "store.h"
 #include "weights.h"
 
 /* How a model goes through its states: loads (probe, admission, map on the
@@ -33,6 +34,10 @@ typedef struct ModelRuntime {
          * when the load succeeds, dropped when it fails. */
         bool pin_requested;
         int64_t keep_alive_requested; /* KEEP_ALIVE_DEFAULT: nothing asked */
+        /* Where its files are, as last resolved (listed, loaded). */
+        ModelSource source;
+        char *revision;               /* NULL: "" */
+        bool removing;                /* Remove is under way: loads are refused */
 } ModelRuntime;
 
 /* Bounds on what callers can make the daemon keep. */
@@ -75,6 +80,18 @@ void model_runtime_free(ModelRuntime *rt);
 /* Makes a model found in the store known to callers (again in the store,
  * if it had left). */
 void model_announce(Manager *m, PoolModel *model);
+/* Where the model's files were found last, for Status. revision may be
+ * NULL (none). -ENOMEM leaves the model as it was. */
+int model_set_source(PoolModel *model, ModelSource source, const char *revision);
+/* A model the store lists (at start-up, noticed later, or registered),
+ * resolved off the loop: available with the size of its files
+ * (resolved >= 0), or in error saying why it cannot be used (error), and
+ * from source at revision (NULL: none) either way. Announced only then, so
+ * that its object appears with its state. A name the pool knows already (a
+ * load found it first, or it left the store and is back) keeps its state.
+ * Fails (logged) only for lack of memory or room in the pool. */
+int model_found(Manager *m, const char *name, int resolved, uint64_t size_bytes, ModelSource source,
+                const char *revision, const char *error);
 /* The model's files are no longer in the store. A model that holds nothing
  * and that nothing waits for is forgotten at once (model_removed first,
  * then the PoolModel is freed); one that is loaded, loading, held or waited

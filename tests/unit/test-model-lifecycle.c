@@ -13,6 +13,7 @@
 
 #include <cmocka.h>
 
+#include "catalog.h"
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
@@ -673,6 +674,143 @@ static void test_store_watch_model_back_before_unload_stays(void **state) {
         fixture_free(f);
 }
 
+/* --- Register and Remove (catalog.h) ----------------------------------- */
+
+typedef struct Reply {
+        bool done;
+        int error;
+        char message[512];
+} Reply;
+
+static void on_reply(int error, const char *message, void *userdata) {
+        Reply *r = userdata;
+
+        assert_false(r->done);
+        r->done = true;
+        r->error = error;
+        snprintf(r->message, sizeof r->message, "%s", strempty(message));
+}
+
+static bool exists(Fixture *f, const char *name) {
+        char path[256];
+
+        snprintf(path, sizeof path, "%s/%s", f->dir, name);
+        return access(path, F_OK) >= 0;
+}
+
+static void test_catalog_register_and_remove(void **state) {
+        Fixture *f = fixture_new("1G", 2, 4);
+        char outside[128], path[160];
+        PoolModel *model;
+        Reply r = {};
+
+        strcpy(outside, "/tmp/mpool-test-catalog-XXXXXX");
+        assert_non_null(mkdtemp(outside));
+        write_model(outside, "m", 1024);
+        snprintf(path, sizeof path, "%s/m", outside);
+
+        catalog_register(f->m, "acme/m", path, on_reply, &r);
+        run_until(f, &r.done);
+        assert_int_equal(r.error, 0);
+        model = pool_find(&f->m->pool, "acme/m");
+        assert_non_null(model);
+        assert_true(model_is_announced(model));
+        assert_int_equal(((ModelRuntime *) model->userdata)->source, MODEL_SOURCE_LOCAL);
+        assert_int_equal(model->state, MODEL_AVAILABLE);
+        assert_int_equal(rec.announced, 3);
+        (void) load(f, "acme/m");
+
+        /* Known now, by the pool and by the registry. */
+        r = (Reply) {};
+        catalog_register(f->m, "acme/m", path, on_reply, &r);
+        assert_true(r.done);
+        assert_int_equal(r.error, -EEXIST);
+        r = (Reply) {};
+        catalog_register(f->m, "alpha", path, on_reply, &r);
+        assert_true(r.done);
+        assert_int_equal(r.error, -EEXIST);
+        r = (Reply) {};
+        catalog_register(f->m, "other", "relative", on_reply, &r);
+        assert_true(r.done);
+        assert_int_equal(r.error, -EINVAL);
+
+        /* Loaded: busy, unless forced. */
+        r = (Reply) {};
+        catalog_remove(f->m, "acme/m", false, NULL, on_reply, &r);
+        assert_true(r.done);
+        assert_int_equal(r.error, -EBUSY);
+        assert_non_null(strstr(r.message, "loaded"));
+        r = (Reply) {};
+        catalog_remove(f->m, "acme/m", true, NULL, on_reply, &r);
+        run_until(f, &r.done);
+        assert_int_equal(r.error, 0);
+        assert_int_equal(rec.removed, 1);
+        assert_null(pool_find(&f->m->pool, "acme/m"));
+        /* A registration goes; the directory stays. */
+        snprintf(path, sizeof path, "%s/m/model.safetensors", outside);
+        assert_int_equal(access(path, F_OK), 0);
+
+        r = (Reply) {};
+        catalog_remove(f->m, "acme/m", false, NULL, on_reply, &r);
+        run_until(f, &r.done);
+        assert_int_equal(r.error, -ENOENT);
+
+        fixture_free(f);
+        snprintf(path, sizeof path, "rm -rf '%s'", outside);
+        assert_int_equal(system(path), 0);
+}
+
+static void test_catalog_remove_waits_for_users_and_refuses_loads(void **state) {
+        Fixture *f = fixture_new("1G", 2, 4);
+        PoolModel *alpha = load(f, "alpha");
+        ModelWeights *weights;
+        Reply r = {}, again = {};
+        Outcome o;
+        Request *req;
+
+        assert_int_equal(model_lease(f->m, alpha, &weights), 0);
+        catalog_remove(f->m, "alpha", true, NULL, on_reply, &r);
+        /* The unload waits for the user of the weights, and so does Remove. */
+        assert_false(r.done);
+        assert_int_equal(alpha->state, MODEL_UNLOADING);
+
+        req = submit(f, REQUEST_LOAD, "alpha", NULL, &o);
+        assert_true(o.completed);
+        assert_int_equal(o.error, -EBUSY);
+        request_unref(req);
+        catalog_remove(f->m, "alpha", true, NULL, on_reply, &again);
+        assert_true(again.done);
+        assert_int_equal(again.error, -EBUSY);
+        assert_true(exists(f, "alpha"));
+
+        model_unlease(f->m, alpha, weights);
+        run_until(f, &r.done);
+        assert_int_equal(r.error, 0);
+        assert_false(exists(f, "alpha"));
+        RUN_UNTIL(f, rec.removed == 1);
+        assert_null(pool_find(&f->m->pool, "alpha"));
+        assert_non_null(pool_find(&f->m->pool, "beta"));
+        fixture_free(f);
+}
+
+static void test_catalog_shutdown_answers_what_waits(void **state) {
+        Fixture *f = fixture_new("1G", 2, 4);
+        Reply r[4] = {};
+
+        /* Queued behind each other on the one worker; shutdown takes those
+         * not yet started off the queue, and each is answered once. */
+        catalog_remove(f->m, "alpha", false, NULL, on_reply, &r[0]);
+        catalog_remove(f->m, "beta", false, NULL, on_reply, &r[1]);
+        catalog_register(f->m, "x", "/nonexistent", on_reply, &r[2]);
+        manager_begin_shutdown(f->m);
+        catalog_remove(f->m, "alpha", false, NULL, on_reply, &r[3]);
+        assert_true(r[3].done);
+        assert_int_equal(r[3].error, -EBUSY);
+        for (unsigned i = 0; i < 3; i++)
+                run_until(f, &r[i].done);
+        fixture_free(f);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_load_and_unload),
@@ -691,6 +829,9 @@ int main(void) {
                 cmocka_unit_test(test_store_watch_announces_and_forgets),
                 cmocka_unit_test(test_store_watch_keeps_loaded_model_until_unloaded),
                 cmocka_unit_test(test_store_watch_model_back_before_unload_stays),
+                cmocka_unit_test(test_catalog_register_and_remove),
+                cmocka_unit_test(test_catalog_remove_waits_for_users_and_refuses_loads),
+                cmocka_unit_test(test_catalog_shutdown_answers_what_waits),
         };
 
         log_set_max_level(LOG_WARNING);
