@@ -347,7 +347,7 @@ static void protocol_violation(PullProcess *p, const char *what) {
                 return;
         p->broken = true;
         log_warning("The download helper %d broke the protocol: %s; stopping it.", (int) p->pid, what);
-        set_outcome(p, -EPROTO, "protocol", "The download helper misbehaved; the download was stopped.");
+        set_outcome(p, -EPROTO, "protocol", "The download helper misbehaved and was stopped.");
         kill_helper(p);
 }
 
