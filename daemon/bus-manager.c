@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bus-inspect.h"
 #include "bus-manager.h"
 #include "bus-model.h"
 #include "bus-options.h"
@@ -598,6 +599,10 @@ static const sd_bus_vtable manager_vtable[] = {
                                 SD_BUS_ARGS("s", name),
                                 SD_BUS_NO_RESULT,
                                 method_cancel, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Inspect",
+                                SD_BUS_ARGS("s", repo, "a{sv}", options),
+                                SD_BUS_RESULT("a{sv}", info),
+                                bus_method_inspect, SD_BUS_VTABLE_UNPRIVILEGED),
 
         SD_BUS_SIGNAL_WITH_ARGS("LoadProgress", SD_BUS_ARGS("s", name, "t", bytes_done, "t", bytes_total), 0),
         SD_BUS_SIGNAL_WITH_ARGS("ModelLoaded", SD_BUS_ARGS("s", name, "t", memory_bytes), 0),
