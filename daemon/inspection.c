@@ -87,7 +87,7 @@ static void on_finished(PullProcess *p, int error, const char *failure, const ch
 
         /* The helper's message is for people and holds nothing a server
          * sent in a body, nor the token (pull/PROTOCOL.md). */
-        if (asprintf(&text, "Cannot inspect %s (%s): %s", i->repo, strempty(failure), strempty(message)) < 0)
+        if (asprintf(&text, "Inspection of %s failed (%s): %s", i->repo, strempty(failure), strempty(message)) < 0)
                 text = NULL;
         log_info("%s", strempty(text));
         inspection_end(i, text ? -EREMOTEIO : -ENOMEM, text ?: "Out of memory.", NULL);
@@ -104,8 +104,8 @@ static int on_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
 
         log_warning("The inspection of %s took longer than %" PRIu64 " s; stopping its helper %d.", i->repo,
                     timeout / USEC_PER_SEC, (int) pull_process_pid(i->process));
-        if (asprintf(&text, "Cannot inspect %s (network): the hub did not answer within %" PRIu64 " s.", i->repo,
-                     timeout / USEC_PER_SEC) < 0)
+        if (asprintf(&text, "Inspection of %s failed (network): the hub did not answer within %" PRIu64 " s.",
+                     i->repo, timeout / USEC_PER_SEC) < 0)
                 text = NULL;
         inspection_end(i, -ETIME, text ?: "Out of memory.", NULL);
         return 0;
@@ -162,8 +162,8 @@ int inspection_start(Manager *m, const char *repo, const char *revision, const c
                          * a failure that says why, as Pull's. */
                         _cleanup_free_ char *text = NULL;
 
-                        if (asprintf(&text, "Cannot inspect %s (internal): cannot read the token file %s: %s", repo,
-                                     m->config.hub_token_file, strerror(-r)) < 0) {
+                        if (asprintf(&text, "Inspection of %s failed (internal): cannot read the token file %s: %s",
+                                     repo, m->config.hub_token_file, strerror(-r)) < 0) {
                                 inspection_free(i);
                                 return -ENOMEM;
                         }

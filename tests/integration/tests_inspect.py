@@ -326,3 +326,56 @@ def test_inspect_is_open_to_every_local_user(ctx):
                                         interactive=False), "nobody's Inspect")
         assert info["commit"] == hub.commit("org/tiny"), info
         assert not os.path.exists(os.path.join(ctx.store, STAGING))
+
+
+def test_inspect_client(ctx):
+        from tests_client import check_error, run, run_json
+        hub = FakeHub(ctx)
+        source = make_repo(ctx, hub, size="3M")
+        d = hub_daemon(ctx, hub)
+
+        info = run_json(ctx, d, "inspect", "org/tiny")
+        assert info["repo"] == "org/tiny" and info["revision"] == "main", info
+        check_info(ctx, hub, source, {k: v for k, v in info.items() if k not in ("repo", "revision")})
+        assert info == dict(inspect(d, "org/tiny"), repo="org/tiny", revision="main"), info
+
+        proc = run(ctx, d, "inspect", "org/tiny", f"--revision={hub.commit('org/tiny')}")
+        out = proc.stdout
+        assert "\x1b" not in out, out
+        assert out.startswith(f"org/tiny ({hub.commit('org/tiny')})\n"), out
+        assert f"Commit: {hub.commit('org/tiny')}" in out, out
+        assert "Files: model.safetensors" in out or "model.safetensors" in out, out
+        for name in info["files"]:
+                assert name in out, (name, out)
+        assert f"Download: {format_bytes(info['download_bytes'])} in {len(info['files'])} files" in out, out
+        assert f"Tensors: {info['tensors']}\n" in out, out
+        assert f"({info['parameters']})" in out, out
+        for dtype in info["dtypes"]:
+                assert dtype in out, out
+        assert f"Memory: {format_bytes(info['memory_bytes'])} once loaded" in out, out
+        assert "Fits: yes, within the limit of 512.0M" in out, out
+
+        # Failures: the exit statuses of pull, one line in words.
+        check_error(run(ctx, d, "inspect", "org/missing", expect=11), "org/missing", "not-found")
+        check_error(run(ctx, d, "inspect", "org/tiny", "--revision=../x", expect=2), "revision")
+        check_error(run(ctx, d, "inspect", "../x", expect=2))
+        run(ctx, d, "inspect", expect=2)
+        check_error(run(ctx, d, "load", "org/tiny", "--revision=main", expect=2), "--revision")
+
+        # The limit below the model: it does not fit, and says what is left.
+        d.ctl.run("set-property", BUS_NAME, MANAGER_PATH, MANAGER_IFACE, "MemoryLimit", "t", str(1 << 20))
+        out = run(ctx, d, "inspect", "org/tiny").stdout
+        assert "Fits: no, the limit of 1.0M leaves 1.0M" in out, out
+        assert run_json(ctx, d, "inspect", "org/tiny")["fits"] is False
+
+
+def format_bytes(n):
+        """As the client writes sizes (client/format.c)."""
+        if n < 1024:
+                return f"{n}B"
+        factor = 1024
+        for i, suffix in enumerate("KMGTPE"):
+                if i + 1 < 6 and n // factor >= 1024:
+                        factor *= 1024
+                        continue
+                return f"{n // factor}.{(n % factor) * 10 // factor}{suffix}"
