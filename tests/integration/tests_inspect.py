@@ -379,3 +379,85 @@ def format_bytes(n):
                         factor *= 1024
                         continue
                 return f"{n // factor}.{(n % factor) * 10 // factor}{suffix}"
+
+
+def pull_helpers_for(endpoint):
+        """mpool-pull processes of this test's hub, whoever their parent."""
+        found = []
+        for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                        continue
+                try:
+                        with open(f"/proc/{pid}/comm") as f:
+                                comm = f.read().strip()
+                        with open(f"/proc/{pid}/cmdline", "rb") as f:
+                                cmdline = f.read().decode(errors="replace")
+                except OSError:
+                        continue
+                if comm == "mpool-pull" and f"--endpoint={endpoint}" in cmdline:
+                        found.append(int(pid))
+        return found
+
+
+def test_done_when_inspect_pull_interrupt_pull_load_with_the_client(ctx):
+        """The issue's Done-when, as a user would go through it with the
+        client: inspect, pull while the network breaks and the daemon is
+        killed, pull again, load; and a pull that cannot end well ends with a
+        clear error and a clean store."""
+        from tests_client import client_argv, client_env, run, run_json
+        from tests_pull import MiB, read
+        hub = FakeHub(ctx)
+        source = make_repo(ctx, hub, size="4M")
+        d = hub_daemon(ctx, hub)
+
+        info = run_json(ctx, d, "inspect", "org/tiny")
+        assert info["fits"] is True, info
+        assert "Memory:" in run(ctx, d, "inspect", "org/tiny").stdout
+        hub.clear_log()
+
+        # The network breaks once mid-file (the helper resumes where it
+        # broke), then stalls: the daemon is killed meanwhile.
+        first_cut = 1 * MiB + 123
+        second_cut = 1 * MiB
+        hub.control(drop=[{"file": "model.safetensors", "after": first_cut, "times": 1}],
+                    stall=[{"file": "model.safetensors", "after": second_cut, "times": 1}])
+        p = ctx.spawn(client_argv(ctx, d, "pull", "org/tiny"), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE, text=True, env=client_env())
+        part = os.path.join(ctx.store, STAGING, "org--tiny", "model.safetensors.part")
+        wait_until(lambda: os.path.exists(part) and os.path.getsize(part) == first_cut + second_cut,
+                   "the .part to reach the stall after a resume")
+        ranges = [r["range"] for r in weights_requests(hub)]
+        assert ranges == [None, f"bytes={first_cut}-"], ranges
+        d.kill()
+        ctx.daemons.remove(d)
+        out, err = p.communicate(timeout=DEADLINE)
+        assert p.returncode == 7 and "mpoold stopped while pulling org/tiny" in err, (p.returncode, out, err)
+        # The helper went with the daemon, and no model is half there.
+        wait_until(lambda: not pull_helpers_for(hub.endpoint), "the helper to die with the daemon")
+        assert not os.path.exists(os.path.join(ctx.store, "org")), store_files(ctx)
+
+        # Pull again: it resumes from what is staged, verifies, and the
+        # model loads taking what inspect said.
+        hub.control()
+        hub.clear_log()
+        d = hub_daemon(ctx, hub)
+        proc = run(ctx, d, "pull", "org/tiny")
+        assert "Pulled org/tiny" in proc.stdout, proc.stdout
+        ranges = [r["range"] for r in weights_requests(hub)]
+        assert ranges == [f"bytes={first_cut + second_cut}-"], ranges
+        model = os.path.join(ctx.store, "org", "tiny")
+        assert read(os.path.join(model, "model.safetensors")) == read(os.path.join(source, "model.safetensors"))
+        run(ctx, d, "load", "org/tiny")
+        (status,) = run_json(ctx, d, "status", "org/tiny")["models"]
+        assert status["state"] == "loaded" and status["memory_bytes"] == info["memory_bytes"], (status, info)
+
+        # A pull that cannot succeed: a clear error and a clean store.
+        make_repo(ctx, hub, name="org/bad", size="1M", extras=False)
+        hub.control(corrupt=["model.safetensors"])
+        info = run_json(ctx, d, "inspect", "org/bad")
+        assert info["memory_bytes"] > 0, info
+        proc = run(ctx, d, "pull", "org/bad", expect=11)
+        assert "hash-mismatch" in proc.stderr and "org/bad" in proc.stderr, proc.stderr
+        assert not os.path.exists(os.path.join(ctx.store, "org", "bad")), store_files(ctx)
+        assert d.model("org/bad") is None
+        run(ctx, d, "load", "org/bad", expect=3)
