@@ -8,24 +8,11 @@
 #include "bus-inspect.h"
 #include "bus-manager.h"
 #include "bus-options.h"
-#include "download.h"
-#include "hub-token.h"
 #include "inspection.h"
 #include "log.h"
 #include "macro.h"
 #include "mpool-bus.h"
 #include "parse-util.h"
-
-typedef struct InspectOptions {
-        const char *revision;
-        const char *token;
-} InspectOptions;
-
-static const BusOption inspect_options[] = {
-        { "revision", BUS_OPTION_STRING, offsetof(InspectOptions, revision), .string.max_length = DOWNLOAD_REVISION_MAX },
-        { "token",    BUS_OPTION_STRING, offsetof(InspectOptions, token),    .string.max_length = HUB_TOKEN_MAX },
-        {}
-};
 
 /* Opens the entry key of an a{sv} and, in its variant, an array of
  * element_signature; close_array_entry() closes all three. */
@@ -130,7 +117,7 @@ static void on_inspected(int error, const char *message, const InspectionResult 
 int bus_method_inspect(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         _cleanup_free_ char *problem = NULL;
         Manager *m = userdata;
-        InspectOptions options = { .revision = "main" };
+        HubOptions options;
         const char *repo;
         int r;
 
@@ -141,16 +128,9 @@ int bus_method_inspect(sd_bus_message *message, void *userdata, sd_bus_error *er
         if (r < 0)
                 return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "Invalid repository id: %s",
                                          problem ?: "not a model name.");
-        r = bus_options_read(message, inspect_options, &options, error);
+        r = hub_options_read(message, &options, error);
         if (r < 0)
                 return r;
-        if (download_revision_validate(options.revision) < 0)
-                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                                         "Invalid option \"revision\": 1 to %u characters of A-Z a-z 0-9 . _ / -, without \"..\".",
-                                         DOWNLOAD_REVISION_MAX);
-        if (options.token && (options.token[0] == '\0' || strpbrk(options.token, "\n\r")))
-                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                                         "Invalid option \"token\": empty or more than one line.");
 
         /* No polkit: the issue's spec leaves Inspect open like Status. The
          * core bounds what callers can make the daemon do. */
