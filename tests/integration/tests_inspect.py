@@ -104,8 +104,10 @@ def test_inspect_then_pull_and_load_take_what_it_said(ctx):
         assert info["memory_limit"] == pool["memory_limit"] and info["memory_pinned"] == 0, info
         assert info["fits"] is True, info
         # Only the header of the weights was read, and nothing was written.
+        # (The hub logs a request once it has answered it: two in a row may
+        # be logged in either order.)
         requests = weights_requests(hub)
-        assert [r["range"] for r in requests][:1] == ["bytes=0-7"] and len(requests) == 2, requests
+        assert len(requests) == 2 and "bytes=0-7" in [r["range"] for r in requests], requests
         assert sum(r["bytes"] for r in requests) < 64 * 1024, requests
         assert store_files(ctx) == [], store_files(ctx)
         assert d.model("org/tiny") is None
