@@ -58,7 +58,7 @@ extern bool arg_pin;
 extern bool arg_files;
 extern bool arg_keep_alive_set;
 extern int64_t arg_keep_alive_sec;     /* -1: never unload for idleness */
-extern const char *arg_revision;       /* pull: NULL for the daemon's default */
+extern const char *arg_revision;       /* pull, inspect: NULL for the daemon's default */
 
 /* Verbs: argv[0] is the verb. They return 0, an exit status, or a negative
  * errno (already reported). */
@@ -71,6 +71,7 @@ int verb_monitor(int argc, char *argv[]);
 int verb_top(int argc, char *argv[]);
 int verb_set(int argc, char *argv[]);
 int verb_pull(int argc, char *argv[]);
+int verb_inspect(int argc, char *argv[]);
 int verb_cancel(int argc, char *argv[]);
 int verb_register(int argc, char *argv[]);
 int verb_remove(int argc, char *argv[]);

@@ -53,6 +53,7 @@ static void help(void) {
                "  top                        Live view of the loaded models\n"
                "  set memory-limit SIZE      Change the pool's memory limit\n"
                "  set idle-timeout DURATION  Change the default keep-alive\n"
+               "  inspect REPO               What a pull would fetch and the model would take\n"
                "  pull REPO                  Download a model from the hub into the store\n"
                "  cancel NAME                Cancel the download, or else the load, of a model\n"
                "  register NAME PATH         Add the model in directory PATH to the store\n"
@@ -78,7 +79,7 @@ static void help(void) {
                "                             $MPOOL_FDS, $MPOOL_FDNAMES, $MPOOL_FDS_PID)\n"
                "     --force                 unload: unload pinned models too; rm: unload first\n"
                "     --all                   unload: unload every model\n"
-               "     --revision=REV          pull: branch, tag or commit (default: main)\n"
+               "     --revision=REV          pull, inspect: branch, tag or commit (default: main)\n"
                "\nSee the mpool-client(1) man page for details.\n",
                program_invocation_short_name, ansi(ANSI_BOLD), ansi(ANSI_NORMAL));
 }
@@ -239,6 +240,7 @@ static const Verb verbs[] = {
         { "monitor", 1, 2,        verb_monitor },
         { "top",     1, 1,        verb_top     },
         { "set",     3, 3,        verb_set     },
+        { "inspect", 2, 2,        verb_inspect },
         { "pull",    2, 2,        verb_pull    },
         { "cancel",  2, 2,        verb_cancel  },
         { "register", 3, 3,       verb_register },
@@ -251,27 +253,27 @@ static int check_verb_options(const char *verb) {
         static const struct {
                 bool *set;
                 const char *option;
-                const char *verb;
-                const char *other_verb;
+                const char *verbs[2];
         } table[] = {
-                { &arg_pin,            "--pin",        "load"   },
-                { &arg_files,          "--files",      "hold"   },
-                { &arg_keep_alive_set, "--keep-alive", "load"   },
-                { &arg_force,          "--force",      "unload", "rm" },
-                { &arg_all,            "--all",        "unload" },
-                { &arg_revision_set,   "--revision",   "pull"   },
+                { &arg_pin,            "--pin",        { "load" }            },
+                { &arg_files,          "--files",      { "hold" }            },
+                { &arg_keep_alive_set, "--keep-alive", { "load" }            },
+                { &arg_force,          "--force",      { "unload", "rm" }    },
+                { &arg_all,            "--all",        { "unload" }          },
+                { &arg_revision_set,   "--revision",   { "pull", "inspect" } },
         };
 
-        for (size_t i = 0; i < ELEMENTSOF(table); i++)
-                if (*table[i].set && strcmp(verb, table[i].verb) != 0 &&
-                    !(table[i].other_verb && strcmp(verb, table[i].other_verb) == 0)) {
-                        if (table[i].other_verb)
-                                print_error("%s applies to '%s' and '%s' only.", table[i].option, table[i].verb,
-                                            table[i].other_verb);
-                        else
-                                print_error("%s applies to '%s' only.", table[i].option, table[i].verb);
-                        return MPOOL_EXIT_USAGE;
-                }
+        for (size_t i = 0; i < ELEMENTSOF(table); i++) {
+                const char *const *allowed = table[i].verbs;
+
+                if (!*table[i].set || strcmp(verb, allowed[0]) == 0 || (allowed[1] && strcmp(verb, allowed[1]) == 0))
+                        continue;
+                if (allowed[1])
+                        print_error("%s applies to '%s' and '%s' only.", table[i].option, allowed[0], allowed[1]);
+                else
+                        print_error("%s applies to '%s' only.", table[i].option, allowed[0]);
+                return MPOOL_EXIT_USAGE;
+        }
         return 0;
 }
 

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bus-inspect.h"
 #include "bus-manager.h"
 #include "bus-model.h"
 #include "bus-options.h"
@@ -285,17 +286,6 @@ static int method_unload_all(sd_bus_message *message, void *userdata, sd_bus_err
         return submit(m, message, REQUEST_UNLOAD_ALL, NULL, &options);
 }
 
-typedef struct PullOptions {
-        const char *revision;
-        const char *token;
-} PullOptions;
-
-static const BusOption pull_options[] = {
-        { "revision", BUS_OPTION_STRING, offsetof(PullOptions, revision), .string.max_length = DOWNLOAD_REVISION_MAX },
-        { "token",    BUS_OPTION_STRING, offsetof(PullOptions, token),    .string.max_length = DOWNLOAD_TOKEN_MAX },
-        {}
-};
-
 /* Owns the reference on the call taken by method_pull(). */
 static void on_pull_reply(int error, const char *message, const char *name, void *userdata) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *call = userdata;
@@ -328,23 +318,16 @@ done:
 
 static int method_pull(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         Manager *m = userdata;
-        PullOptions options = { .revision = "main" };
+        HubOptions options;
         const char *repo;
         int r;
 
         r = read_model_name(message, &repo, error);
         if (r < 0)
                 return r;
-        r = bus_options_read(message, pull_options, &options, error);
+        r = hub_options_read(message, &options, error);
         if (r < 0)
                 return r;
-        if (download_revision_validate(options.revision) < 0)
-                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                                         "Invalid option \"revision\": 1 to %u characters of A-Z a-z 0-9 . _ / -, without \"..\".",
-                                         DOWNLOAD_REVISION_MAX);
-        if (options.token && (options.token[0] == '\0' || strpbrk(options.token, "\n\r")))
-                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                                         "Invalid option \"token\": empty or more than one line.");
         r = verify_actions(m, message, repo, error, POLKIT_ACTION_MANAGE_MODELS, NULL);
         if (r <= 0)
                 return r < 0 ? r : 1;
@@ -698,6 +681,10 @@ static const sd_bus_vtable manager_vtable[] = {
                                 SD_BUS_ARGS("s", name, "a{sv}", options),
                                 SD_BUS_NO_RESULT,
                                 method_remove, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Inspect",
+                                SD_BUS_ARGS("s", repo, "a{sv}", options),
+                                SD_BUS_RESULT("a{sv}", info),
+                                bus_method_inspect, SD_BUS_VTABLE_UNPRIVILEGED),
 
         SD_BUS_SIGNAL_WITH_ARGS("LoadProgress", SD_BUS_ARGS("s", name, "t", bytes_done, "t", bytes_total), 0),
         SD_BUS_SIGNAL_WITH_ARGS("ModelLoaded", SD_BUS_ARGS("s", name, "t", memory_bytes), 0),

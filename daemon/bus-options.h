@@ -75,3 +75,13 @@ extern const BusOption request_options_unload[];
 /* bus_options_read() from the defaults; *ret is untouched on failure. */
 int request_options_read(sd_bus_message *message, const BusOption *table, RequestOptions *ret,
                          sd_bus_error *error);
+
+/* Pull and Inspect: "revision" (default "main", download_revision_validate())
+ * and "token" (one line, not empty, at most HUB_TOKEN_MAX bytes), both
+ * pointing into the message. *ret is untouched on failure. */
+typedef struct HubOptions {
+        const char *revision;
+        const char *token;        /* NULL: none given */
+} HubOptions;
+
+int hub_options_read(sd_bus_message *message, HubOptions *ret, sd_bus_error *error);

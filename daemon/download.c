@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "download.h"
+#include "hub-token.h"
 #include "log.h"
 #include "macro.h"
 #include "pull-process.h"
@@ -472,48 +473,6 @@ static void downloads_start_queued(Manager *m) {
         }
 }
 
-/* A pipe holding the token, so that it reaches the helper without passing
- * through its argv or environment, and is kept by the kernel alone while
- * the download waits its turn. */
-static int token_pipe(const char *token, size_t n, int *ret) {
-        int fds[2];
-
-        if (pipe2(fds, O_CLOEXEC) < 0)
-                return -errno;
-        /* At most DOWNLOAD_TOKEN_MAX bytes: far below a pipe's capacity. */
-        if (write(fds[1], token, n) != (ssize_t) n) {
-                int r = errno > 0 ? -errno : -EIO;
-                close(fds[0]);
-                close(fds[1]);
-                return r;
-        }
-        close(fds[1]);
-        *ret = fds[0];
-        return 0;
-}
-
-static int token_file_pipe(const char *path, int *ret) {
-        _cleanup_close_ int fd = -1;
-        char buf[DOWNLOAD_TOKEN_MAX + 1];
-        ssize_t n;
-        int r;
-
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-        if (fd < 0)
-                return log_warning_errno(-errno, "Cannot open the token file %s: %m", path);
-        n = read(fd, buf, sizeof buf);
-        if (n < 0)
-                return log_warning_errno(-errno, "Cannot read the token file %s: %m", path);
-        if ((size_t) n > DOWNLOAD_TOKEN_MAX) {
-                explicit_bzero(buf, sizeof buf);
-                log_warning("The token file %s is larger than %u bytes.", path, DOWNLOAD_TOKEN_MAX);
-                return -EFBIG;
-        }
-        r = token_pipe(buf, n, ret);
-        explicit_bzero(buf, sizeof buf);
-        return r;
-}
-
 int download_pull(Manager *m, const char *repo, const char *revision, const char *token, DownloadReply reply,
                   void *userdata) {
         _cleanup_free_ char *dir = NULL, *folder = NULL;
@@ -590,9 +549,9 @@ int download_pull(Manager *m, const char *repo, const char *revision, const char
                 return r;
         }
         if (token)
-                r = token_pipe(token, strlen(token), &d->token_fd);
+                r = hub_token_pipe(token, strlen(token), &d->token_fd);
         else if (m->config.hub_token_file) {
-                r = token_file_pipe(m->config.hub_token_file, &d->token_fd);
+                r = hub_token_file_pipe(m->config.hub_token_file, &d->token_fd);
                 if (r < 0 && r != -ENOMEM) {
                         /* The administrator's file, not the caller's mistake:
                          * a failed download that says why. */

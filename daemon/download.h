@@ -23,7 +23,6 @@
 #define DOWNLOAD_METADATA_FILE ".mpool-pull.json"
 #define DOWNLOAD_STAGING_DIR   ".staging"
 #define DOWNLOAD_REVISION_MAX  255U
-#define DOWNLOAD_TOKEN_MAX     4096U
 /* Calls waiting for the plan of one download. */
 #define DOWNLOAD_WAITERS_MAX   64U
 /* Downloads running and queued, together. */

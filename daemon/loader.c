@@ -302,6 +302,15 @@ static uint64_t page_align(uint64_t length) {
         return (length + page - 1) / page * page;
 }
 
+uint64_t loader_job_memory_bytes(const LoaderJob *probe) {
+        uint64_t sum = 0;
+
+        for (size_t i = 0; i < probe->n_files; i++)
+                if (__builtin_add_overflow(sum, page_align(probe->files[i].size), &sum))
+                        return UINT64_MAX;
+        return sum;
+}
+
 static uint64_t mapping_resident_bytes(const LoaderMapping *mapping) {
         size_t page = (size_t) sysconf(_SC_PAGESIZE), n_pages = (mapping->length + page - 1) / page;
         _cleanup_free_ unsigned char *vector = malloc(n_pages ?: 1);

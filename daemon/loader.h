@@ -71,6 +71,11 @@ typedef struct LoaderJob {
 
 int loader_job_new_probe(const char *name, const char *model_dir, const char *huggingface_cache,
                          void *userdata, LoaderJob **ret);
+/* What the probe's files will hold once mapped and locked, as the loaded
+ * model's memory is counted: each file whole, in pages. Admission reserves
+ * this, so that a loaded model never holds more than it was admitted for;
+ * mpool-pull --inspect counts the same (pull/PROTOCOL.md). */
+uint64_t loader_job_memory_bytes(const LoaderJob *probe);
 /* Moves the probe's files into a new map job, with the probe's callbacks. */
 int loader_job_new_map(LoaderJob *probe, LoaderJob **ret);
 LoaderJob *loader_job_free(LoaderJob *j);

@@ -27,6 +27,7 @@
 typedef struct Manager Manager;
 typedef struct Download Download;
 typedef struct Catalog Catalog;
+typedef struct Inspection Inspection;
 
 /* What changed, for the listeners of PropertiesChanged. */
 typedef enum ManagerChange {
@@ -79,6 +80,7 @@ struct Manager {
         StoreWatch *store_watch;      /* models added and removed by hand */
         Download *downloads;          /* running and queued pulls, oldest first (download.h) */
         Catalog *catalog;             /* Register and Remove (catalog.h) */
+        Inspection *inspections;      /* running inspections (inspection.h) */
         const char *pull_helper;      /* path of mpool-pull */
         sd_bus_slot *object_manager_slot;
         sd_bus_slot *peer_left_slot;

@@ -594,8 +594,8 @@ static void restart_if_wanted(Manager *m, PoolModel *model) {
 
 static void admit(Manager *m, PoolModel *model, LoaderJob *probe) {
         _cleanup_free_ PoolModel **victims = pool_victims_new(&m->pool);
+        uint64_t needed = loader_job_memory_bytes(probe), available;
         LoaderJob *map;
-        uint64_t available;
         int n, r;
 
         if (!victims) {
@@ -603,14 +603,14 @@ static void admit(Manager *m, PoolModel *model, LoaderJob *probe) {
                 return;
         }
 
-        n = pool_plan_admission(&m->pool, model, probe->total_bytes, victims, pool_size(&m->pool), &available);
+        n = pool_plan_admission(&m->pool, model, needed, victims, pool_size(&m->pool), &available);
         if (n == -ENOSPC) {
                 _cleanup_free_ char *message = NULL;
 
                 if (asprintf(&message,
                              "Model %s needs %" PRIu64 " bytes, but only %" PRIu64 " of the memory limit of %"
                              PRIu64 " bytes can be made available%s.",
-                             model->name, probe->total_bytes, available, m->pool.memory_limit,
+                             model->name, needed, available, m->pool.memory_limit,
                              m->pool.max_loaded_models > 0 ? " (or MaxLoadedModels is reached)" : "") < 0)
                         (void) load_failed(m, model, -ENOMEM, "Out of memory.");
                 else
@@ -638,7 +638,7 @@ static void admit(Manager *m, PoolModel *model, LoaderJob *probe) {
                 (void) load_failed(m, model, r, "The daemon could not start reading the model.");
                 return;
         }
-        model->reserved_bytes = probe->total_bytes;
+        model->reserved_bytes = needed;
 }
 
 static void loaded(Manager *m, PoolModel *model, LoaderJob *job) {

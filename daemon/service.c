@@ -13,6 +13,7 @@
 #include "service.h"
 #include "catalog.h"
 #include "download.h"
+#include "inspection.h"
 #include "mpool-bus.h"
 #include "store.h"
 #include "store-watch.h"
@@ -31,6 +32,7 @@ Manager *manager_free(Manager *m) {
 
         downloads_stop_all(m);
         catalog_free(m->catalog);
+        inspections_stop_all(m);
         store_watch_free(m->store_watch);
         sd_event_source_disable_unref(m->forget_source);
         polkit_registry_free(m->polkit);
@@ -350,7 +352,9 @@ static void on_hold_dropped(const char *model_name, unsigned count, void *userda
 void manager_peer_left(Manager *m, const char *name) {
         unsigned n;
 
-        /* Nobody is left to answer; the loads themselves go on. */
+        /* Nobody is left to answer; the loads themselves go on, but what
+         * only this peer asked of the hub stops. */
+        inspections_drop_owner(m, name);
         models_drop_requests_of(m, name);
         n = peers_drop(&m->peers, name, on_hold_dropped, m);
         if (n > 0)
@@ -380,6 +384,7 @@ void manager_begin_shutdown(Manager *m) {
         store_watch_stop(m->store_watch);
         catalog_stop(m->catalog);
         downloads_stop_all(m);
+        inspections_stop_all(m);
         models_stop_all(m);
         maybe_exit(m);
 }

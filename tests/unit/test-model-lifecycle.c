@@ -811,6 +811,34 @@ static void test_catalog_shutdown_answers_what_waits(void **state) {
         fixture_free(f);
 }
 
+/* A model is admitted for what it will hold once loaded (each file in
+ * pages), never for less: the limit holds after the load too, and
+ * Inspect's memory_bytes, counted the same, says whether it fits. */
+static void test_admission_counts_pages(void **state) {
+        Fixture *f = fixture_new("1G", 2, 4);
+        uint64_t page = (uint64_t) sysconf(_SC_PAGESIZE), pages;
+        char path[128];
+        struct stat st;
+        Outcome o;
+        Request *req;
+
+        snprintf(path, sizeof path, "%s/alpha/model.safetensors", f->dir);
+        assert_int_equal(stat(path, &st), 0);
+        pages = ((uint64_t) st.st_size + page - 1) / page * page;
+        assert_true(pages > (uint64_t) st.st_size);   /* the header makes it uneven */
+
+        f->m->pool.memory_limit = (uint64_t) st.st_size;
+        req = submit(f, REQUEST_LOAD, "alpha", NULL, &o);
+        run_until(f, &o.completed);
+        assert_int_equal(o.error, -ENOSPC);
+        request_unref(req);
+
+        f->m->pool.memory_limit = pages;
+        assert_int_equal(load(f, "alpha")->memory_bytes, pages);
+        assert_true(pool_memory_used(&f->m->pool) <= f->m->pool.memory_limit);
+        fixture_free(f);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_load_and_unload),
@@ -832,6 +860,7 @@ int main(void) {
                 cmocka_unit_test(test_catalog_register_and_remove),
                 cmocka_unit_test(test_catalog_remove_waits_for_users_and_refuses_loads),
                 cmocka_unit_test(test_catalog_shutdown_answers_what_waits),
+                cmocka_unit_test(test_admission_counts_pages),
         };
 
         log_set_max_level(LOG_WARNING);
