@@ -44,7 +44,7 @@
  * rest of the text cannot change the result.
  *
  * The file is read in place (json-scan.h), in one pass: what is kept is
- * the vocabulary (its strings, 12 bytes per entry, and a table of 2 KiB).
+ * the vocabulary (its strings, 12 bytes per entry, and a table of 1 KiB).
  * Messages never quote the file: they name members by their path in the
  * JSON ("model.vocab") and entries by their index, since they may be shown
  * to every local user while the file may be readable by its owner only. */
@@ -73,8 +73,9 @@ typedef bool (*tokenizer_cancel_t)(void *userdata);
  *   -EOPNOTSUPP  it is valid but uses a part this tokenizer does not run,
  *   -EFBIG       it is larger than TOKENIZER_FILE_SIZE_MAX,
  *   -ECANCELED   cancel said so,
+ *   -ELIBACC     ICU's data cannot be loaded,
  *   another negative errno on I/O failure or lack of memory.
- * For -EBADMSG, -EOPNOTSUPP and -EFBIG, *ret_error (if ret_error is not
+ * For -EBADMSG, -EOPNOTSUPP, -EFBIG and -ELIBACC, *ret_error (if ret_error is not
  * NULL) receives a message for people that names the file and says what is
  * wrong. */
 int tokenizer_load_fd(int fd, const char *name, tokenizer_cancel_t cancel, void *userdata, Tokenizer **ret,
