@@ -34,7 +34,7 @@ B ?= build
 
 # Debian 12 packages the build needs; `make deps` installs what is missing.
 BUILD_DEB_PACKAGES = build-essential pkg-config libsystemd-dev libcjson-dev libinih-dev libcmocka-dev uthash-dev \
-	libcurl4-openssl-dev libssl-dev
+	libcurl4-openssl-dev libssl-dev libicu-dev
 TEST_DEB_PACKAGES = dbus-daemon systemd python3 python3-dbus polkitd util-linux tmux libglib2.0-bin python3-gi
 DEPS_PC = libsystemd libcjson inih
 
@@ -49,6 +49,11 @@ CMOCKA_LIBS = $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null)
 PULL_PC = libcurl libcrypto
 PULL_CFLAGS = $(shell $(PKG_CONFIG) --cflags $(PULL_PC) 2>/dev/null)
 PULL_LIBS = $(shell $(PKG_CONFIG) --libs $(PULL_PC) 2>/dev/null)
+# Unicode data for the tokenizer (daemon/tokenizer-unicode.c): what runs
+# models links it, the download helper and the client do not.
+ICU_PC = icu-uc
+ICU_CFLAGS = $(shell $(PKG_CONFIG) --cflags $(ICU_PC) 2>/dev/null)
+ICU_LIBS = $(shell $(PKG_CONFIG) --libs $(ICU_PC) 2>/dev/null)
 
 # base/: what daemon, client and tests all use (macros, logging, parsers,
 # string vectors, clocks). The client links it alone, never the daemon's code.
@@ -92,8 +97,10 @@ $(B)/libmpoold.a: $(DAEMON_LIB_OBJS)
 # environment overrides it (the integration tests point it at the build).
 $(B)/daemon/mpoold.o: override CPPFLAGS += -DMPOOL_PULL_PATH='"$(LIBEXECDIR)/mpool/mpool-pull"'
 
+$(B)/daemon/tokenizer.o $(B)/daemon/tokenizer-json.o $(B)/daemon/tokenizer-unicode.o: override CPPFLAGS += $(ICU_CFLAGS)
+
 $(B)/mpoold: $(B)/daemon/mpoold.o $(B)/libmpoold.a $(B)/libmpool-base.a
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(ICU_LIBS) $(LIBS)
 
 # The test build of the daemon: the same code plus the hooks in
 # daemon/test-hooks.h that let tests hold a load where they choose. The
@@ -104,7 +111,7 @@ $(B)/test-hooks/%.o: %.c
 	$(CC) $(CPPFLAGS) -Idaemon -DMPOOL_TEST_HOOKS $(CFLAGS) -c -o $@ $<
 
 $(B)/mpoold-test: $(B)/daemon/mpoold.o $(TEST_HOOK_OBJS) $(B)/libmpoold.a $(B)/libmpool-base.a
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(ICU_LIBS) $(LIBS)
 
 $(B)/mpool-client: $(CLIENT_OBJS) $(B)/libmpool-base.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
@@ -122,7 +129,7 @@ $(B)/mpool-mkmodel: $(B)/tests/tools/mkmodel.o $(B)/libmpoold.a $(B)/libmpool-ba
 
 $(B)/tests/test-%: $(B)/tests/unit/test-%.o $(B)/libmpoold.a $(B)/libmpool-base.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(LIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(ICU_LIBS) $(LIBS)
 
 # Installs the Debian packages the build and the tests need: with apt as
 # root, otherwise it prints the one command that does.
