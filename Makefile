@@ -81,6 +81,9 @@ $(B)/%.o: %.c
 
 # The daemon's headers are visible to the daemon and the tests, not the client.
 $(B)/daemon/%.o $(B)/tests/%.o: override CPPFLAGS += -Idaemon
+# Where the unit tests find their fixtures (tests/fixtures/), whatever the
+# directory they run in.
+$(B)/tests/unit/%.o: override CPPFLAGS += -DMPOOL_TESTS_DIR='"$(CURDIR)/tests"'
 
 $(B)/libmpool-base.a: $(BASE_OBJS)
 	@rm -f $@
