@@ -14,6 +14,7 @@
 #include "bert.h"
 #include "blas.h"
 #include "config-json.h"
+#include "precision.h"
 
 /* Where each converted tensor and each activation buffer starts: a cache
  * line, which is also what OpenBLAS's kernels like best. */
@@ -26,25 +27,37 @@
  * "encoder.layer.127.attention.output.LayerNorm.weight". */
 #define TENSOR_NAME_MAX 96U
 
+/* A weight matrix, rows × columns in the model's precision: F32 in the
+ * mapping or converted, or encoded at load. Vectors (biases, LayerNorm
+ * parameters) are always F32: they are small, and added, not multiplied. */
+typedef struct Matrix {
+        const void *data;
+        size_t rows, columns;
+} Matrix;
+
 typedef struct BertLayer {
-        const float *query_weight, *query_bias;
-        const float *key_weight, *key_bias;
-        const float *value_weight, *value_bias;
-        const float *attention_output_weight, *attention_output_bias;
+        Matrix query_weight, key_weight, value_weight;
+        const float *query_bias, *key_bias, *value_bias;
+        Matrix attention_output_weight;
+        const float *attention_output_bias;
         const float *attention_norm_weight, *attention_norm_bias;
-        const float *intermediate_weight, *intermediate_bias;
-        const float *output_weight, *output_bias;
+        Matrix intermediate_weight;
+        const float *intermediate_bias;
+        Matrix output_weight;
+        const float *output_bias;
         const float *output_norm_weight, *output_norm_bias;
 } BertLayer;
 
 struct BertModel {
         BertConfig config;
-        const float *word_embeddings;
-        const float *position_embeddings;
-        const float *token_type_embeddings;
+        Precision precision;
+        Matrix word_embeddings;
+        Matrix position_embeddings;
+        Matrix token_type_embeddings;
         const float *embeddings_norm_weight, *embeddings_norm_bias;
         BertLayer *layers;
 
+        bool in_place;            /* some weights are read where the caller's tensors are */
         void *converted;          /* mapped, read-only once filled */
         size_t converted_size;
 };
@@ -56,8 +69,10 @@ struct BertScratch {
 
         /* max_tokens rows of hidden_size (intermediate_size for
          * intermediate); scores: one max_length × max_length matrix;
-         * pooled: one row of hidden_size. */
-        float *hidden, *query, *key, *value, *context, *intermediate, *scores, *pooled;
+         * pooled: one row of hidden_size; rows: three of hidden_size, for
+         * the embeddings of a token; weights: the largest matrix of a
+         * layer decoded, when the model's precision is not F32 (else NULL). */
+        float *hidden, *query, *key, *value, *context, *intermediate, *scores, *pooled, *rows, *weights;
 
         void *memory;
         size_t size;
@@ -193,7 +208,7 @@ typedef enum Dimension {
 typedef struct TensorRule {
         const char *name;         /* canonical, after "embeddings." or "encoder.layer.N." */
         Dimension rows, columns;  /* columns DIM_NONE: a vector of rows */
-        size_t offset;            /* of the pointer in BertModel or BertLayer */
+        size_t offset;            /* of the Matrix (or the vector's pointer) in BertModel or BertLayer */
 } TensorRule;
 
 #define MODEL_TENSOR(n, r, c, field) { n, r, c, offsetof(BertModel, field) }
@@ -267,6 +282,70 @@ static size_t dtype_size(DType t) {
         return t == DTYPE_F32 ? 4 : 2;
 }
 
+/* What a tensor takes in the model's own memory when it is converted to
+ * the precision (vectors: F32), before alignment. */
+static uint64_t converted_bytes(const BertConfig *c, const TensorRule *rule, Precision p) {
+        uint64_t rows = dimension(c, rule->rows);
+
+        if (rule->columns == DIM_NONE)
+                return rows * sizeof(float);
+        /* At most 2^20 rows of 2^16 columns, at 4 bytes. */
+        return rows * precision_row_bytes(p, dimension(c, rule->columns));
+}
+
+/* Calls f for every tensor the configuration needs, in order: the
+ * embeddings, then each layer's. name: its canonical name; base: the
+ * BertModel or BertLayer its rule's offset is in (from model, which may be
+ * NULL when f only counts). Stops at the first negative return. */
+static int for_each_tensor(const BertConfig *c, BertModel *model,
+                           int (*f)(const char *name, const TensorRule *rule, char *base, void *userdata),
+                           void *userdata) {
+        for (size_t layer = 0; layer <= c->n_layers; layer++) {
+                const TensorRule *rules = layer == 0 ? embedding_rules : layer_rules;
+                size_t n_rules = layer == 0 ? ELEMENTSOF(embedding_rules) : ELEMENTSOF(layer_rules);
+                char *base = !model ? NULL : layer == 0 ? (char *) model : (char *) &model->layers[layer - 1];
+
+                for (size_t i = 0; i < n_rules; i++) {
+                        char name[TENSOR_NAME_MAX];
+                        int r;
+
+                        if (layer == 0)
+                                snprintf(name, sizeof name, "embeddings.%s", rules[i].name);
+                        else
+                                snprintf(name, sizeof name, "encoder.layer.%zu.%s", layer - 1, rules[i].name);
+                        r = f(name, &rules[i], base, userdata);
+                        if (r < 0)
+                                return r;
+                }
+        }
+        return 0;
+}
+
+static int add_bytes(const char *name, const TensorRule *rule, char *base, void *userdata) {
+        struct {
+                const BertConfig *config;
+                Precision precision;
+                uint64_t total;
+        } *sum = userdata;
+
+        sum->total += round_up(converted_bytes(sum->config, rule, sum->precision), BUFFER_ALIGN);
+        return 0;
+}
+
+uint64_t bert_weights_bytes(const BertConfig *c, Precision p) {
+        struct {
+                const BertConfig *config;
+                Precision precision;
+                uint64_t total;
+        } sum = { c, p, 0 };
+
+        assert(c);
+        assert(p >= 0 && p < _PRECISION_MAX);
+
+        (void) for_each_tensor(c, NULL, add_bytes, &sum);
+        return round_up(sum.total, page_size());
+}
+
 /* A tensor's name without the prefix, and where it is in the caller's array. */
 typedef struct Entry {
         const char *name;
@@ -308,10 +387,10 @@ static const Entry *find_entry(const Entry *entries, size_t n, const char *name,
 typedef struct Binding {
         const BertTensor *tensor;
         DType dtype;
-        uint64_t elements;
+        uint64_t rows, columns;   /* columns 0: a vector */
         bool convert;
         size_t converted_offset;
-        const float **slot;
+        void *slot;               /* a Matrix, or a vector's const float * */
 } Binding;
 
 static const char *old_layer_norm_name(const char *name, char buffer[static TENSOR_NAME_MAX]) {
@@ -356,8 +435,8 @@ static int find_tensor(const Entry *entries, size_t n_entries, const BertTensor 
         return 0;
 }
 
-static int check_tensor(const BertConfig *c, const TensorRule *rule, const char *name, const BertTensor *t,
-                        Binding *b, char **ret_error) {
+static int check_tensor(const BertConfig *c, Precision precision, const TensorRule *rule, const char *name,
+                        const BertTensor *t, Binding *b, char **ret_error) {
         uint64_t rows = dimension(c, rule->rows), columns = dimension(c, rule->columns);
         size_t n_dims = rule->columns == DIM_NONE ? 1 : 2;
         DType dtype = dtype_from_string(t->dtype);
@@ -379,39 +458,27 @@ static int check_tensor(const BertConfig *c, const TensorRule *rule, const char 
         }
 
         /* Both at most 2^20 × 2^16 by the configuration's bounds. */
-        b->elements = rows * (n_dims == 2 ? columns : 1);
-        if (t->length != b->elements * dtype_size(dtype) || (t->length > 0 && !t->data))
+        b->rows = rows;
+        b->columns = n_dims == 2 ? columns : 0;
+        if (t->length != rows * MAX(b->columns, 1U) * dtype_size(dtype) || (t->length > 0 && !t->data))
                 return config_json_error(ret_error, -EBADMSG, "Tensor %s holds %" PRIu64 " bytes, not the %" PRIu64
                                          " its shape and dtype need.", name, t->length,
-                                         b->elements * dtype_size(dtype));
+                                         rows * MAX(b->columns, 1U) * dtype_size(dtype));
 
         b->tensor = t;
         b->dtype = dtype;
-        b->convert = dtype != DTYPE_F32 || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__ ||
-                (uintptr_t) t->data % alignof(float) != 0;
+        /* In place only when nothing of the model is converted to another
+         * precision: otherwise the caller may let the mapping go. */
+        b->convert = precision != PRECISION_F32 || dtype != DTYPE_F32 ||
+                __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__ || (uintptr_t) t->data % alignof(float) != 0;
         return 0;
 }
 
-static float f16_to_f32(uint16_t h) {
-        uint32_t sign = (uint32_t) (h & 0x8000) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff, bits;
-        float f;
+/* n elements of the file's data, from element first, as floats. */
+static void read_elements(const Binding *b, uint64_t first, size_t n, float *out) {
+        const uint8_t *in = (const uint8_t *) b->tensor->data + first * dtype_size(b->dtype);
 
-        if (exponent == 0x1f)           /* infinities and NaNs */
-                bits = sign | UINT32_C(0x7f800000) | mantissa << 13;
-        else if (exponent > 0)          /* rebias from 15 to 127 */
-                bits = sign | (exponent + 112) << 23 | mantissa << 13;
-        else {                          /* zero and subnormals: mantissa × 2^-24, exact */
-                f = ldexpf((float) mantissa, -24);
-                return sign ? -f : f;
-        }
-        memcpy(&f, &bits, sizeof f);
-        return f;
-}
-
-static void convert(const Binding *b, float *out) {
-        const uint8_t *in = b->tensor->data;
-
-        for (uint64_t i = 0; i < b->elements; i++) {
+        for (size_t i = 0; i < n; i++) {
                 uint32_t bits;
                 uint16_t half;
 
@@ -426,14 +493,25 @@ static void convert(const Binding *b, float *out) {
                         out[i] = f16_to_f32(le16toh(half));
                         break;
                 case DTYPE_BF16:
-                        /* The upper half of an F32. */
                         memcpy(&half, in + 2 * i, 2);
-                        bits = (uint32_t) le16toh(half) << 16;
-                        memcpy(&out[i], &bits, 4);
+                        out[i] = bf16_to_f32(le16toh(half));
                         break;
                 default:
                         assert(false);
                 }
+        }
+}
+
+/* The tensor in the model's own memory: a vector as F32, a matrix row by
+ * row in the precision. row: room for one row of floats. */
+static void convert(const Binding *b, Precision precision, float *row, uint8_t *out) {
+        if (b->columns == 0) {
+                read_elements(b, 0, b->rows, (float *) out);
+                return;
+        }
+        for (uint64_t r = 0; r < b->rows; r++) {
+                read_elements(b, r * b->columns, b->columns, row);
+                precision_encode_row(precision, row, b->columns, out + r * precision_row_bytes(precision, b->columns));
         }
 }
 
@@ -447,23 +525,60 @@ BertModel *bert_model_free(BertModel *m) {
         return NULL;
 }
 
-int bert_model_new(const BertConfig *config, const BertTensor *tensors, size_t n_tensors, BertModel **ret,
-                   char **ret_error) {
+typedef struct BindContext {
+        const BertConfig *config;
+        Precision precision;
+        const Entry *entries;
+        size_t n_entries;
+        const BertTensor *tensors;
+        Binding *bindings;
+        size_t n_bindings;
+        size_t converted;         /* bytes of the converted tensors so far */
+        char **ret_error;
+} BindContext;
+
+static int bind_tensor(const char *name, const TensorRule *rule, char *base, void *userdata) {
+        BindContext *x = userdata;
+        Binding *b = &x->bindings[x->n_bindings];
+        const BertTensor *t = NULL;
+        int r;
+
+        r = find_tensor(x->entries, x->n_entries, x->tensors, name, &t, x->ret_error);
+        if (r < 0)
+                return r;
+        r = check_tensor(x->config, x->precision, rule, name, t, b, x->ret_error);
+        if (r < 0)
+                return r;
+
+        b->slot = base + rule->offset;
+        if (b->convert) {
+                b->converted_offset = x->converted;
+                x->converted += round_up(converted_bytes(x->config, rule, x->precision), BUFFER_ALIGN);
+        }
+        x->n_bindings++;
+        return 0;
+}
+
+int bert_model_new(const BertConfig *config, const BertTensor *tensors, size_t n_tensors, Precision precision,
+                   BertModel **ret, char **ret_error) {
         _cleanup_(bert_model_freep) BertModel *m = NULL;
         _cleanup_free_ Entry *entries = NULL;
         _cleanup_free_ Binding *bindings = NULL;
-        size_t n_bindings, k = 0, converted = 0;
+        _cleanup_free_ float *row = NULL;
+        BindContext x;
         int r;
 
         assert(config);
         assert(config->n_layers > 0 && config->n_layers <= BERT_LAYERS_MAX);
         assert(tensors || n_tensors == 0);
+        assert(precision >= 0 && precision < _PRECISION_MAX);
         assert(ret);
 
         m = calloc(1, sizeof *m);
         if (!m)
                 return -ENOMEM;
         m->config = *config;
+        m->precision = precision;
         m->layers = calloc(config->n_layers, sizeof *m->layers);
         if (!m->layers)
                 return -ENOMEM;
@@ -477,60 +592,48 @@ int bert_model_new(const BertConfig *config, const BertTensor *tensors, size_t n
         }
         qsort(entries, n_tensors, sizeof *entries, compare_entries);
 
-        n_bindings = ELEMENTSOF(embedding_rules) + config->n_layers * ELEMENTSOF(layer_rules);
-        bindings = calloc(n_bindings, sizeof *bindings);
-        if (!bindings)
+        bindings = calloc(ELEMENTSOF(embedding_rules) + config->n_layers * ELEMENTSOF(layer_rules),
+                          sizeof *bindings);
+        row = calloc(MAX(config->hidden_size, config->intermediate_size), sizeof *row);
+        if (!bindings || !row)
                 return -ENOMEM;
 
         /* First every tensor is found and checked, so that a bad model costs
          * no conversion, and the room for the converted ones is known. */
-        for (size_t layer = 0; layer <= config->n_layers; layer++) {
-                /* The embeddings first, then each layer. */
-                const TensorRule *rules = layer == 0 ? embedding_rules : layer_rules;
-                size_t n_rules = layer == 0 ? ELEMENTSOF(embedding_rules) : ELEMENTSOF(layer_rules);
-                char *base = layer == 0 ? (char *) m : (char *) &m->layers[layer - 1];
+        x = (BindContext) {
+                .config = config,
+                .precision = precision,
+                .entries = entries,
+                .n_entries = n_tensors,
+                .tensors = tensors,
+                .bindings = bindings,
+                .ret_error = ret_error,
+        };
+        r = for_each_tensor(config, m, bind_tensor, &x);
+        if (r < 0)
+                return r;
 
-                for (size_t i = 0; i < n_rules; i++, k++) {
-                        char name[TENSOR_NAME_MAX];
-                        const BertTensor *t = NULL;
-
-                        if (layer == 0)
-                                snprintf(name, sizeof name, "embeddings.%s", rules[i].name);
-                        else
-                                snprintf(name, sizeof name, "encoder.layer.%zu.%s", layer - 1, rules[i].name);
-
-                        r = find_tensor(entries, n_tensors, tensors, name, &t, ret_error);
-                        if (r < 0)
-                                return r;
-                        r = check_tensor(config, &rules[i], name, t, &bindings[k], ret_error);
-                        if (r < 0)
-                                return r;
-
-                        bindings[k].slot = (const float **) (base + rules[i].offset);
-                        if (bindings[k].convert) {
-                                bindings[k].converted_offset = converted;
-                                converted += round_up(bindings[k].elements * sizeof(float), BUFFER_ALIGN);
-                        }
-                }
-        }
-        assert(k == n_bindings);
-
-        if (converted > 0) {
-                m->converted_size = round_up(converted, page_size());
+        if (x.converted > 0) {
+                m->converted_size = round_up(x.converted, page_size());
                 m->converted = map_anonymous(m->converted_size);
                 if (!m->converted)
                         return -ENOMEM;
         }
 
-        for (size_t i = 0; i < n_bindings; i++) {
+        for (size_t i = 0; i < x.n_bindings; i++) {
                 Binding *b = &bindings[i];
+                const void *data = b->tensor->data;
 
                 if (b->convert) {
-                        float *out = (float *) ((uint8_t *) m->converted + b->converted_offset);
-                        convert(b, out);
-                        *b->slot = out;
+                        data = (uint8_t *) m->converted + b->converted_offset;
+                        convert(b, precision, row, (uint8_t *) data);
                 } else
-                        *b->slot = b->tensor->data;
+                        m->in_place = true;
+
+                if (b->columns > 0)
+                        *(Matrix *) b->slot = (Matrix) { data, b->rows, b->columns };
+                else
+                        *(const float **) b->slot = data;
         }
 
         /* Shared by every worker and never written again: a stray write is
@@ -552,6 +655,16 @@ uint64_t bert_model_converted_bytes(const BertModel *m) {
         return m->converted ? m->converted_size : 0;
 }
 
+Precision bert_model_precision(const BertModel *m) {
+        assert(m);
+        return m->precision;
+}
+
+bool bert_model_uses_tensor_data(const BertModel *m) {
+        assert(m);
+        return m->in_place;
+}
+
 /* Scratch */
 
 BertScratch *bert_scratch_free(BertScratch *s) {
@@ -566,8 +679,8 @@ BertScratch *bert_scratch_free(BertScratch *s) {
 int bert_scratch_new(const BertModel *m, size_t max_batch, size_t max_length, BertScratch **ret) {
         _cleanup_(bert_scratch_freep) BertScratch *s = NULL;
         const BertConfig *c;
-        size_t tokens, hidden_bytes, sizes[8], offset = 0;
-        float **buffers[8];
+        size_t tokens, hidden_bytes, sizes[10], offset = 0;
+        float **buffers[10];
 
         assert(m);
         assert(ret);
@@ -595,6 +708,11 @@ int bert_scratch_new(const BertModel *m, size_t max_batch, size_t max_length, Be
         buffers[5] = &s->intermediate, sizes[5] = tokens * c->intermediate_size * sizeof(float);
         buffers[6] = &s->scores, sizes[6] = max_length * max_length * sizeof(float);
         buffers[7] = &s->pooled, sizes[7] = c->hidden_size * sizeof(float);
+        buffers[8] = &s->rows, sizes[8] = 3 * c->hidden_size * sizeof(float);
+        /* The largest of a layer's matrices: hidden × hidden, or
+         * intermediate × hidden both ways. */
+        buffers[9] = &s->weights, sizes[9] = m->precision == PRECISION_F32 ? 0 :
+                (size_t) c->hidden_size * MAX(c->hidden_size, c->intermediate_size) * sizeof(float);
 
         for (size_t i = 0; i < ELEMENTSOF(sizes); i++)
                 offset += round_up(sizes[i], BUFFER_ALIGN);
@@ -605,7 +723,7 @@ int bert_scratch_new(const BertModel *m, size_t max_batch, size_t max_length, Be
 
         offset = 0;
         for (size_t i = 0; i < ELEMENTSOF(sizes); i++) {
-                *buffers[i] = (float *) ((uint8_t *) s->memory + offset);
+                *buffers[i] = sizes[i] > 0 ? (float *) ((uint8_t *) s->memory + offset) : NULL;
                 offset += round_up(sizes[i], BUFFER_ALIGN);
         }
 
@@ -671,10 +789,22 @@ static void start_rows(float *y, size_t rows, size_t n, const float *bias, const
         }
 }
 
+/* The matrix as floats: where it is for F32, else decoded into the
+ * scratch's room for one. */
+static const float *matrix_floats(const BertModel *m, BertScratch *s, const Matrix *w) {
+        if (m->precision == PRECISION_F32)
+                return w->data;
+        precision_decode_rows(m->precision, w->data, w->columns, 0, w->rows, s->weights);
+        return s->weights;
+}
+
 /* y (rows × out) += x (rows × in) · weightᵀ, weight out × in as torch keeps it. */
-static void linear(const float *x, size_t rows, size_t in, const float *weight, size_t out, float *y) {
-        blas_sgemm(false, true, (int) rows, (int) out, (int) in, 1.0f, x, (int) in, weight, (int) in, 1.0f, y,
-                   (int) out);
+static void linear(const BertModel *m, BertScratch *s, const float *x, size_t rows, const Matrix *weight,
+                   float *y) {
+        size_t in = weight->columns, out = weight->rows;
+
+        blas_sgemm(false, true, (int) rows, (int) out, (int) in, 1.0f, x, (int) in, matrix_floats(m, s, weight),
+                   (int) in, 1.0f, y, (int) out);
 }
 
 /* GELU, the exact form BERT uses: x·Φ(x) with the normal CDF from erf. */
@@ -685,16 +815,18 @@ static void gelu(float *x, size_t n) {
 
 static void softmax_rows(float *x, size_t rows, size_t n) {
         for (size_t r = 0; r < rows; r++) {
-                float *row = x + r * n, max = row[0], sum = 0;
+                float *row = x + r * n, max = row[0], sum = 0, inverse;
 
+                /* Not fmaxf(), which is a call: scores are never NaN. */
                 for (size_t i = 1; i < n; i++)
-                        max = fmaxf(max, row[i]);
+                        max = row[i] > max ? row[i] : max;
                 for (size_t i = 0; i < n; i++) {
                         row[i] = expf(row[i] - max);
                         sum += row[i];
                 }
+                inverse = 1 / sum;
                 for (size_t i = 0; i < n; i++)
-                        row[i] /= sum;
+                        row[i] *= inverse;
         }
 }
 
@@ -736,38 +868,40 @@ static void encoder_layer(const BertModel *m, const BertLayer *l, BertScratch *s
         float *attended = s->query;     /* the query is not needed once the context is made */
 
         start_rows(s->query, t, hidden, l->query_bias, NULL);
-        linear(s->hidden, t, hidden, l->query_weight, hidden, s->query);
+        linear(m, s, s->hidden, t, &l->query_weight, s->query);
         start_rows(s->key, t, hidden, l->key_bias, NULL);
-        linear(s->hidden, t, hidden, l->key_weight, hidden, s->key);
+        linear(m, s, s->hidden, t, &l->key_weight, s->key);
         start_rows(s->value, t, hidden, l->value_bias, NULL);
-        linear(s->hidden, t, hidden, l->value_weight, hidden, s->value);
+        linear(m, s, s->hidden, t, &l->value_weight, s->value);
 
         attention(m, s, b);
 
         /* Post-LayerNorm: the norm of the residual sum, as BERT does it. */
         start_rows(attended, t, hidden, l->attention_output_bias, s->hidden);
-        linear(s->context, t, hidden, l->attention_output_weight, hidden, attended);
+        linear(m, s, s->context, t, &l->attention_output_weight, attended);
         layer_norm(attended, t, hidden, l->attention_norm_weight, l->attention_norm_bias, eps);
 
         start_rows(s->intermediate, t, inter, l->intermediate_bias, NULL);
-        linear(attended, t, hidden, l->intermediate_weight, inter, s->intermediate);
+        linear(m, s, attended, t, &l->intermediate_weight, s->intermediate);
         gelu(s->intermediate, t * inter);
 
         start_rows(s->hidden, t, hidden, l->output_bias, attended);
-        linear(s->intermediate, t, inter, l->output_weight, hidden, s->hidden);
+        linear(m, s, s->intermediate, t, &l->output_weight, s->hidden);
         layer_norm(s->hidden, t, hidden, l->output_norm_weight, l->output_norm_bias, eps);
 }
 
 static void embeddings(const BertModel *m, BertScratch *s, const Batch *b) {
         size_t hidden = m->config.hidden_size, row = 0;
+        float *word = s->rows, *position = s->rows + hidden, *type = s->rows + 2 * hidden;
 
+        precision_decode_rows(m->precision, m->token_type_embeddings.data, hidden, 0, 1, type); /* type 0 */
         for (size_t i = 0; i < b->n; i++)
                 for (size_t p = 0; p < b->inputs[i].n_ids; p++, row++) {
-                        const float *word = m->word_embeddings + (size_t) b->inputs[i].ids[p] * hidden;
-                        const float *position = m->position_embeddings + p * hidden;
-                        const float *type = m->token_type_embeddings; /* type 0 */
                         float *out = s->hidden + row * hidden;
 
+                        precision_decode_rows(m->precision, m->word_embeddings.data, hidden, b->inputs[i].ids[p], 1,
+                                              word);
+                        precision_decode_rows(m->precision, m->position_embeddings.data, hidden, p, 1, position);
                         for (size_t j = 0; j < hidden; j++)
                                 out[j] = word[j] + position[j] + type[j];
                 }

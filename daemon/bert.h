@@ -5,15 +5,19 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "precision.h"
+
 /* BERT encoders, as transformers' BertModel defines them, for sentence
  * embeddings: the configuration read from config.json, the weights bound
  * from a model's tensors, and the forward pass with pooling.
  *
  * A BertModel is immutable once made: several workers run it at once, each
- * with a BertScratch of its own. It uses F32 weights where they are mapped
- * (zero copy) and converts the others once, when it is made, into memory of
- * its own that the caller charges to the model. Nothing here does I/O or
- * knows the loader: tensors come as (name, dtype, shape, data) entries.
+ * with a BertScratch of its own. In precision f32 it uses F32 weights where
+ * they are mapped (zero copy) and converts the others once, when it is made,
+ * into memory of its own that the caller charges to the model; in f16, q8
+ * and q4 (precision.h) it converts every weight, and the mapping can then
+ * be let go. Nothing here does I/O or knows the loader: tensors come as
+ * (name, dtype, shape, data) entries.
  *
  * Messages never quote the files: they name the file and the member, or
  * the tensor by its canonical name (without the "bert." prefix), and give
@@ -80,32 +84,50 @@ typedef struct BertTensor {
 
 typedef struct BertModel BertModel;
 
+/* What the weights of a model of that configuration take in memory in
+ * precision p, in whole pages, as bert_model_converted_bytes() will say
+ * once every weight is converted: for the memory each precision would take,
+ * before loading. (In f32 over F32 files nothing is converted: the weights
+ * are the mapping.) */
+uint64_t bert_weights_bytes(const BertConfig *config, Precision p);
+
 /* Binds the weights of the configuration's encoder from the tensors, found
  * by name with or without BERT_TENSOR_PREFIX (the LayerNorm's "gamma" and
  * "beta" of old checkpoints stand for "weight" and "bias"); tensors not
- * needed are ignored (pooler, heads, position_ids…). Returns 0 and a new
- * model in *ret, or
+ * needed are ignored (pooler, heads, position_ids…). Weight matrices and
+ * embedding tables are kept in precision, biases and LayerNorm parameters
+ * in F32. Returns 0 and a new model in *ret, or
  *   -EBADMSG     a tensor is missing, given twice (with and without the
  *                prefix), shaped other than the configuration says, or its
  *                length does not match its shape,
  *   -EOPNOTSUPP  a needed tensor's dtype is none of F32, F16 and BF16,
  *   -ENOMEM,
  * with a message naming the tensor in *ret_error (may be NULL). The model
- * keeps pointers into the tensors' data and copies of nothing else. */
-int bert_model_new(const BertConfig *config, const BertTensor *tensors, size_t n_tensors, BertModel **ret,
-                   char **ret_error);
+ * keeps pointers into the tensors' data (see bert_model_uses_tensor_data())
+ * and copies of nothing else. */
+int bert_model_new(const BertConfig *config, const BertTensor *tensors, size_t n_tensors, Precision precision,
+                   BertModel **ret, char **ret_error);
 BertModel *bert_model_free(BertModel *m);
 static inline void bert_model_freep(BertModel **m) {
         *m = bert_model_free(*m);
 }
 
 const BertConfig *bert_model_config(const BertModel *m);
+Precision bert_model_precision(const BertModel *m);
 /* Memory the model holds of its own: the tensors it converted (F16, BF16,
- * unaligned F32), in whole pages. 0 when every weight is used in place. */
+ * unaligned F32, all of them in another precision than f32), in whole
+ * pages. 0 when every weight is used in place. */
 uint64_t bert_model_converted_bytes(const BertModel *m);
+/* Whether the model reads weights where the tensors' data is: the data
+ * must then stay mapped while the model lives. False in precisions other
+ * than f32, and in f32 when no tensor was F32. */
+bool bert_model_uses_tensor_data(const BertModel *m);
 
 /* One worker's buffers for the activations, for batches of up to
- * max_batch × max_length tokens, no sequence longer than max_length. */
+ * max_batch × max_length tokens, no sequence longer than max_length, and,
+ * in precisions other than f32, for a layer's largest matrix decoded to
+ * F32 before each product (so those precisions cost a decoding of the
+ * weights per batch: larger batches spread it). */
 typedef struct BertScratch BertScratch;
 
 /* -EINVAL when max_batch or max_length is 0, max_length exceeds

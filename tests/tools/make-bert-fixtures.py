@@ -59,17 +59,20 @@ def config_json(c):
     }
 
 
-def random_weights(c, g):
+def random_weights(c, g, scale=1.0):
     """Weights as BertModel names them, large enough that every part of the
     computation moves the result: attention is far from uniform, GELU
-    sees both signs, LayerNorm's parameters are not 1 and 0."""
+    sees both signs, LayerNorm's parameters are not 1 and 0. scale
+    multiplies the projections' weights: random networks this strong
+    amplify small changes to their weights far more than trained ones
+    do, which a model for the lower precisions must not."""
     h, i = c["hidden"], c["intermediate"]
 
     def normal(*shape, std):
         return torch.randn(*shape, generator=g, dtype=torch.float32) * std
 
     def linear(name, out, inp, gain=1.0):
-        w[name + ".weight"] = normal(out, inp, std=gain / math.sqrt(inp))
+        w[name + ".weight"] = normal(out, inp, std=scale * gain / math.sqrt(inp))
         w[name + ".bias"] = normal(out, std=0.1)
 
     def norm(name):
@@ -317,6 +320,18 @@ VARIANTS = [
         "pooling": "mean", "normalize": False, "modules": "without-normalize",
         "sentence_bert_config": {"max_seq_length": 512, "do_lower_case": False},
     },
+    {
+        # For the lower precisions (f16, q8, q4 against this F32 model):
+        # projections at half the strength of the others, so that the
+        # network, like a trained one, does not amplify the quantization
+        # error of its weights layer after layer.
+        "name": "f32-moderate-mean-normalize",
+        "config": dict(vocab=300, hidden=64, layers=3, heads=4, intermediate=128, positions=64, types=2,
+                       eps=1e-12),
+        "dtype": "F32", "prefix": "", "scale": 0.5,
+        "extra": [],
+        "pooling": "mean", "normalize": True, "modules": "with-normalize",
+    },
 ]
 
 
@@ -340,7 +355,7 @@ def make(variant, seed):
     shutil.rmtree(directory, ignore_errors=True)
     os.makedirs(directory)
 
-    weights = random_weights(c, g)
+    weights = random_weights(c, g, variant.get("scale", 1.0))
     files = []
     reference = {}
     for name, t in weights.items():
