@@ -321,23 +321,22 @@ static int for_each_tensor(const BertConfig *c, BertModel *model,
         return 0;
 }
 
-static int add_bytes(const char *name, const TensorRule *rule, char *base, void *userdata) {
-        struct {
-                const BertConfig *config;
-                Precision precision;
-                uint64_t total;
-        } *sum = userdata;
+typedef struct ByteCount {
+        const BertConfig *config;
+        Precision precision;
+        uint64_t total;
+} ByteCount;
 
+static int add_bytes(const char *name, const TensorRule *rule, char *base, void *userdata) {
+        ByteCount *sum = userdata;
+
+        /* Laid out as bert_model_new() lays out what it converts. */
         sum->total += round_up(converted_bytes(sum->config, rule, sum->precision), BUFFER_ALIGN);
         return 0;
 }
 
 uint64_t bert_weights_bytes(const BertConfig *c, Precision p) {
-        struct {
-                const BertConfig *config;
-                Precision precision;
-                uint64_t total;
-        } sum = { c, p, 0 };
+        ByteCount sum = { c, p, 0 };
 
         assert(c);
         assert(p >= 0 && p < _PRECISION_MAX);
