@@ -33,8 +33,10 @@ endif
 B ?= build
 
 # Debian 12 packages the build needs; `make deps` installs what is missing.
+# libopenblas0-pthread: OpenBLAS, which the daemon loads at run time
+# (daemon/blas.h) and the unit tests run; nothing links it.
 BUILD_DEB_PACKAGES = build-essential pkg-config libsystemd-dev libcjson-dev libinih-dev libcmocka-dev uthash-dev \
-	libcurl4-openssl-dev libssl-dev libicu-dev
+	libcurl4-openssl-dev libssl-dev libicu-dev libopenblas0-pthread
 TEST_DEB_PACKAGES = dbus-daemon systemd python3 python3-dbus polkitd util-linux tmux libglib2.0-bin python3-gi
 DEPS_PC = libsystemd libcjson inih
 
@@ -43,7 +45,7 @@ override CFLAGS += -std=gnu11 -Wall -Wextra -Wno-unused-parameter -Wno-missing-f
 	-Wshadow -Wformat=2 -Wundef -Werror=implicit-function-declaration -fno-strict-aliasing -pthread -MMD -MP $(SANITIZE_FLAGS)
 # Every link passes $(CFLAGS) too, which brings in the sanitizers' runtimes.
 override CPPFLAGS += -D_GNU_SOURCE -Iinclude -Ibase $(shell $(PKG_CONFIG) --cflags $(DEPS_PC) 2>/dev/null)
-LIBS = $(shell $(PKG_CONFIG) --libs $(DEPS_PC) 2>/dev/null) -pthread
+LIBS = $(shell $(PKG_CONFIG) --libs $(DEPS_PC) 2>/dev/null) -pthread -lm
 CMOCKA_LIBS = $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null)
 # Only the download helper speaks HTTP and hashes: only it links these.
 PULL_PC = libcurl libcrypto
@@ -84,6 +86,9 @@ $(B)/%.o: %.c
 
 # The daemon's headers are visible to the daemon and the tests, not the client.
 $(B)/daemon/%.o $(B)/tests/%.o: override CPPFLAGS += -Idaemon
+# Where the unit tests find their fixtures (tests/fixtures/), whatever the
+# directory they run in.
+$(B)/tests/unit/%.o: override CPPFLAGS += -DMPOOL_TESTS_DIR='"$(CURDIR)/tests"'
 
 $(B)/libmpool-base.a: $(BASE_OBJS)
 	@rm -f $@
