@@ -521,7 +521,7 @@ static int method_status(sd_bus_message *message, void *userdata, sd_bus_error *
                 return r;
 
         r = sd_bus_message_append(
-                        reply, "a{sv}", 9,
+                        reply, "a{sv}", 10,
                         "version", "s", MPOOL_VERSION,
                         "memory_total", "t", m->memory.total,
                         "memory_available", "t", m->memory.available,
@@ -530,7 +530,8 @@ static int method_status(sd_bus_message *message, void *userdata, sd_bus_error *
                         "models_loaded", "u", pool_models_loaded(&m->pool),
                         "idle_timeout_sec", "x", m->pool.idle_timeout_sec,
                         "idle_policy", "s", m->pool.idle_policy == POOL_IDLE_GLOBAL ? "global" : "per-model",
-                        "uptime_usec", "t", now_monotonic_usec() - m->started_monotonic);
+                        "uptime_usec", "t", now_monotonic_usec() - m->started_monotonic,
+                        "blas_core", "s", strempty(m->blas_core));
         if (r < 0)
                 return r;
 

@@ -82,6 +82,7 @@ struct Manager {
         Catalog *catalog;             /* Register and Remove (catalog.h) */
         Inspection *inspections;      /* running inspections (inspection.h) */
         const char *pull_helper;      /* path of mpool-pull */
+        const char *blas_core;        /* OpenBLAS's kernel set, NULL when it could not be loaded */
         sd_bus_slot *object_manager_slot;
         sd_bus_slot *peer_left_slot;
         size_t preload_next;          /* Preload= entries started so far */
