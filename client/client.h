@@ -23,6 +23,7 @@ enum {
         MPOOL_EXIT_DOWNLOAD_FAILED = 11,
         MPOOL_EXIT_NO_STORAGE = 12,
         MPOOL_EXIT_EXISTS = 13,
+        MPOOL_EXIT_NOT_SUPPORTED = 14,  /* embed: a model mpoold cannot run */
         MPOOL_EXIT_INTERRUPTED = 130,   /* 128 + SIGINT, as shells report it */
 };
 
