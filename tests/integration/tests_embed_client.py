@@ -29,6 +29,7 @@ import threading
 import embed_fixtures
 from harness import DEADLINE, wait_until
 from tests_client import PtyRun, client_env, client_path, strip_colors
+from tests_registry import complete
 
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
@@ -571,6 +572,23 @@ def test_embed_client_checker_can_fail(ctx):
                 directory = embed_fixtures.install_model(ctx.store, model, name=f"org/{model}")
                 for f in ("model.safetensors", "config.json", "tokenizer.json"):
                         assert os.path.isfile(os.path.join(directory, f)), (model, f)
+
+
+def test_embed_client_completion(ctx):
+        ctx.model("alpha", size="1M")
+        d = ctx.daemon()
+        assert complete(ctx, "mpool-client em") == ["embed"]
+        assert complete(ctx, f"mpool-client --address={d.address} embed ") == ["alpha"]
+        assert complete(ctx, f"mpool-client --address={d.address} embed alpha ") == []
+        assert complete(ctx, "mpool-client embed alpha -- --") == []
+        assert complete(ctx, "mpool-client embed alpha --no-t") == ["--no-truncate"]
+        assert complete(ctx, "mpool-client embed alpha --truncation-direction=") == ["left", "right"]
+        assert complete(ctx, "mpool-client embed alpha --truncation-direction ") == ["left", "right"]
+        assert complete(ctx, "mpool-client load alpha --precision=") == ["f16", "f32", "q4", "q8"]
+        assert complete(ctx, "mpool-client load alpha --precision ") == ["f16", "f32", "q4", "q8"]
+        assert complete(ctx, "mpool-client load alpha --max-w") == ["--max-workers="]
+        # The value of "--dimensions 8" is no argument of the verb's.
+        assert complete(ctx, f"mpool-client --address={d.address} embed --dimensions 8 ") == ["alpha"]
 
 
 # ---------------------------------------------------------------------------
