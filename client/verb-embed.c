@@ -19,6 +19,8 @@
 #define COMPONENT_FORMAT "%.9g"
 /* On a terminal: enough to tell vectors apart at a glance. */
 #define SHORT_COMPONENT_FORMAT "%.4f"
+/* The widest that makes of a double (1.8e308: 309 digits), with a blank. */
+#define SHORT_COMPONENT_MAX 352
 
 typedef struct Vector {
         const double *v;
@@ -100,7 +102,7 @@ static char *short_vector(const Vector *v, size_t room) {
         if (!s)
                 return NULL;
         for (size_t k = 0; k < v->n; k++) {
-                char buf[64];
+                char buf[SHORT_COMPONENT_MAX];
                 int w = snprintf(buf, sizeof buf, k > 0 ? " " SHORT_COMPONENT_FORMAT : SHORT_COMPONENT_FORMAT,
                                  v->v[k]);
                 /* The last one needs no room for the ellipsis after it. */
@@ -132,7 +134,7 @@ static int print_table(const Vector *vectors, size_t n) {
                         widths[c] = 4;
         }
         for (size_t i = 0; i < n; i++) {
-                char buf[64];
+                char buf[SHORT_COMPONENT_MAX];
 
                 widths[0] = MAX(widths[0], (size_t) snprintf(buf, sizeof buf, "%zu", i));
                 widths[1] = MAX(widths[1], (size_t) snprintf(buf, sizeof buf, "%zu", vectors[i].n));

@@ -241,6 +241,8 @@ class Manager(dbus.service.Object):
                         # Text i: its length in characters, then ECHO, then i
                         # zeros (so that lengths differ).
                         reply([[float(len(t))] + ECHO + [0.0] * i for i, t in enumerate(texts)])
+                elif name == "extreme":
+                        reply([[-1.7976931348623157e308, 1e-300, float("nan"), float("inf")]] * len(texts))
                 elif name == "short":
                         reply([[1.0]] * (len(texts) - 1))
                 elif name == "wide":
@@ -422,6 +424,19 @@ def test_embed_client_output(ctx):
                 assert [float32(x) for x in j["embeddings"][1][1:6]] == echo, j
                 assert [v[0] for v in j["embeddings"]] == [1, 2, 0], j
         assert out.count("\n") > 3     # pretty
+
+        # Numbers at the ends of what a double holds, and what JSON cannot
+        # say (null), on a terminal wide enough for all of them.
+        _, out, _ = run_client(ctx, fake.address, "embed", "extreme", "x")
+        assert out == "-1.79769313e+308 1e-300 nan inf\n", out
+        _, out, _ = run_client(ctx, fake.address, "--json", "embed", "extreme", "x")
+        assert json.loads(out)["embeddings"] == [[-1.79769313e+308, 1e-300, None, None]], out
+        term = PtyRun([client_path(ctx), f"--address={fake.address}", "embed", "extreme", "x"],
+                      client_env(LC_ALL="C.UTF-8", TERM="xterm"), columns=400)
+        assert term.wait() == 0, term.output
+        row = strip_colors(term.output.decode()).replace("\r", "").splitlines()[1]
+        assert row.split()[:3] == ["0", "4", "nan"] and row.endswith(" 0.0000 nan inf"), row
+        assert row.split()[3].startswith("-1797693134862315") and row.split()[3].endswith(".0000"), row
 
         # A reply that does not match the texts is a failure, not output.
         _, out, err = run_client(ctx, fake.address, "embed", "short", "a", "b", expect=EXIT_FAILURE)
