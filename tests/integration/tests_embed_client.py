@@ -322,7 +322,7 @@ class FakeEmbed:
         def __init__(self, ctx):
                 self.address = ctx.suite.address
                 here = os.path.dirname(os.path.abspath(__file__))
-                self.proc = ctx.spawn(["/usr/bin/python3", "-s", "-E", "-c", FAKE_EMBED, self.address, here],
+                self.proc = ctx.spawn(["/usr/bin/python3", "-s", "-E", "-B", "-c", FAKE_EMBED, self.address, here],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                 self.calls = queue.Queue()
                 threading.Thread(target=self._read, daemon=True).start()
