@@ -786,8 +786,9 @@ static void test_threads(void **state) {
                         assert_true(cosine_of(workers[i].vectors + k * embedding_model_dimensions(m), want,
                                               embedding_model_dimensions(m), NULL) >= 0.995);
                 }
-                free(workers[i].vectors);
         }
+        for (size_t i = 0; i < THREADS; i++)
+                free(workers[i].vectors);
         texts_done(&t);
         embedding_model_free(m);
         source_close(&s);
