@@ -1218,6 +1218,7 @@ static int build_location(const char *name, char **directory, Weights *w, ModelS
         l->n_weights = w->n;
         l->source = source;
         w->n = 0;
+        l->folder = MODEL_FOLDER_NULL;
         model_folder_move(&l->folder, folder);
 
         *ret = l;

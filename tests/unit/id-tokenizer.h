@@ -8,6 +8,7 @@
  * other word ("zzz") makes. No normalizer, and no post-processor, so that
  * no [CLS] or [SEP] is added: "t2 t17 t5" is exactly [2, 17, 5]. */
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,7 +44,7 @@ static inline char *id_tokenizer_text(const uint32_t *ids, size_t n, unsigned vo
                 return NULL;
         s[0] = 0;
         for (size_t i = 0; i < n; i++) {
-                if (ids[i] + 1 == vocab_size)
+                if (ids[i] + 1 == (uint32_t) vocab_size)
                         k += (size_t) snprintf(s + k, size - k, "%s" ID_TOKENIZER_UNKNOWN_WORD, i ? " " : "");
                 else
                         k += (size_t) snprintf(s + k, size - k, "%st%u", i ? " " : "", ids[i]);
