@@ -426,14 +426,17 @@ static int folder_open_file(const char *path, void *userdata, char **ret_error) 
 /* What could not be made runnable loads as weights when no precision was
  * asked, with the reason kept for whoever asks it to run. */
 static void runnable_failed(LoaderJob *j, int r, char **message) {
-        if (j->precision_asked || r == -ENOMEM || r == -ECANCELED) {
-                if (r == -ECANCELED)
-                        return job_fail(j, ECANCELED, "The load was cancelled.");
-                return job_fail(j, r, "%s", *message ?: "Out of memory.");
-        }
-        log_warning("Model %s cannot be run, it loads as weights only: %s", j->name, strempty(*message));
+        if (r == -ECANCELED)
+                return job_fail(j, ECANCELED, "The load was cancelled.");
+        if (r == -ENOMEM)
+                return job_fail(j, r, "Out of memory.");
+
+        /* Why, for the model's kind either way. */
         j->embedding_error = r;
         j->embedding_message = TAKE_PTR(*message);
+        if (j->precision_asked)
+                return job_fail(j, r, "%s", j->embedding_message ?: "Out of memory.");
+        log_warning("Model %s cannot be run, it loads as weights only: %s", j->name, strempty(j->embedding_message));
 }
 
 /* Makes the mapped model runnable, in its precision, and lets the

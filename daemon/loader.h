@@ -82,7 +82,8 @@ typedef struct LoaderJob {
         ModelFolder folder;       /* probe, then map: where the model's other files are */
         ModelProfile profile;     /* probe: what kind of model, what it takes */
         EmbeddingModel *embedding;     /* map: the model made runnable (points into the mappings) */
-        int embedding_error;      /* map: why it could not be made runnable (precision not asked) */
+        int embedding_error;      /* map: why it could not be made runnable (the load fails too if a
+                                   * precision was asked) */
         char *embedding_message;
 } LoaderJob;
 

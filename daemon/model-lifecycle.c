@@ -819,8 +819,14 @@ static void on_job_done(WorkItem *item, bool ran) {
 
         if (!ran)
                 removed = load_failed(m, model, -ECANCELED, "The load was cancelled.");
-        else if (job->result < 0)
+        else if (job->result < 0) {
+                /* Its files do not make it runnable: what it is from now on. */
+                if (job->embedding_error < 0 &&
+                    model_profile_set_weights(&rt->profile, job->embedding_error, "%s",
+                                              strempty(job->embedding_message)) < 0)
+                        log_oom();
                 removed = load_failed(m, model, job->result, strempty(job->error_message));
+        }
         else if (job->kind == LOADER_JOB_PROBE) {
                 model->size_bytes = job->total_bytes;
                 if (model_set_source(model, job->source, job->revision) < 0)

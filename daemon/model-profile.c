@@ -88,8 +88,14 @@ static int read_dtypes(ModelProfile *p, const char *name, const int *fds, char *
                 if (r < 0)
                         return not_runnable(p, r, name, &error, "a weights file cannot be read.");
                 for (size_t k = 0; k < l.n_tensors; k++) {
-                        /* F32 data is used in place only where it is aligned for a float. */
-                        if (strcmp(l.tensors[k].dtype, "F32") == 0 && l.file_offsets[k] % sizeof(float) == 0)
+                        const char *dtype = l.tensors[k].dtype;
+
+                        /* Integer tensors are buffers (position_ids), never
+                         * weights. F32 data is used in place only where it
+                         * is aligned for a float. */
+                        if (dtype[0] != 'F' && strcmp(dtype, "BF16") != 0)
+                                continue;
+                        if (strcmp(dtype, "F32") == 0 && l.file_offsets[k] % sizeof(float) == 0)
                                 n_f32++;
                         else
                                 n_other++;

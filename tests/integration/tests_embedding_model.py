@@ -269,6 +269,11 @@ def test_runnable_that_turns_out_not_to_be(ctx):
 
         message = expect_dbus_error(ERROR_INVALID_MODEL, d.py.load, "bert/wide", precision="q8")
         assert "bert/wide" in message and "beyond the 300 of the model's vocabulary" in message, message
+        m = d.model("bert/wide")
+        assert m["state"] == "error" and m["kind"] == "weights" and m["memory_by_precision"] == {}, m
+        # Each load reads the files afresh (they may have been mended).
+        message = expect_dbus_error(ERROR_INVALID_MODEL, d.py.load, "bert/wide", precision="q8")
+        assert "beyond the 300" in message, message
 
         # Without the option it loads, as weights only.
         d.load("bert/wide")
