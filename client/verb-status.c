@@ -75,6 +75,8 @@ static void print_pool_summary(FILE *f, const cJSON *pool, const cJSON *models) 
         fprintf(f, "Idle unload: after %s unused (%s)\n", FORMAT_SECONDS(json_get_i64(pool, "idle_timeout_sec", -1)),
                 json_get_string(pool, "idle_policy", "n/a"));
         fprintf(f, "     Uptime: %s\n", FORMAT_TIMESPAN(json_get_u64(pool, "uptime_usec", 0), USEC_PER_SEC));
+        const char *core = json_get_string(pool, "blas_core", "");
+        fprintf(f, "   OpenBLAS: %s\n", core[0] ? core : "not available (models are not run)");
 }
 
 static int print_models_table(FILE *f, const cJSON *models) {

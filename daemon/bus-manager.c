@@ -63,7 +63,7 @@ const char *bus_error_name(int error) {
         }
 }
 
-static int read_model_name(sd_bus_message *message, const char **ret, sd_bus_error *error) {
+int bus_read_model_name(sd_bus_message *message, const char **ret, sd_bus_error *error) {
         _cleanup_free_ char *problem = NULL;
         const char *name;
         int r;
@@ -81,7 +81,7 @@ static int read_model_name(sd_bus_message *message, const char **ret, sd_bus_err
 
 /* Asks polkit for each action in turn (NULL-terminated). 1: all allowed;
  * 0: a check is under way and the call will be dispatched again; <0: denied. */
-static int verify_actions(Manager *m, sd_bus_message *message, const char *model_name, sd_bus_error *error,
+int bus_verify_actions(Manager *m, sd_bus_message *message, const char *model_name, sd_bus_error *error,
                           const char *action, ...) {
         const char *const details[] = { "model", model_name, NULL };
         va_list ap;
@@ -186,13 +186,13 @@ static int method_load(sd_bus_message *message, void *userdata, sd_bus_error *er
         const char *name;
         int r;
 
-        r = read_model_name(message, &name, error);
+        r = bus_read_model_name(message, &name, error);
         if (r < 0)
                 return r;
         r = request_options_read(message, request_options_load, &options, error);
         if (r < 0)
                 return r;
-        r = verify_actions(m, message, name, error, POLKIT_ACTION_LOAD,
+        r = bus_verify_actions(m, message, name, error, POLKIT_ACTION_LOAD,
                            options.pin ? POLKIT_ACTION_CONFIGURE : NULL, NULL);
         if (r <= 0)
                 return r < 0 ? r : 1;   /* 1: polkit will answer, the call comes back */
@@ -205,10 +205,10 @@ static int method_acquire(sd_bus_message *message, void *userdata, sd_bus_error 
         const char *name;
         int r;
 
-        r = read_model_name(message, &name, error);
+        r = bus_read_model_name(message, &name, error);
         if (r < 0)
                 return r;
-        r = verify_actions(m, message, name, error, POLKIT_ACTION_LOAD, NULL);
+        r = bus_verify_actions(m, message, name, error, POLKIT_ACTION_LOAD, NULL);
         if (r <= 0)
                 return r < 0 ? r : 1;
 
@@ -220,7 +220,7 @@ static int method_open_files(sd_bus_message *message, void *userdata, sd_bus_err
         const char *name;
         int r;
 
-        r = read_model_name(message, &name, error);
+        r = bus_read_model_name(message, &name, error);
         if (r < 0)
                 return r;
         /* Descriptors can only go to a peer that can receive them; better
@@ -228,7 +228,7 @@ static int method_open_files(sd_bus_message *message, void *userdata, sd_bus_err
         if (sd_bus_can_send(sd_bus_message_get_bus(message), SD_BUS_TYPE_UNIX_FD) <= 0)
                 return sd_bus_error_set(error, SD_BUS_ERROR_NOT_SUPPORTED,
                                         "This bus connection cannot pass file descriptors.");
-        r = verify_actions(m, message, name, error, POLKIT_ACTION_LOAD, NULL);
+        r = bus_verify_actions(m, message, name, error, POLKIT_ACTION_LOAD, NULL);
         if (r <= 0)
                 return r < 0 ? r : 1;
 
@@ -240,7 +240,7 @@ static int method_release(sd_bus_message *message, void *userdata, sd_bus_error 
         const char *name;
         int r;
 
-        r = read_model_name(message, &name, error);
+        r = bus_read_model_name(message, &name, error);
         if (r < 0)
                 return r;
 
@@ -259,13 +259,13 @@ static int method_unload(sd_bus_message *message, void *userdata, sd_bus_error *
         const char *name;
         int r;
 
-        r = read_model_name(message, &name, error);
+        r = bus_read_model_name(message, &name, error);
         if (r < 0)
                 return r;
         r = request_options_read(message, request_options_unload, &options, error);
         if (r < 0)
                 return r;
-        r = verify_actions(m, message, name, error, POLKIT_ACTION_LOAD,
+        r = bus_verify_actions(m, message, name, error, POLKIT_ACTION_LOAD,
                            options.force ? POLKIT_ACTION_CONFIGURE : NULL, NULL);
         if (r <= 0)
                 return r < 0 ? r : 1;
@@ -281,7 +281,7 @@ static int method_unload_all(sd_bus_message *message, void *userdata, sd_bus_err
         r = request_options_read(message, request_options_unload, &options, error);
         if (r < 0)
                 return r;
-        r = verify_actions(m, message, NULL, error, POLKIT_ACTION_LOAD,
+        r = bus_verify_actions(m, message, NULL, error, POLKIT_ACTION_LOAD,
                            options.force ? POLKIT_ACTION_CONFIGURE : NULL, NULL);
         if (r <= 0)
                 return r < 0 ? r : 1;
@@ -325,13 +325,13 @@ static int method_pull(sd_bus_message *message, void *userdata, sd_bus_error *er
         const char *repo;
         int r;
 
-        r = read_model_name(message, &repo, error);
+        r = bus_read_model_name(message, &repo, error);
         if (r < 0)
                 return r;
         r = hub_options_read(message, &options, error);
         if (r < 0)
                 return r;
-        r = verify_actions(m, message, repo, error, POLKIT_ACTION_MANAGE_MODELS, NULL);
+        r = bus_verify_actions(m, message, repo, error, POLKIT_ACTION_MANAGE_MODELS, NULL);
         if (r <= 0)
                 return r < 0 ? r : 1;
 
@@ -364,12 +364,12 @@ static int method_cancel(sd_bus_message *message, void *userdata, sd_bus_error *
         const char *name;
         int r;
 
-        r = read_model_name(message, &name, error);
+        r = bus_read_model_name(message, &name, error);
         if (r < 0)
                 return r;
 
         if (download_find(m, name, NULL, NULL)) {
-                r = verify_actions(m, message, name, error, POLKIT_ACTION_MANAGE_MODELS, NULL);
+                r = bus_verify_actions(m, message, name, error, POLKIT_ACTION_MANAGE_MODELS, NULL);
                 if (r <= 0)
                         return r < 0 ? r : 1;
                 /* Polkit may have taken its time: look again. */
@@ -379,7 +379,7 @@ static int method_cancel(sd_bus_message *message, void *userdata, sd_bus_error *
 
         model = pool_find(&m->pool, name);
         if (model && model->state == MODEL_LOADING) {
-                r = verify_actions(m, message, name, error, POLKIT_ACTION_LOAD, NULL);
+                r = bus_verify_actions(m, message, name, error, POLKIT_ACTION_LOAD, NULL);
                 if (r <= 0)
                         return r < 0 ? r : 1;
                 model = pool_find(&m->pool, name);
@@ -433,7 +433,7 @@ static int method_register(sd_bus_message *message, void *userdata, sd_bus_error
         char none;
         int r;
 
-        r = read_model_name(message, &name, error);
+        r = bus_read_model_name(message, &name, error);
         if (r < 0)
                 return r;
         r = sd_bus_message_read(message, "s", &path);
@@ -466,13 +466,13 @@ static int method_remove(sd_bus_message *message, void *userdata, sd_bus_error *
         const char *name;
         int r;
 
-        r = read_model_name(message, &name, error);
+        r = bus_read_model_name(message, &name, error);
         if (r < 0)
                 return r;
         r = request_options_read(message, request_options_unload, &options, error);
         if (r < 0)
                 return r;
-        r = verify_actions(m, message, name, error, POLKIT_ACTION_MANAGE_MODELS, NULL);
+        r = bus_verify_actions(m, message, name, error, POLKIT_ACTION_MANAGE_MODELS, NULL);
         if (r <= 0)
                 return r < 0 ? r : 1;
 
@@ -552,7 +552,7 @@ static int method_status(sd_bus_message *message, void *userdata, sd_bus_error *
                 return r;
 
         r = sd_bus_message_append(
-                        reply, "a{sv}", 9,
+                        reply, "a{sv}", 10,
                         "version", "s", MPOOL_VERSION,
                         "memory_total", "t", m->memory.total,
                         "memory_available", "t", m->memory.available,
@@ -561,7 +561,8 @@ static int method_status(sd_bus_message *message, void *userdata, sd_bus_error *
                         "models_loaded", "u", pool_models_loaded(&m->pool),
                         "idle_timeout_sec", "x", m->pool.idle_timeout_sec,
                         "idle_policy", "s", m->pool.idle_policy == POOL_IDLE_GLOBAL ? "global" : "per-model",
-                        "uptime_usec", "t", now_monotonic_usec() - m->started_monotonic);
+                        "uptime_usec", "t", now_monotonic_usec() - m->started_monotonic,
+                        "blas_core", "s", strempty(m->blas_core));
         if (r < 0)
                 return r;
 

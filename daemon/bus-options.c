@@ -138,7 +138,8 @@ static int read_value(sd_bus_message *message, const BusOption *o, void *options
                 return -EINVAL;   /* the a{sv} signature was checked on entry */
 
         switch (o->type) {
-        case BUS_OPTION_BOOLEAN: {
+        case BUS_OPTION_BOOLEAN:
+        case BUS_OPTION_TRISTATE: {
                 int b;
 
                 if (strcmp(contents, "b") != 0)
@@ -147,7 +148,10 @@ static int read_value(sd_bus_message *message, const BusOption *o, void *options
                 r = sd_bus_message_read(message, "v", "b", &b);
                 if (r < 0)
                         return r;
-                *(bool *) field = b;
+                if (o->type == BUS_OPTION_TRISTATE)
+                        *(int *) field = !!b;
+                else
+                        *(bool *) field = b;
                 return 0;
         }
 

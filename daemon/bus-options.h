@@ -20,6 +20,7 @@
 
 typedef enum BusOptionType {
         BUS_OPTION_BOOLEAN,   /* 'b' into a bool */
+        BUS_OPTION_TRISTATE,  /* 'b' into an int, 0 or 1; left as it is (say -1) when not given */
         BUS_OPTION_INT64,     /* any integer into an int64_t, in int64.min .. int64.max */
         BUS_OPTION_UINT64,    /* any integer into a uint64_t, in uint64.min .. uint64.max */
         BUS_OPTION_STRING,    /* 's' into a const char * that points into the message */

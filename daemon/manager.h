@@ -26,6 +26,7 @@
 
 typedef struct Manager Manager;
 typedef struct Download Download;
+typedef struct ModelCompute ModelCompute;
 typedef struct Catalog Catalog;
 typedef struct Inspection Inspection;
 
@@ -83,6 +84,7 @@ struct Manager {
         Catalog *catalog;             /* Register and Remove (catalog.h) */
         Inspection *inspections;      /* running inspections (inspection.h) */
         const char *pull_helper;      /* path of mpool-pull */
+        const char *blas_core;        /* OpenBLAS's kernel set, NULL when it could not be loaded */
         sd_bus_slot *object_manager_slot;
         sd_bus_slot *peer_left_slot;
         size_t preload_next;          /* Preload= entries started so far */
@@ -93,6 +95,12 @@ struct Manager {
         uint64_t started_monotonic;
         bool shutting_down;
         void (*on_work_done)(Manager *m);
+        /* The layer that runs models (model-compute.c) hears when a loaded
+         * model begins to unload and when it is unloaded, to end what waits
+         * for its workers and to stop them. */
+        void (*model_unloading)(Manager *m, PoolModel *model);
+        void (*model_unloaded)(Manager *m, PoolModel *model);
+        ModelCompute *released_computes; /* workers of unloaded models, freed on the next turn */
 };
 
 int manager_new(Manager **ret);

@@ -861,6 +861,9 @@ static void unloaded(Manager *m, PoolModel *model, const char *reason) {
         assert(model->state == MODEL_UNLOADING);
         assert(model->in_flight == 0);
 
+        /* The workers' scratch goes with the rest of the model's memory. */
+        if (m->model_unloaded)
+                m->model_unloaded(m, model);
         rt->weights = model_weights_unref(rt->weights);
         model->memory_bytes = 0;
         model->charged_bytes = 0;
@@ -889,6 +892,10 @@ void model_unload(Manager *m, PoolModel *model, const char *reason) {
         model->keep_alive_sec = KEEP_ALIVE_DEFAULT;
         free(rt->unload_reason);
         rt->unload_reason = strdup(reason);
+
+        /* Requests queued for its workers end now; running ones may finish. */
+        if (m->model_unloading)
+                m->model_unloading(m, model);
 
         /* Users still reading the weights keep them mapped; the unload
          * completes when the last lets go (model_unlease). */

@@ -24,6 +24,8 @@ typedef struct ModelRuntime {
         Request **waiters;            /* each holds a reference */
         size_t n_waiters;
         ModelWeights *weights;        /* the pool's reference while loaded */
+        ModelCompute *compute;        /* its workers (model-compute.h), while loaded and used */
+        unsigned max_workers;         /* asked by the load; 0: the configuration's */
         bool announced;               /* known to callers: found in the store */
         bool left_store;              /* its files left the store: forgotten once it holds nothing */
         uint64_t load_started_usec;   /* monotonic */

@@ -9,6 +9,7 @@
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
+#include "model-compute.h"
 #include "model-lifecycle.h"
 #include "service.h"
 #include "catalog.h"
@@ -31,6 +32,7 @@ Manager *manager_free(Manager *m) {
                 return NULL;
 
         downloads_stop_all(m);
+        model_compute_free_released(m);
         catalog_free(m->catalog);
         inspections_stop_all(m);
         store_watch_free(m->store_watch);
@@ -288,6 +290,7 @@ int manager_start(Manager *m) {
         assert(m->event);
 
         m->on_work_done = on_work_done;
+        model_compute_setup(m);
         downloads_clean_staging(m);
 
         r = workpool_new(m->event, "loader", m->config.max_concurrent_loads, m->config.max_queued_loads,

@@ -398,21 +398,17 @@ int workpool_submit(WorkPool *p, WorkItem *item) {
         return 0;
 }
 
-void workpool_cancel(WorkPool *p, WorkItem *item) {
+/* Takes a queued item off the queue into the list handed back from the
+ * loop's next turn. false when a worker has it already. */
+static bool take_queued(WorkPool *p, WorkItem *item) {
         bool taken = false;
-
-        assert(p);
-        assert(item);
-        assert(item->pool == p);
-
-        atomic_store(&item->cancelled, true);
 
         /* Handed back from the loop's next turn. Should the defer source
          * fail to arm, the item stays queued: a worker then dequeues it,
          * its run function sees the flag at once, and it comes back
          * through the pipe instead. */
         if (sd_event_source_set_enabled(p->returned_source, SD_EVENT_ONESHOT) < 0)
-                return;
+                return false;
 
         pthread_mutex_lock(&p->mutex);
         if (item->queued) {
@@ -431,7 +427,7 @@ void workpool_cancel(WorkPool *p, WorkItem *item) {
         pthread_mutex_unlock(&p->mutex);
 
         if (!taken)
-                return;   /* running: its run function sees the flag */
+                return false;
 
         if (p->returned_tail)
                 p->returned_tail->queue_next = item;
@@ -439,6 +435,27 @@ void workpool_cancel(WorkPool *p, WorkItem *item) {
                 p->returned = item;
         p->returned_tail = item;
         p->n_returned++;
+        return true;
+}
+
+void workpool_cancel(WorkPool *p, WorkItem *item) {
+        assert(p);
+        assert(item);
+        assert(item->pool == p);
+
+        atomic_store(&item->cancelled, true);
+        (void) take_queued(p, item);   /* running: its run function sees the flag */
+}
+
+bool workpool_cancel_queued(WorkPool *p, WorkItem *item) {
+        assert(p);
+        assert(item);
+        assert(item->pool == p);
+
+        if (!take_queued(p, item))
+                return false;
+        atomic_store(&item->cancelled, true);
+        return true;
 }
 
 unsigned workpool_in_flight(const WorkPool *p) {

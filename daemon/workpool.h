@@ -79,6 +79,9 @@ int workpool_submit(WorkPool *p, WorkItem *item);
  * handed back (done with ran = false) from the loop soon after, never from
  * inside this call. */
 void workpool_cancel(WorkPool *p, WorkItem *item);
+/* The same for an item still queued only, returning true; one a worker runs
+ * already is left to finish (false). */
+bool workpool_cancel_queued(WorkPool *p, WorkItem *item);
 
 /* Items submitted and not yet handed back. */
 unsigned workpool_in_flight(const WorkPool *p);

@@ -53,7 +53,7 @@ POLKIT_AGENT = "/usr/bin/pkttyagent"
 
 POOL_KEYS = {"version": str, "memory_total": int, "memory_available": int, "memory_limit": int,
              "memory_used": int, "models_loaded": int, "idle_timeout_sec": int, "idle_policy": str,
-             "uptime_usec": int}
+             "uptime_usec": int, "blas_core": str}
 MODEL_KEYS = {"name": str, "state": str, "size_bytes": int, "memory_bytes": int, "memory_percent": (int, float),
               "memory_limit_percent": (int, float), "pinned": bool, "holds": int, "loaded_at_usec": int,
               "last_used_usec": int, "expires_at_usec": int, "requests_total": int, "error": str}

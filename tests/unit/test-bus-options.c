@@ -259,6 +259,7 @@ typedef struct TestOptions {
         uint64_t bytes;
         int64_t delta;
         const char *label;
+        int maybe;
 } TestOptions;
 
 static const BusOption test_table[] = {
@@ -266,6 +267,7 @@ static const BusOption test_table[] = {
           .uint64 = { .min = 16, .max = UINT64_MAX, .unit = "bytes" } },
         { "delta", BUS_OPTION_INT64, offsetof(TestOptions, delta), .int64 = { .min = -5, .max = 5 } },
         { "label", BUS_OPTION_STRING, offsetof(TestOptions, label), .string = { .max_length = 4 } },
+        { "maybe", BUS_OPTION_TRISTATE, offsetof(TestOptions, maybe) },
         {}
 };
 
@@ -335,6 +337,24 @@ static void test_other_kinds(void **state) {
         m = new_call();
         assert_true(sd_bus_message_append(m, "a{sv}", 1, "label", "o", "/a") >= 0);
         check_test_refused(m, "Option 'label' must be of type 's', not 'o'.");
+
+        /* A tristate says whether it was given at all. */
+        o.maybe = -1;
+        m = new_call();
+        assert_true(sd_bus_message_append(m, "a{sv}", 0) >= 0);
+        assert_int_equal(read_test(m, &o, &error), 0);
+        assert_int_equal(o.maybe, -1);
+        m = new_call();
+        assert_true(sd_bus_message_append(m, "a{sv}", 1, "maybe", "b", 0) >= 0);
+        assert_int_equal(read_test(m, &o, &error), 0);
+        assert_int_equal(o.maybe, 0);
+        m = new_call();
+        assert_true(sd_bus_message_append(m, "a{sv}", 1, "maybe", "b", 1) >= 0);
+        assert_int_equal(read_test(m, &o, &error), 0);
+        assert_int_equal(o.maybe, 1);
+        m = new_call();
+        assert_true(sd_bus_message_append(m, "a{sv}", 1, "maybe", "i", 1) >= 0);
+        check_test_refused(m, "Option 'maybe' must be of type 'b', not 'i'.");
 }
 
 /* A Pull or Inspect call's options: revision and token, or what is given. */
