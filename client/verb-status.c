@@ -175,6 +175,16 @@ static void print_model_details(FILE *f, const cJSON *m) {
         else
                 print_time_field(f, "Expires", json_get_u64(m, "expires_at_usec", 0), now);
         print_field(f, "Requests", "%" PRIu64, json_get_u64(m, "requests_total", 0));
+        if (strcmp(json_get_string(m, "kind", ""), "embedding") == 0) {
+                const char *precision = json_get_string(m, "precision", "");
+
+                print_field(f, "Kind", "embedding%s%s", *precision ? ", computing in " : "", precision);
+                print_field(f, "Workers", "%" PRIu64 " (%" PRIu64 " running, %" PRIu64 " waiting)",
+                            json_get_u64(m, "workers", 0), json_get_u64(m, "active_requests", 0),
+                            json_get_u64(m, "queued_requests", 0));
+                print_field(f, "Tokens", "%" PRIu64, json_get_u64(m, "tokens_total", 0));
+        } else if (*json_get_string(m, "kind", ""))
+                print_field(f, "Kind", "%s", json_get_string(m, "kind", ""));
         if (*error)
                 print_field(f, "Last error", "%s%s%s", ansi(ANSI_RED), error, ansi(ANSI_NORMAL));
 }
