@@ -16,6 +16,7 @@ import embed_fixtures
 from harness import MiB, expect_dbus_error
 from tests_client import run
 from tests_embed import MODEL, default_case, embed
+from tests_registry import complete
 
 MODEL_NOT_FOUND = "org.mpool.Error.ModelNotFound"
 UNLOAD_REASONS = ("request", "idle", "memory-limit", "memory-pressure", "shutdown", "other")
@@ -227,8 +228,11 @@ def test_metrics_count_memory_pressure(ctx):
         assert_grew(scrape.counters(), later.counters())
 
 
-def test_metrics_usage_and_unreachable(ctx):
+def test_metrics_usage_completion_and_unreachable(ctx):
+        ctx.model("alpha", size="1M")
         d = ctx.daemon()
+        assert complete(ctx, "mpool-client me") == ["metrics"]
+        assert complete(ctx, f"mpool-client --address={d.address} metrics ") == []
         assert run(ctx, d, "metrics", "extra", expect=2).stderr.strip(), "no error message"
         assert run(ctx, d, "metrics").stdout.endswith("\n")
         d.stop()
