@@ -37,7 +37,8 @@ B ?= build
 # (daemon/blas.h) and the unit tests run; nothing links it.
 BUILD_DEB_PACKAGES = build-essential pkg-config libsystemd-dev libcjson-dev libinih-dev libcmocka-dev uthash-dev \
 	libcurl4-openssl-dev libssl-dev libicu-dev libopenblas0-pthread
-TEST_DEB_PACKAGES = dbus-daemon systemd python3 python3-dbus polkitd util-linux tmux libglib2.0-bin python3-gi
+TEST_DEB_PACKAGES = dbus-daemon systemd python3 python3-dbus polkitd util-linux tmux libglib2.0-bin python3-gi \
+	python3-prometheus-client
 DEPS_PC = libsystemd libcjson inih
 
 CFLAGS ?= -O2 -g

@@ -86,3 +86,4 @@ int verb_cancel(int argc, char *argv[]);
 int verb_register(int argc, char *argv[]);
 int verb_remove(int argc, char *argv[]);
 int verb_embed(int argc, char *argv[]);
+int verb_metrics(int argc, char *argv[]);

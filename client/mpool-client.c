@@ -75,6 +75,7 @@ static void help(void) {
                "  register NAME PATH         Add the model in directory PATH to the store\n"
                "  rm NAME                    Remove a model from the store\n"
                "  embed NAME TEXT...|-       Text embeddings computed by the model (from stdin with -)\n"
+               "  metrics                    The pool's metrics in Prometheus' text format\n"
                "\nOptions:\n"
                "  -h --help                  Show this help\n"
                "     --version               Show the version\n"
@@ -351,6 +352,7 @@ static const Verb verbs[] = {
         { "register", 3, 3,       verb_register },
         { "rm",      2, 2,        verb_remove  },
         { "embed",   3, VERB_ANY, verb_embed   },
+        { "metrics", 1, 1,        verb_metrics },
 };
 
 /* Options that only mean something to one verb are refused elsewhere, rather

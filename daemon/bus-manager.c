@@ -8,6 +8,7 @@
 
 #include "bus-embed.h"
 #include "bus-inspect.h"
+#include "bus-metrics.h"
 #include "bus-manager.h"
 #include "bus-model.h"
 #include "bus-options.h"
@@ -694,6 +695,10 @@ static const sd_bus_vtable manager_vtable[] = {
                                 SD_BUS_NO_ARGS,
                                 SD_BUS_RESULT("a{sv}", pool, "aa{sv}", models),
                                 method_status, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Metrics",
+                                SD_BUS_NO_ARGS,
+                                SD_BUS_RESULT("a{sv}", metrics),
+                                bus_method_metrics, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Acquire",
                                 SD_BUS_ARGS("s", name),
                                 SD_BUS_NO_RESULT,

@@ -11,6 +11,7 @@
 #include "model-compute.h"
 #include "request.h"
 #include "test-hooks.h"
+#include "time-util.h"
 
 typedef struct EmbedCall {
         Manager *manager;
@@ -22,6 +23,7 @@ typedef struct EmbedCall {
         char *prompt_name;        /* options.prompt_name points here */
         EmbedReply reply;
         void *userdata;
+        uint64_t started_usec;    /* monotonic: the call's duration, for the metrics */
 
         /* Fixed before the job is submitted; read by the worker. */
         const EmbeddingModel *model;
@@ -47,6 +49,7 @@ static EmbedCall *embed_call_free(EmbedCall *c) {
 }
 
 static void finish(EmbedCall *c, int error, const char *message) {
+        metrics_embed_finished(&c->manager->metrics, error, now_monotonic_usec() - c->started_usec);
         if (error < 0)
                 c->reply(error, message ?: "Out of memory.", NULL, 0, 0, c->userdata);
         else
@@ -198,6 +201,7 @@ int embed_submit(Manager *m, const char *name, char **texts, size_t *lengths, si
                 .options = *options,
                 .reply = reply,
                 .userdata = userdata,
+                .started_usec = now_monotonic_usec(),
         };
         c->model_name = strdup(name);
         if (!c->model_name)

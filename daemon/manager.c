@@ -26,6 +26,7 @@ int manager_new(Manager **ret) {
                 return -ENOMEM;
         m->started_realtime = now_realtime_usec();
         m->started_monotonic = now_monotonic_usec();
+        metrics_init(&m->metrics);
 
         *ret = TAKE_PTR(m);
         return 0;

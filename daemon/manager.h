@@ -8,6 +8,7 @@
 
 #include "config.h"
 #include "memory-monitor.h"
+#include "metrics.h"
 #include "peer.h"
 #include "polkit.h"
 #include "pool.h"
@@ -93,6 +94,7 @@ struct Manager {
         PeerTable peers;
         uint64_t started_realtime;
         uint64_t started_monotonic;
+        Metrics metrics;              /* for monitoring: only grows (metrics.h) */
         bool shutting_down;
         void (*on_work_done)(Manager *m);
         /* The layer that runs models (model-compute.c) hears when a loaded

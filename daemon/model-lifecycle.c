@@ -515,6 +515,7 @@ static bool load_failed(Manager *m, PoolModel *model, int r, const char *message
                 model->error = strdup(message);
         }
 
+        metrics_load_finished(&m->metrics, r, 0);
         log_model_event(r == -ECANCELED ? LOG_INFO : LOG_WARNING, model->name, "load-failed",
                         request_error_reason(r), UINT64_MAX,
                         rt->load_started_usec ? now_monotonic_usec() - rt->load_started_usec : UINT64_MAX,
@@ -744,6 +745,7 @@ static void loaded(Manager *m, PoolModel *model, LoaderJob *job) {
         free(model->error);
         model->error = NULL;
 
+        metrics_load_finished(&m->metrics, 0, now - rt->load_started_usec);
         log_model_event(LOG_INFO, model->name, "loaded", NULL, model->memory_bytes, now - rt->load_started_usec,
                         "Loaded %s: %" PRIu64 " bytes in %" PRIu64 " ms%s%s%s.", model->name, model->memory_bytes,
                         (now - rt->load_started_usec) / USEC_PER_MSEC,
@@ -873,6 +875,7 @@ static void unloaded(Manager *m, PoolModel *model, const char *reason) {
         model->charged_bytes = 0;
         model->state = MODEL_AVAILABLE;
 
+        metrics_unloaded(&m->metrics, reason);
         log_model_event(LOG_INFO, model->name, "unloaded", reason, freed, UINT64_MAX,
                         "Unloaded %s (%s), %" PRIu64 " bytes given back.", model->name, reason, freed);
         if (m->events && m->events->model_unloaded)

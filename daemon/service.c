@@ -251,6 +251,9 @@ static void on_memory(MemoryMonitor *monitor, const MemoryInfo *info, bool stall
                 to_free = 1;   /* stalls with memory to spare: give back one model at a time */
         if (to_free == 0)
                 return;
+        /* Counted whether or not an idle model can go: pressure with nothing
+         * to give back is what an operator most needs to see. */
+        metrics_memory_pressure(&m->metrics);
 
         victims = pool_victims_new(&m->pool);
         if (!victims) {

@@ -36,6 +36,7 @@ import tests_inspect  # noqa: E402
 import tests_lifecycle  # noqa: E402
 import tests_load  # noqa: E402
 import tests_memory  # noqa: E402
+import tests_metrics  # noqa: E402
 import tests_names  # noqa: E402
 import tests_objects  # noqa: E402
 import tests_openfiles  # noqa: E402
@@ -52,7 +53,7 @@ MODULES = [tests_load, tests_idle, tests_memory, tests_holds, tests_errors, test
            tests_lifecycle, tests_probe, tests_index, tests_queue, tests_client, tests_polkit, tests_callers,
            tests_names, tests_signals, tests_watch, tests_pull, tests_pull_daemon, tests_registry,
            tests_openfiles, tests_inspect, tests_embed_client, tests_embedding_model,
-           tests_embed]
+           tests_embed, tests_metrics]
 
 
 def collect(name_filter):
