@@ -17,6 +17,7 @@
 #include "log.h"
 #include "macro.h"
 #include "pull-process.h"
+#include "test-hooks.h"
 #include "time-util.h"
 
 #define PROGRESS_INTERVAL_USEC (50 * USEC_PER_MSEC)
@@ -433,6 +434,7 @@ static void download_start(Download *d) {
                 .revision = d->revision,
                 .staging = d->staging,
                 .token_fd = d->token_fd,
+                .test_argument = test_hook_pull_argument(),
         };
         int r;
 

@@ -13,6 +13,7 @@
 
 #include "log.h"
 #include "macro.h"
+#include "parse-util.h"
 #include "test-hooks.h"
 
 /* How often a held load looks at its cancellation flag. */
@@ -55,6 +56,17 @@ void test_hook_load_gate(const char *model_name, WorkItem *item) {
                 (void) poll(NULL, 0, GATE_POLL_MSEC);
         }
         log_info("Test hook: the load of %s passed its gate.", model_name);
+}
+
+const char *test_hook_pull_argument(void) {
+        static char argument[64];
+        const char *v = getenv("MPOOL_TEST_PULL_BACKOFF_MSEC");
+        unsigned msec;
+
+        if (!v || parse_unsigned(v, 1, 60000, &msec) < 0)
+                return NULL;
+        snprintf(argument, sizeof argument, "--test-backoff-msec=%u", msec);
+        return argument;
 }
 
 #endif

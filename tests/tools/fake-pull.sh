@@ -61,16 +61,31 @@ long)
         sleep 30
         ;;
 fds)
-        # Whether a descriptor the test left open without O_CLOEXEC reached
-        # the helper (it must not), and the length of the token on fd 3.
+        # Whether a descriptor the test left open as fd 42 without
+        # O_CLOEXEC reached the helper (it must not), and the length of the
+        # token on fd 3.
         n=0
-        [ -e "/proc/$$/fd/${FAKE_PULL_LEAK_FD:-999}" ] && n=1
+        [ -e "/proc/$$/fd/42" ] && n=1
         token_length=0
         if [ -e /proc/$$/fd/3 ]; then token=$(cat <&3); token_length=${#token}; fi
         echo "COMMIT 0123456789abcdef0123456789abcdef01234567"
         echo "FILE $n - fds"
         echo "FILE $token_length - token"
         echo "TOTAL 0 2"
+        echo "READY"
+        read -r answer
+        echo "DONE"
+        ;;
+env)
+        # The names in the environment the helper was started with, one
+        # FILE line each (sizes: their position).
+        echo "COMMIT 0123456789abcdef0123456789abcdef01234567"
+        n=0
+        while IFS= read -r -d '' entry; do
+                echo "FILE $n - ${entry%%=*}"
+                n=$((n + 1))
+        done < /proc/$$/environ
+        echo "TOTAL 0 $n"
         echo "READY"
         read -r answer
         echo "DONE"
