@@ -367,10 +367,11 @@ static double percent(uint64_t part, uint64_t whole) {
 }
 
 static int append_model_status(sd_bus_message *reply, Manager *m, PoolModel *model) {
-        uint64_t deadline = pool_model_deadline(&m->pool, model);
+        uint64_t deadline = pool_model_deadline(&m->pool, model), download_done = 0, download_total = 0;
 
+        (void) download_find(m, model->name, &download_done, &download_total);
         return sd_bus_message_append(
-                        reply, "a{sv}", 13,
+                        reply, "a{sv}", 15,
                         "name", "s", model->name,
                         "state", "s", model_state_to_string(model->state),
                         "size_bytes", "t", model->size_bytes,
@@ -384,7 +385,9 @@ static int append_model_status(sd_bus_message *reply, Manager *m, PoolModel *mod
                         "last_used_usec", "t", manager_realtime(m, model->last_used),
                         "expires_at_usec", "t", manager_realtime(m, deadline),
                         "requests_total", "t", model->requests_total,
-                        "error", "s", strempty(model->error));
+                        "error", "s", strempty(model->error),
+                        "download_done", "t", download_done,
+                        "download_total", "t", download_total);
 }
 
 static int method_status(sd_bus_message *message, void *userdata, sd_bus_error *error) {

@@ -26,6 +26,7 @@
 
 typedef struct Manager Manager;
 typedef struct Download Download;
+typedef struct DownloadJob DownloadJob;
 
 /* What changed, for the listeners of PropertiesChanged. */
 typedef enum ManagerChange {
@@ -77,6 +78,8 @@ struct Manager {
         sd_event_source *forget_source; /* forgets models that left the store, once they let go */
         StoreWatch *store_watch;      /* models added and removed by hand */
         Download *downloads;          /* running and queued pulls, oldest first (download.h) */
+        WorkPool *download_workers;   /* the downloads' disk work: metadata, measuring, removals */
+        DownloadJob *download_jobs;   /* handed to download_workers, until they come back */
         const char *pull_helper;      /* path of mpool-pull */
         sd_bus_slot *object_manager_slot;
         sd_bus_slot *peer_left_slot;

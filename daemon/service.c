@@ -29,6 +29,7 @@ Manager *manager_free(Manager *m) {
                 return NULL;
 
         downloads_stop_all(m);
+        downloads_free(m);
         store_watch_free(m->store_watch);
         sd_event_source_disable_unref(m->forget_source);
         polkit_registry_free(m->polkit);
@@ -162,7 +163,10 @@ static void on_store_listed(char **names, void *userdata) {
         POOL_FOREACH(model, &m->pool) {
                 const ModelRuntime *rt = model->userdata;
 
-                if (!model_is_announced(model) || rt->left_store || names_contain(names, n, model->name))
+                /* A model being pulled for the first time is not in the
+                 * store yet: it has not left it. */
+                if (!model_is_announced(model) || rt->left_store || model->state == MODEL_DOWNLOADING ||
+                    names_contain(names, n, model->name))
                         continue;
                 r = strv_extend(&left, model->name);
                 if (r < 0) {
@@ -292,7 +296,7 @@ static void on_memory(MemoryMonitor *monitor, const MemoryInfo *info, bool stall
 static void maybe_exit(Manager *m) {
         int r;
 
-        if (!m->shutting_down || !models_settled(m) || store_watch_busy(m->store_watch))
+        if (!m->shutting_down || !models_settled(m) || store_watch_busy(m->store_watch) || downloads_busy(m))
                 return;
         r = sd_event_exit(m->event, 0);
         if (r < 0)

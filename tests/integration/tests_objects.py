@@ -13,6 +13,7 @@ MODEL_PROPERTY_KEYS = {
         "Name": "name", "State": "state", "SizeBytes": "size_bytes", "MemoryBytes": "memory_bytes",
         "Pinned": "pinned", "Holds": "holds", "LoadedAt": "loaded_at_usec", "LastUsed": "last_used_usec",
         "ExpiresAt": "expires_at_usec", "RequestsTotal": "requests_total",
+        "DownloadDone": "download_done", "DownloadTotal": "download_total",
 }
 
 
@@ -120,7 +121,14 @@ def describe_interface(iface):
                 # Signal arguments have no direction (or "out").
                 out["signal " + sig.getAttribute("name")] = [(n, t, "out") for n, t, _ in args(sig, "out")]
         for prop in iface.getElementsByTagName("property"):
-                out["property " + prop.getAttribute("name")] = (prop.getAttribute("type"), prop.getAttribute("access"))
+                # Whether PropertiesChanged follows a change: "true" when
+                # not said, as the D-Bus specification has it.
+                emits = "true"
+                for annotation in prop.getElementsByTagName("annotation"):
+                        if annotation.getAttribute("name") == "org.freedesktop.DBus.Property.EmitsChangedSignal":
+                                emits = annotation.getAttribute("value")
+                out["property " + prop.getAttribute("name")] = (prop.getAttribute("type"), prop.getAttribute("access"),
+                                                                emits)
         return out
 
 
