@@ -3,9 +3,11 @@
 # protocol (daemon/pull-process.c): behaves as --repo= says.
 set -u
 repo=""
+staging=""
 for arg in "$@"; do
         case "$arg" in
         --repo=*) repo="${arg#--repo=}" ;;
+        --staging=*) staging="${arg#--staging=}" ;;
         esac
 done
 
@@ -16,6 +18,72 @@ plan() {
         echo "TOTAL 4196 2"
         echo "READY"
 }
+
+# A valid one-tensor model.safetensors (four F32 zeros), for the cases
+# that complete: 8 bytes of header length, the header, 16 bytes of data.
+weights() {
+        local header='{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}'
+        while [ $(( ${#header} % 8 )) -ne 0 ]; do header="$header "; done
+        printf "\\x$(printf %02x ${#header})\\0\\0\\0\\0\\0\\0\\0"
+        printf '%s' "$header"
+        head -c 16 /dev/zero
+}
+
+# The cases of tests/unit/test-download.c, by the repository's name
+# (ORG/KIND…): the daemon's downloads driven through whole pulls.
+case "$repo" in
+*/write*)
+        # Writes a model into the staging folder, as the real helper does.
+        size=$(weights | wc -c)
+        echo "COMMIT 0123456789abcdef0123456789abcdef01234567"
+        echo "FILE 2 - config.json"
+        echo "FILE $size $(printf 'b%.0s' $(seq 64)) model.safetensors"
+        echo "TOTAL $((size + 2)) 2"
+        echo "READY"
+        read -r answer || exit 1
+        [ "$answer" = GO ] || { echo "FAILED cancelled The download was cancelled."; exit 1; }
+        echo "PROGRESS 0 $((size + 2))"
+        printf '{}' > "$staging/config.json"
+        weights > "$staging/model.safetensors"
+        echo "PROGRESS $((size + 2)) $((size + 2))"
+        echo "DONE"
+        exit 0
+        ;;
+*/hang*)
+        # Runs until it is told to stop.
+        plan
+        trap 'echo "FAILED cancelled The download was cancelled."; exit 1' TERM
+        read -r answer
+        echo "PROGRESS 1000 4196"
+        sleep 60 & wait
+        exit 1
+        ;;
+*/missing*)
+        echo "FAILED not-found Repository $repo not found at main."
+        exit 1
+        ;;
+*/huge*)
+        echo "COMMIT 0123456789abcdef0123456789abcdef01234567"
+        echo "FILE 1152921504606846976 $(printf 'c%.0s' $(seq 64)) model.safetensors"
+        echo "TOTAL 1152921504606846976 1"
+        echo "READY"
+        read -r answer
+        echo "FAILED cancelled The download was cancelled."
+        exit 1
+        ;;
+*/bad*)
+        plan
+        read -r answer
+        echo "PROGRESS 0 4196"
+        echo "FAILED hash-mismatch model.safetensors does not have the sha256 the hub names."
+        exit 1
+        ;;
+*/crash*)
+        plan
+        read -r answer
+        kill -9 $$
+        ;;
+esac
 
 case "$repo" in
 ok)
