@@ -88,6 +88,11 @@ SANITIZER_OPTIONS = {
 SANITIZER_REPORT = re.compile(r"^==\d+==(ERROR|WARNING): \w+Sanitizer|: runtime error: ", re.MULTILINE)
 
 
+class Skip(Exception):
+        """Raised by a test that cannot run on this machine; the message
+        says why. run.py reports it and counts it apart."""
+
+
 def now_usec():
         return int(time.time() * 1_000_000)
 
