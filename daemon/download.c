@@ -950,23 +950,25 @@ static void download_start(Download *d) {
 }
 
 static void downloads_start_queued(Manager *m) {
-        unsigned running = 0;
-        Download *d, *next;
+        /* One at a time, looking afresh each time: a download that cannot
+         * start ends, and that starts others from in here. */
+        for (;;) {
+                Download *queued = NULL;
+                unsigned running = 0;
 
-        /* A cleaning of the staging folders under way may remove the
-         * folder of a download that was not there when it began. */
-        if (m->shutting_down || cleaning(m))
-                return;
-        for (d = m->downloads; d; d = d->next)
-                if (d->phase == DOWNLOAD_RUNNING)
-                        running++;
-        for (d = m->downloads; d && running < m->config.max_concurrent_downloads; d = next) {
-                next = d->next;
-                if (d->phase != DOWNLOAD_QUEUED)
-                        continue;
-                running++;
-                /* May end it (and start no other: this loop goes on). */
-                download_start(d);
+                /* A cleaning of the staging folders under way may remove
+                 * the folder of a download that was not there when it
+                 * began. */
+                if (m->shutting_down || cleaning(m))
+                        return;
+                for (Download *d = m->downloads; d; d = d->next)
+                        if (d->phase == DOWNLOAD_RUNNING)
+                                running++;
+                        else if (d->phase == DOWNLOAD_QUEUED && !queued)
+                                queued = d;
+                if (!queued || running >= m->config.max_concurrent_downloads)
+                        return;
+                download_start(queued);
         }
 }
 

@@ -577,6 +577,39 @@ static void test_failures(void **state) {
         fixture_free(f);
 }
 
+static void prepare_blocked_staging(const char *dir) {
+        char path[512];
+
+        /* A file where the staging folder goes. */
+        snprintf(path, sizeof path, "%s/" DOWNLOAD_STAGING_DIR, dir);
+        write_file(path, "in the way");
+}
+
+static void test_staging_folder_cannot_be_made(void **state) {
+        Fixture *f = fixture_new(1, prepare_blocked_staging);
+        Reply first, second, third;
+
+        /* Each fails as it starts, and the next starts then: none is
+         * left waiting. */
+        strcpy(watched, "org/write3");
+        pull(f, "org/write1", NULL, &first);
+        pull(f, "org/write2", NULL, &second);
+        pull(f, "org/write3", NULL, &third);
+        wait_reply(f, &first);
+        wait_reply(f, &second);
+        wait_reply(f, &third);
+        assert_int_equal(first.error, -EREMOTEIO);
+        assert_int_equal(second.error, -EREMOTEIO);
+        assert_int_equal(third.error, -EREMOTEIO);
+        assert_non_null(strstr(third.message, "staging folder"));
+        assert_int_equal(rec.finished, 1);
+        assert_string_equal(rec.last_result, "failed");
+        assert_null(model(f, "org/write1"));
+        assert_null(model(f, "org/write3"));
+        assert_false(download_find(f->m, "org/write2", NULL, NULL));
+        fixture_free(f);
+}
+
 static void test_shutdown_stops_downloads(void **state) {
         Fixture *f = fixture_new(1, NULL);
         Reply running, queued;
@@ -678,6 +711,7 @@ int main(void) {
                 cmocka_unit_test(test_second_pull_joins),
                 cmocka_unit_test(test_queue_and_cancel),
                 cmocka_unit_test(test_failures),
+                cmocka_unit_test(test_staging_folder_cannot_be_made),
                 cmocka_unit_test(test_shutdown_stops_downloads),
         };
 
