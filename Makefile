@@ -33,8 +33,10 @@ endif
 B ?= build
 
 # Debian 12 packages the build needs; `make deps` installs what is missing.
+# libopenblas0-pthread: OpenBLAS, which the daemon loads at run time
+# (daemon/blas.h) and the unit tests run; nothing links it.
 BUILD_DEB_PACKAGES = build-essential pkg-config libsystemd-dev libcjson-dev libinih-dev libcmocka-dev uthash-dev \
-	libcurl4-openssl-dev libssl-dev
+	libcurl4-openssl-dev libssl-dev libicu-dev libopenblas0-pthread
 TEST_DEB_PACKAGES = dbus-daemon systemd python3 python3-dbus polkitd util-linux tmux libglib2.0-bin python3-gi
 DEPS_PC = libsystemd libcjson inih
 
@@ -43,12 +45,17 @@ override CFLAGS += -std=gnu11 -Wall -Wextra -Wno-unused-parameter -Wno-missing-f
 	-Wshadow -Wformat=2 -Wundef -Werror=implicit-function-declaration -fno-strict-aliasing -pthread -MMD -MP $(SANITIZE_FLAGS)
 # Every link passes $(CFLAGS) too, which brings in the sanitizers' runtimes.
 override CPPFLAGS += -D_GNU_SOURCE -Iinclude -Ibase $(shell $(PKG_CONFIG) --cflags $(DEPS_PC) 2>/dev/null)
-LIBS = $(shell $(PKG_CONFIG) --libs $(DEPS_PC) 2>/dev/null) -pthread
+LIBS = $(shell $(PKG_CONFIG) --libs $(DEPS_PC) 2>/dev/null) -pthread -lm
 CMOCKA_LIBS = $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null)
 # Only the download helper speaks HTTP and hashes: only it links these.
 PULL_PC = libcurl libcrypto
 PULL_CFLAGS = $(shell $(PKG_CONFIG) --cflags $(PULL_PC) 2>/dev/null)
 PULL_LIBS = $(shell $(PKG_CONFIG) --libs $(PULL_PC) 2>/dev/null)
+# Unicode data for the tokenizer (daemon/tokenizer-unicode.c): what runs
+# models links it, the download helper and the client do not.
+ICU_PC = icu-uc
+ICU_CFLAGS = $(shell $(PKG_CONFIG) --cflags $(ICU_PC) 2>/dev/null)
+ICU_LIBS = $(shell $(PKG_CONFIG) --libs $(ICU_PC) 2>/dev/null)
 
 # base/: what daemon, client and tests all use (macros, logging, parsers,
 # string vectors, clocks). The client links it alone, never the daemon's code.
@@ -79,6 +86,9 @@ $(B)/%.o: %.c
 
 # The daemon's headers are visible to the daemon and the tests, not the client.
 $(B)/daemon/%.o $(B)/tests/%.o: override CPPFLAGS += -Idaemon
+# Where the unit tests find their fixtures (tests/fixtures/), whatever the
+# directory they run in.
+$(B)/tests/unit/%.o: override CPPFLAGS += -DMPOOL_TESTS_DIR='"$(CURDIR)/tests"'
 
 $(B)/libmpool-base.a: $(BASE_OBJS)
 	@rm -f $@
@@ -92,19 +102,22 @@ $(B)/libmpoold.a: $(DAEMON_LIB_OBJS)
 # environment overrides it (the integration tests point it at the build).
 $(B)/daemon/mpoold.o: override CPPFLAGS += -DMPOOL_PULL_PATH='"$(LIBEXECDIR)/mpool/mpool-pull"'
 
+$(B)/daemon/tokenizer.o $(B)/daemon/tokenizer-json.o $(B)/daemon/tokenizer-unicode.o: override CPPFLAGS += $(ICU_CFLAGS)
+
 $(B)/mpoold: $(B)/daemon/mpoold.o $(B)/libmpoold.a $(B)/libmpool-base.a
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(ICU_LIBS) $(LIBS)
 
 # The test build of the daemon: the same code plus the hooks in
 # daemon/test-hooks.h that let tests hold a load where they choose. The
 # hooked objects come before the library, so theirs are the ones linked.
-TEST_HOOK_OBJS := $(B)/test-hooks/daemon/loader.o $(B)/test-hooks/daemon/download.o $(B)/test-hooks/daemon/test-hooks.o
+TEST_HOOK_OBJS := $(B)/test-hooks/daemon/loader.o $(B)/test-hooks/daemon/download.o \
+	$(B)/test-hooks/daemon/inspection.o $(B)/test-hooks/daemon/test-hooks.o
 $(B)/test-hooks/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) -Idaemon -DMPOOL_TEST_HOOKS $(CFLAGS) -c -o $@ $<
 
 $(B)/mpoold-test: $(B)/daemon/mpoold.o $(TEST_HOOK_OBJS) $(B)/libmpoold.a $(B)/libmpool-base.a
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(ICU_LIBS) $(LIBS)
 
 $(B)/mpool-client: $(CLIENT_OBJS) $(B)/libmpool-base.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
@@ -131,7 +144,7 @@ $(B)/mpool-mkmodel: $(B)/tests/tools/mkmodel.o $(B)/libmpoold.a $(B)/libmpool-ba
 
 $(B)/tests/test-%: $(B)/tests/unit/test-%.o $(B)/libmpoold.a $(B)/libmpool-base.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(LIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(ICU_LIBS) $(LIBS)
 
 # Installs the Debian packages the build and the tests need: with apt as
 # root, otherwise it prints the one command that does.

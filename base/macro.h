@@ -2,6 +2,7 @@
 #pragma once
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -14,9 +15,18 @@
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
 #define MAX(a, b) ((a) > (b) ? (a) : (b))
 
+/* The structure that holds member ptr. */
+#define container_of(ptr, type, member) ((type *) ((char *) (ptr) - offsetof(type, member)))
+
 #define USEC_PER_SEC  UINT64_C(1000000)
 #define USEC_PER_MSEC UINT64_C(1000)
 #define USEC_INFINITY UINT64_MAX
+
+/* Frees p and returns NULL, for "x = mfree(x);". */
+static inline void *mfree(void *p) {
+        free(p);
+        return NULL;
+}
 
 static inline void freep(void *p) {
         free(*(void **) p);

@@ -176,6 +176,7 @@ typedef enum ErrorClass {
         ERROR_DOWNLOAD_FAILED,
         ERROR_NO_STORAGE,
         ERROR_NOTHING_TO_CANCEL,
+        ERROR_EXISTS,
 } ErrorClass;
 
 static ErrorClass classify(const sd_bus_error *error, int r) {
@@ -195,6 +196,7 @@ static ErrorClass classify(const sd_bus_error *error, int r) {
                 { MPOOL_ERROR_DOWNLOAD_FAILED,                          ERROR_DOWNLOAD_FAILED },
                 { MPOOL_ERROR_INSUFFICIENT_STORAGE,                     ERROR_NO_STORAGE },
                 { MPOOL_ERROR_NOTHING_TO_CANCEL,                        ERROR_NOTHING_TO_CANCEL },
+                { MPOOL_ERROR_MODEL_EXISTS,                             ERROR_EXISTS },
                 { SD_BUS_ERROR_UNKNOWN_OBJECT,                          ERROR_NOT_FOUND },
                 { SD_BUS_ERROR_ACCESS_DENIED,                           ERROR_ACCESS_DENIED },
                 { SD_BUS_ERROR_AUTH_FAILED,                             ERROR_ACCESS_DENIED },
@@ -242,6 +244,8 @@ int bus_error_exit_status(const sd_bus_error *error, int r) {
                 return MPOOL_EXIT_DOWNLOAD_FAILED;
         case ERROR_NO_STORAGE:
                 return MPOOL_EXIT_NO_STORAGE;
+        case ERROR_EXISTS:
+                return MPOOL_EXIT_EXISTS;
         case ERROR_INVALID_MODEL:
                 return MPOOL_EXIT_INVALID_MODEL;
         case ERROR_NO_MEMORY:
@@ -297,6 +301,7 @@ int report_bus_error(const sd_bus_error *error, int r, const char *action, const
         case ERROR_DOWNLOAD_FAILED:
         case ERROR_NO_STORAGE:
         case ERROR_NOTHING_TO_CANCEL:
+        case ERROR_EXISTS:
                 print_error("Cannot %s: %s", what, text);
                 break;
         case ERROR_NO_MEMORY:

@@ -22,6 +22,7 @@ enum {
         MPOOL_EXIT_BUSY = 10,
         MPOOL_EXIT_DOWNLOAD_FAILED = 11,
         MPOOL_EXIT_NO_STORAGE = 12,
+        MPOOL_EXIT_EXISTS = 13,
         MPOOL_EXIT_INTERRUPTED = 130,   /* 128 + SIGINT, as shells report it */
 };
 
@@ -54,9 +55,10 @@ extern uint64_t arg_timeout_usec;      /* UINT64_MAX: no timeout */
 extern bool arg_force;
 extern bool arg_all;
 extern bool arg_pin;
+extern bool arg_files;
 extern bool arg_keep_alive_set;
 extern int64_t arg_keep_alive_sec;     /* -1: never unload for idleness */
-extern const char *arg_revision;       /* pull: NULL for the daemon's default */
+extern const char *arg_revision;       /* pull, inspect: NULL for the daemon's default */
 
 /* Verbs: argv[0] is the verb. They return 0, an exit status, or a negative
  * errno (already reported). */
@@ -69,4 +71,7 @@ int verb_monitor(int argc, char *argv[]);
 int verb_top(int argc, char *argv[]);
 int verb_set(int argc, char *argv[]);
 int verb_pull(int argc, char *argv[]);
+int verb_inspect(int argc, char *argv[]);
 int verb_cancel(int argc, char *argv[]);
+int verb_register(int argc, char *argv[]);
+int verb_remove(int argc, char *argv[]);

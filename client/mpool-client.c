@@ -26,6 +26,7 @@ uint64_t arg_timeout_usec = DEFAULT_TIMEOUT_USEC;
 bool arg_force = false;
 bool arg_all = false;
 bool arg_pin = false;
+bool arg_files = false;
 bool arg_keep_alive_set = false;
 int64_t arg_keep_alive_sec = 0;
 const char *arg_revision = NULL;
@@ -52,8 +53,11 @@ static void help(void) {
                "  top                        Live view of the loaded models\n"
                "  set memory-limit SIZE      Change the pool's memory limit\n"
                "  set idle-timeout DURATION  Change the default keep-alive\n"
+               "  inspect REPO               What a pull would fetch and the model would take\n"
                "  pull REPO                  Download a model from the hub into the store\n"
                "  cancel NAME                Cancel the download, or else the load, of a model\n"
+               "  register NAME PATH         Add the model in directory PATH to the store\n"
+               "  rm NAME                    Remove a model from the store\n"
                "\nOptions:\n"
                "  -h --help                  Show this help\n"
                "     --version               Show the version\n"
@@ -71,9 +75,11 @@ static void help(void) {
                "     --no-ask-password       Do not ask for authorization interactively\n"
                "     --keep-alive=DURATION   load: unload after this long unused, or infinity\n"
                "     --pin                   load: never unload for idleness or memory\n"
-               "     --force                 unload: unload pinned models too\n"
+               "     --files                 hold: hand COMMAND the weights files (fds from 3,\n"
+               "                             $MPOOL_FDS, $MPOOL_FDNAMES, $MPOOL_FDS_PID)\n"
+               "     --force                 unload: unload pinned models too; rm: unload first\n"
                "     --all                   unload: unload every model\n"
-               "     --revision=REV          pull: branch, tag or commit (default: main)\n"
+               "     --revision=REV          pull, inspect: branch, tag or commit (default: main)\n"
                "\nSee the mpool-client(1) man page for details.\n",
                program_invocation_short_name, ansi(ANSI_BOLD), ansi(ANSI_NORMAL));
 }
@@ -91,6 +97,7 @@ static int parse_argv(int argc, char *argv[]) {
                 ARG_NO_ASK_PASSWORD,
                 ARG_KEEP_ALIVE,
                 ARG_PIN,
+                ARG_FILES,
                 ARG_FORCE,
                 ARG_ALL,
                 ARG_REVISION,
@@ -110,6 +117,7 @@ static int parse_argv(int argc, char *argv[]) {
                 { "no-ask-password", no_argument,       NULL, ARG_NO_ASK_PASSWORD },
                 { "keep-alive",      required_argument, NULL, ARG_KEEP_ALIVE      },
                 { "pin",             no_argument,       NULL, ARG_PIN             },
+                { "files",           no_argument,       NULL, ARG_FILES           },
                 { "force",           no_argument,       NULL, ARG_FORCE           },
                 { "all",             no_argument,       NULL, ARG_ALL             },
                 { "revision",        required_argument, NULL, ARG_REVISION        },
@@ -201,6 +209,9 @@ static int parse_argv(int argc, char *argv[]) {
                 case ARG_PIN:
                         arg_pin = true;
                         break;
+                case ARG_FILES:
+                        arg_files = true;
+                        break;
                 case ARG_FORCE:
                         arg_force = true;
                         break;
@@ -229,8 +240,11 @@ static const Verb verbs[] = {
         { "monitor", 1, 2,        verb_monitor },
         { "top",     1, 1,        verb_top     },
         { "set",     3, 3,        verb_set     },
+        { "inspect", 2, 2,        verb_inspect },
         { "pull",    2, 2,        verb_pull    },
         { "cancel",  2, 2,        verb_cancel  },
+        { "register", 3, 3,       verb_register },
+        { "rm",      2, 2,        verb_remove  },
 };
 
 /* Options that only mean something to one verb are refused elsewhere, rather
@@ -239,20 +253,27 @@ static int check_verb_options(const char *verb) {
         static const struct {
                 bool *set;
                 const char *option;
-                const char *verb;
+                const char *verbs[2];
         } table[] = {
-                { &arg_pin,            "--pin",        "load"   },
-                { &arg_keep_alive_set, "--keep-alive", "load"   },
-                { &arg_force,          "--force",      "unload" },
-                { &arg_all,            "--all",        "unload" },
-                { &arg_revision_set,   "--revision",   "pull"   },
+                { &arg_pin,            "--pin",        { "load" }            },
+                { &arg_files,          "--files",      { "hold" }            },
+                { &arg_keep_alive_set, "--keep-alive", { "load" }            },
+                { &arg_force,          "--force",      { "unload", "rm" }    },
+                { &arg_all,            "--all",        { "unload" }          },
+                { &arg_revision_set,   "--revision",   { "pull", "inspect" } },
         };
 
-        for (size_t i = 0; i < ELEMENTSOF(table); i++)
-                if (*table[i].set && strcmp(verb, table[i].verb) != 0) {
-                        print_error("%s applies to '%s' only.", table[i].option, table[i].verb);
-                        return MPOOL_EXIT_USAGE;
-                }
+        for (size_t i = 0; i < ELEMENTSOF(table); i++) {
+                const char *const *allowed = table[i].verbs;
+
+                if (!*table[i].set || strcmp(verb, allowed[0]) == 0 || (allowed[1] && strcmp(verb, allowed[1]) == 0))
+                        continue;
+                if (allowed[1])
+                        print_error("%s applies to '%s' and '%s' only.", table[i].option, allowed[0], allowed[1]);
+                else
+                        print_error("%s applies to '%s' only.", table[i].option, allowed[0]);
+                return MPOOL_EXIT_USAGE;
+        }
         return 0;
 }
 

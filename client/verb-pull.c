@@ -1,9 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
 #include <inttypes.h>
-#include <signal.h>
 #include <string.h>
-#include <systemd/sd-event.h>
 
 #include "bus-util.h"
 #include "client.h"
@@ -11,106 +9,87 @@
 #include "json-out.h"
 #include "mpool-bus.h"
 #include "polkit-agent.h"
-#include "progress-bar.h"
+#include "follow.h"
 #include "terminal.h"
 
 typedef struct PullContext {
-        sd_event *event;
-        sd_bus *bus;
-        const char *name;
+        Follow follow;
         char *path;
         bool replied;           /* Pull replied: the download goes on, or the model was there */
-        bool cancelling;
-        int signal;
-        bool show_progress;
-        ProgressBar bar;
-        uint64_t started_usec;
 } PullContext;
 
-static void progress_clear(PullContext *c) {
-        progress_bar_clear(&c->bar);
-}
-
-static int on_progress(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
-        PullContext *c = userdata;
-        const char *name;
-        uint64_t done, total;
-
-        if (sd_bus_message_read(m, "stt", &name, &done, &total) < 0)
-                return 0;
-        if (strcmp(name, c->name) != 0 || !c->show_progress || c->cancelling)
-                return 0;
-        progress_bar_draw(&c->bar, done, total);
-        return 0;
-}
+static const FollowWords pull_words = { .action = "pull", .bar = "Pulling", .doing = "pulling" };
 
 static int print_done(PullContext *c) {
+        const char *name = c->follow.name;
+
         if (arg_json != JSON_OFF) {
                 _cleanup_json_ cJSON *j = cJSON_CreateObject();
 
-                if (!j || !cJSON_AddStringToObject(j, "name", c->name) ||
+                if (!j || !cJSON_AddStringToObject(j, "name", name) ||
                     !cJSON_AddStringToObject(j, "path", strempty(c->path)) ||
                     !cJSON_AddStringToObject(j, "result", "done"))
                         return print_oom();
                 return json_print(j, stdout);
         }
         if (!arg_quiet)
-                printf("Pulled %s in %s.\n", c->name,
-                       FORMAT_TIMESPAN(now_monotonic_usec() - c->started_usec, USEC_PER_MSEC));
+                printf("Pulled %s in %s.\n", name,
+                       FORMAT_TIMESPAN(now_monotonic_usec() - c->follow.started_usec, USEC_PER_MSEC));
         return 0;
 }
 
 static int on_finished(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
-        PullContext *c = userdata;
+        Follow *f = userdata;
+        PullContext *c = container_of(f, PullContext, follow);
         const char *name, *result, *message;
         int r;
 
         if (sd_bus_message_read(m, "sss", &name, &result, &message) < 0)
                 return 0;
         /* Before the reply, the reply tells the outcome. */
-        if (strcmp(name, c->name) != 0 || !c->replied)
+        if (strcmp(name, f->name) != 0 || !c->replied)
                 return 0;
-        progress_clear(c);
+        progress_bar_clear(&f->bar);
 
         if (strcmp(result, "done") == 0) {
-                if (c->cancelling)
-                        return sd_event_exit(c->event, 128 + c->signal);
+                if (f->cancelling)
+                        return follow_exit_interrupted(f);
                 r = print_done(c);
-                return sd_event_exit(c->event, r < 0 ? MPOOL_EXIT_FAILURE : r);
+                return follow_exit(f, r < 0 ? MPOOL_EXIT_FAILURE : r);
         }
         if (strcmp(result, "cancelled") == 0) {
                 if (!arg_quiet)
-                        fprintf(stderr, "Cancelled pulling %s.\n", c->name);
-                return sd_event_exit(c->event, c->cancelling ? 128 + c->signal : MPOOL_EXIT_CANCELLED);
+                        fprintf(stderr, "Cancelled pulling %s.\n", f->name);
+                return f->cancelling ? follow_exit_interrupted(f) : follow_exit(f, MPOOL_EXIT_CANCELLED);
         }
-        print_error("Cannot pull %s: %s", c->name, message);
-        return sd_event_exit(c->event, c->cancelling ? 128 + c->signal : MPOOL_EXIT_DOWNLOAD_FAILED);
+        print_error("Cannot pull %s: %s", f->name, message);
+        return f->cancelling ? follow_exit_interrupted(f) : follow_exit(f, MPOOL_EXIT_DOWNLOAD_FAILED);
 }
 
 static int on_pull_reply(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
         PullContext *c = userdata;
+        Follow *f = &c->follow;
         const sd_bus_error *error = sd_bus_message_get_error(m);
         const char *path;
         int r;
 
         if (error) {
-                progress_clear(c);
-                if (c->cancelling && sd_bus_error_has_name(error, MPOOL_ERROR_CANCELLED)) {
+                if (f->cancelling && sd_bus_error_has_name(error, MPOOL_ERROR_CANCELLED)) {
                         if (!arg_quiet)
-                                fprintf(stderr, "Cancelled pulling %s.\n", c->name);
-                        return sd_event_exit(c->event, 128 + c->signal);
+                                fprintf(stderr, "Cancelled pulling %s.\n", f->name);
+                        return follow_exit_interrupted(f);
                 }
-                return sd_event_exit(c->event, report_bus_error(error, sd_bus_message_get_errno(m), "pull", c->name));
+                return follow_exit(f, report_bus_error(error, sd_bus_message_get_errno(m), "pull", f->name));
         }
         r = sd_bus_message_read(m, "o", &path);
         if (r < 0) {
                 print_error_errno(r, "Cannot read the reply to Pull: %m");
-                return sd_event_exit(c->event, MPOOL_EXIT_FAILURE);
+                return follow_exit(f, MPOOL_EXIT_FAILURE);
         }
         c->path = strdup(path);
         if (!c->path) {
                 print_oom();
-                return sd_event_exit(c->event, MPOOL_EXIT_FAILURE);
+                return follow_exit(f, MPOOL_EXIT_FAILURE);
         }
         /* DownloadFinished follows. */
         c->replied = true;
@@ -118,140 +97,80 @@ static int on_pull_reply(sd_bus_message *m, void *userdata, sd_bus_error *ret_er
 }
 
 static int on_cancel_reply(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
-        PullContext *c = userdata;
+        Follow *f = userdata;
         const sd_bus_error *error = sd_bus_message_get_error(m);
 
         /* Nothing under way: the Pull has not reached the daemon yet, or is
          * over; its reply or DownloadFinished ends it. */
         if (error && !sd_bus_error_has_name(error, MPOOL_ERROR_NOTHING_TO_CANCEL)) {
-                report_bus_error(error, sd_bus_message_get_errno(m), "cancel the download of", c->name);
-                return sd_event_exit(c->event, 128 + c->signal);
+                report_bus_error(error, sd_bus_message_get_errno(m), "cancel the download of", f->name);
+                return follow_exit_interrupted(f);
         }
         return 0;
 }
 
-static int send_cancel(sd_bus *bus, const char *name, sd_bus_message_handler_t handler, void *userdata) {
+static int send_cancel(Follow *f) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         int r;
 
-        r = sd_bus_message_new_method_call(bus, &m, MPOOL_BUS_NAME, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE,
+        r = sd_bus_message_new_method_call(f->bus, &m, MPOOL_BUS_NAME, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE,
                                            "Cancel");
         if (r < 0)
                 return r;
-        r = sd_bus_message_append(m, "s", name);
+        r = sd_bus_message_append(m, "s", f->name);
         if (r < 0)
                 return r;
-        return sd_bus_call_async(bus, NULL, m, handler, userdata, authorized_call_timeout());
+        return sd_bus_call_async(f->bus, NULL, m, on_cancel_reply, f, authorized_call_timeout());
 }
 
-static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
-        PullContext *c = userdata;
+static int on_interrupt(Follow *f) {
         int r;
 
-        c->signal = (int) si->ssi_signo;
-        progress_clear(c);
-        if (c->cancelling)      /* asked twice: stop waiting */
-                return sd_event_exit(c->event, 128 + c->signal);
-
-        c->cancelling = true;
+        f->cancelling = true;
         if (!arg_quiet)
-                fprintf(stderr, "Cancelling the download of %s...\n", c->name);
-        r = send_cancel(c->bus, c->name, on_cancel_reply, c);
+                fprintf(stderr, "Cancelling the download of %s...\n", f->name);
+        r = send_cancel(f);
         if (r < 0) {
-                print_error_errno(r, "Cannot cancel the download of %s: %m", c->name);
-                return sd_event_exit(c->event, 128 + c->signal);
+                print_error_errno(r, "Cannot cancel the download of %s: %m", f->name);
+                return follow_exit_interrupted(f);
         }
         return 0;
 }
 
-static void on_daemon_gone(void *userdata, bool bus_lost) {
-        PullContext *c = userdata;
-
-        progress_clear(c);
-        if (bus_lost)
-                print_error("Lost the connection to the bus while pulling %s.", c->name);
-        else
-                print_error("mpoold stopped while pulling %s.", c->name);
-        sd_event_exit(c->event, MPOOL_EXIT_UNREACHABLE);
-}
-
-static int start_pull(PullContext *c) {
+static int start_pull(Follow *f) {
+        PullContext *c = container_of(f, PullContext, follow);
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         int r;
 
-        r = sd_bus_message_new_method_call(c->bus, &m, MPOOL_BUS_NAME, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE,
+        r = sd_bus_message_new_method_call(f->bus, &m, MPOOL_BUS_NAME, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE,
                                            "Pull");
         if (r < 0)
                 return r;
         if (arg_revision)
-                r = sd_bus_message_append(m, "sa{sv}", c->name, 1, "revision", "s", arg_revision);
+                r = sd_bus_message_append(m, "sa{sv}", f->name, 1, "revision", "s", arg_revision);
         else
-                r = sd_bus_message_append(m, "sa{sv}", c->name, 0);
+                r = sd_bus_message_append(m, "sa{sv}", f->name, 0);
         if (r < 0)
                 return r;
-        c->started_usec = now_monotonic_usec();
         /* Pull replies once the file list is known and space checked, after
          * the pulls queued before it: no timeout unless asked. */
-        return sd_bus_call_async(c->bus, NULL, m, on_pull_reply, c, load_call_timeout());
+        return sd_bus_call_async(f->bus, NULL, m, on_pull_reply, c, load_call_timeout());
 }
 
-static const int handled_signals[] = { SIGINT, SIGTERM, SIGHUP };
-
 int verb_pull(int argc, char *argv[]) {
-        _cleanup_(sd_event_unrefp) sd_event *event = NULL;
-        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
-        PullContext c = {
-                .name = argv[1],
-                .bar = { .verb = "Pulling", .name = argv[1] },
-                .show_progress = on_tty() && !arg_quiet && arg_json == JSON_OFF,
-        };
+        static const char *const finished[] = { "DownloadFinished", NULL };
+        PullContext c = {};
         int r;
 
-        r = check_model_name(c.name);
+        r = check_model_name(argv[1]);
         if (r != 0)
                 return r;
 
-        r = block_signals(NULL, SIGINT, SIGTERM, SIGHUP, 0);
-        if (r < 0)
-                return print_error_errno(r, "Cannot block signals: %m");
-
-        r = client_connect(&bus);
-        if (r != 0)
-                return r;
-        c.bus = bus;
-        r = client_attach_event(bus, &event);
-        if (r != 0)
-                return r;
-        c.event = event;
-
-        /* Subscribed before Pull is sent, so that no signal is missed. */
-        r = sd_bus_match_signal(bus, NULL, MPOOL_BUS_NAME, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE,
-                                "DownloadProgress", on_progress, &c);
-        if (r >= 0)
-                r = sd_bus_match_signal(bus, NULL, MPOOL_BUS_NAME, MPOOL_MANAGER_PATH, MPOOL_MANAGER_INTERFACE,
-                                        "DownloadFinished", on_finished, &c);
-        if (r < 0)
-                return report_bus_error(NULL, r, "subscribe to the progress of", c.name);
-        r = bus_watch_daemon_gone(bus, on_daemon_gone, &c);
-        if (r < 0)
-                return report_bus_error(NULL, r, "watch mpoold while pulling", c.name);
-
-        for (size_t i = 0; i < ELEMENTSOF(handled_signals); i++) {
-                r = sd_event_add_signal(event, NULL, handled_signals[i], on_signal, &c);
-                if (r < 0)
-                        return print_error_errno(r, "Cannot watch signal %d: %m", handled_signals[i]);
-        }
-
-        (void) polkit_agent_open();
-        r = start_pull(&c);
-        if (r < 0)
-                return report_bus_error(NULL, r, "pull", c.name);
-
-        r = sd_event_loop(event);
-        progress_clear(&c);
+        r = follow_open(&c.follow, argv[1], &pull_words);
+        if (r == 0)
+                r = follow_run(&c.follow, "DownloadProgress", finished, on_finished, on_interrupt, start_pull);
+        follow_close(&c.follow);
         free(c.path);
-        if (r < 0)
-                return print_error_errno(r, "The event loop failed: %m");
         return r;
 }
 

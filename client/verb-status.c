@@ -109,6 +109,8 @@ static void print_pool_summary(FILE *f, const cJSON *pool, const cJSON *models) 
         fprintf(f, "Idle unload: after %s unused (%s)\n", FORMAT_SECONDS(json_get_i64(pool, "idle_timeout_sec", -1)),
                 json_get_string(pool, "idle_policy", "n/a"));
         fprintf(f, "     Uptime: %s\n", FORMAT_TIMESPAN(json_get_u64(pool, "uptime_usec", 0), USEC_PER_SEC));
+        const char *core = json_get_string(pool, "blas_core", "");
+        fprintf(f, "   OpenBLAS: %s\n", core[0] ? core : "not available (models are not run)");
 }
 
 static int print_models_table(FILE *f, const cJSON *models) {
@@ -184,6 +186,11 @@ static void print_model_details(FILE *f, const cJSON *m) {
         print_field(f, "State", "%s%s%s%s", ansi(color), state, ansi(ANSI_NORMAL),
                     json_get_bool(m, "pinned", false) ? " (pinned)" : "");
         print_field(f, "Size", "%s on disk", FORMAT_BYTES(json_get_u64(m, "size_bytes", 0)));
+        if (*json_get_string(m, "revision", ""))
+                print_field(f, "Source", "%s, at %s", json_get_string(m, "source", "n/a"),
+                            json_get_string(m, "revision", ""));
+        else
+                print_field(f, "Source", "%s", json_get_string(m, "source", "n/a"));
         if (model_is_pulled(m)) {
                 uint64_t total = json_get_u64(m, "download_total", 0);
 
@@ -323,24 +330,25 @@ int verb_list(int argc, char *argv[]) {
                         if (!cJSON_AddStringToObject(o, "name", json_get_string(m, "name", "")) ||
                             !cJSON_AddStringToObject(o, "state", json_get_string(m, "state", "")) ||
                             !json_add_u64(o, "size_bytes", json_get_u64(m, "size_bytes", 0)) ||
-                            !cJSON_AddBoolToObject(o, "pinned", json_get_bool(m, "pinned", false)))
+                            !cJSON_AddBoolToObject(o, "pinned", json_get_bool(m, "pinned", false)) ||
+                            !cJSON_AddStringToObject(o, "source", json_get_string(m, "source", "")))
                                 return print_oom();
                 }
                 return json_print(list, stdout);
         }
 
-        t = table_new("NAME", "STATE", "SIZE", NULL);
+        t = table_new("NAME", "STATE", "SIZE", "SOURCE", NULL);
         if (!t)
                 return print_oom();
         table_set_align_right(t, 2);
         cJSON_ArrayForEach(m, models) {
                 const char *state = json_get_string(m, "state", "unknown");
-
                 char state_text[128];
 
                 if (table_add_cell(t, json_get_string(m, "name", "?"), NULL) < 0 ||
                     table_add_cell(t, format_state(state_text, sizeof state_text, m, false), state_color(state)) < 0 ||
-                    table_add_cell(t, FORMAT_BYTES(json_get_u64(m, "size_bytes", 0)), NULL) < 0)
+                    table_add_cell(t, FORMAT_BYTES(json_get_u64(m, "size_bytes", 0)), NULL) < 0 ||
+                    table_add_cell(t, json_get_string(m, "source", "-"), NULL) < 0)
                         return print_oom();
         }
 

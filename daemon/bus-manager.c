@@ -6,12 +6,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bus-inspect.h"
 #include "bus-manager.h"
 #include "bus-model.h"
 #include "bus-options.h"
 #include "bus-signal.h"
 #include "service.h"
 #include "bus-util.h"
+#include "catalog.h"
 #include "download.h"
 #include "log.h"
 #include "macro.h"
@@ -59,7 +61,7 @@ const char *bus_error_name(int error) {
         }
 }
 
-static int read_model_name(sd_bus_message *message, const char **ret, sd_bus_error *error) {
+int bus_read_model_name(sd_bus_message *message, const char **ret, sd_bus_error *error) {
         _cleanup_free_ char *problem = NULL;
         const char *name;
         int r;
@@ -77,7 +79,7 @@ static int read_model_name(sd_bus_message *message, const char **ret, sd_bus_err
 
 /* Asks polkit for each action in turn (NULL-terminated). 1: all allowed;
  * 0: a check is under way and the call will be dispatched again; <0: denied. */
-static int verify_actions(Manager *m, sd_bus_message *message, const char *model_name, sd_bus_error *error,
+int bus_verify_actions(Manager *m, sd_bus_message *message, const char *model_name, sd_bus_error *error,
                           const char *action, ...) {
         const char *const details[] = { "model", model_name, NULL };
         va_list ap;
@@ -91,6 +93,27 @@ static int verify_actions(Manager *m, sd_bus_message *message, const char *model
         }
         va_end(ap);
         return r;
+}
+
+static int reply_files(sd_bus_message *call, const RequestFile *files, size_t n_files) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        int r;
+
+        r = sd_bus_message_new_method_return(call, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_open_container(reply, 'a', "(sh)");
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n_files; i++) {
+                r = sd_bus_message_append(reply, "(sh)", files[i].name, files[i].fd);
+                if (r < 0)
+                        return r;
+        }
+        r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
 }
 
 /* The bus's answer to a request the core completed: the reply, or the
@@ -121,6 +144,9 @@ static void on_request_complete(Request *req, void *userdata) {
                         break;
                 case REQUEST_UNLOAD_ALL:
                         r = reply_strv(call, req->unloaded);
+                        break;
+                case REQUEST_OPEN_FILES:
+                        r = reply_files(call, req->files, req->n_files);
                         break;
                 default:
                         assert(false);
@@ -157,13 +183,13 @@ static int method_load(sd_bus_message *message, void *userdata, sd_bus_error *er
         const char *name;
         int r;
 
-        r = read_model_name(message, &name, error);
+        r = bus_read_model_name(message, &name, error);
         if (r < 0)
                 return r;
         r = request_options_read(message, request_options_load, &options, error);
         if (r < 0)
                 return r;
-        r = verify_actions(m, message, name, error, POLKIT_ACTION_LOAD,
+        r = bus_verify_actions(m, message, name, error, POLKIT_ACTION_LOAD,
                            options.pin ? POLKIT_ACTION_CONFIGURE : NULL, NULL);
         if (r <= 0)
                 return r < 0 ? r : 1;   /* 1: polkit will answer, the call comes back */
@@ -176,14 +202,34 @@ static int method_acquire(sd_bus_message *message, void *userdata, sd_bus_error 
         const char *name;
         int r;
 
-        r = read_model_name(message, &name, error);
+        r = bus_read_model_name(message, &name, error);
         if (r < 0)
                 return r;
-        r = verify_actions(m, message, name, error, POLKIT_ACTION_LOAD, NULL);
+        r = bus_verify_actions(m, message, name, error, POLKIT_ACTION_LOAD, NULL);
         if (r <= 0)
                 return r < 0 ? r : 1;
 
         return submit(m, message, REQUEST_ACQUIRE, name, NULL);
+}
+
+static int method_open_files(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        const char *name;
+        int r;
+
+        r = bus_read_model_name(message, &name, error);
+        if (r < 0)
+                return r;
+        /* Descriptors can only go to a peer that can receive them; better
+         * said now than after loading the model for nothing. */
+        if (sd_bus_can_send(sd_bus_message_get_bus(message), SD_BUS_TYPE_UNIX_FD) <= 0)
+                return sd_bus_error_set(error, SD_BUS_ERROR_NOT_SUPPORTED,
+                                        "This bus connection cannot pass file descriptors.");
+        r = bus_verify_actions(m, message, name, error, POLKIT_ACTION_LOAD, NULL);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+
+        return submit(m, message, REQUEST_OPEN_FILES, name, NULL);
 }
 
 static int method_release(sd_bus_message *message, void *userdata, sd_bus_error *error) {
@@ -191,7 +237,7 @@ static int method_release(sd_bus_message *message, void *userdata, sd_bus_error 
         const char *name;
         int r;
 
-        r = read_model_name(message, &name, error);
+        r = bus_read_model_name(message, &name, error);
         if (r < 0)
                 return r;
 
@@ -210,13 +256,13 @@ static int method_unload(sd_bus_message *message, void *userdata, sd_bus_error *
         const char *name;
         int r;
 
-        r = read_model_name(message, &name, error);
+        r = bus_read_model_name(message, &name, error);
         if (r < 0)
                 return r;
         r = request_options_read(message, request_options_unload, &options, error);
         if (r < 0)
                 return r;
-        r = verify_actions(m, message, name, error, POLKIT_ACTION_LOAD,
+        r = bus_verify_actions(m, message, name, error, POLKIT_ACTION_LOAD,
                            options.force ? POLKIT_ACTION_CONFIGURE : NULL, NULL);
         if (r <= 0)
                 return r < 0 ? r : 1;
@@ -232,24 +278,13 @@ static int method_unload_all(sd_bus_message *message, void *userdata, sd_bus_err
         r = request_options_read(message, request_options_unload, &options, error);
         if (r < 0)
                 return r;
-        r = verify_actions(m, message, NULL, error, POLKIT_ACTION_LOAD,
+        r = bus_verify_actions(m, message, NULL, error, POLKIT_ACTION_LOAD,
                            options.force ? POLKIT_ACTION_CONFIGURE : NULL, NULL);
         if (r <= 0)
                 return r < 0 ? r : 1;
 
         return submit(m, message, REQUEST_UNLOAD_ALL, NULL, &options);
 }
-
-typedef struct PullOptions {
-        const char *revision;
-        const char *token;
-} PullOptions;
-
-static const BusOption pull_options[] = {
-        { "revision", BUS_OPTION_STRING, offsetof(PullOptions, revision), .string.max_length = DOWNLOAD_REVISION_MAX },
-        { "token",    BUS_OPTION_STRING, offsetof(PullOptions, token),    .string.max_length = DOWNLOAD_TOKEN_MAX },
-        {}
-};
 
 /* Owns the reference on the call taken by method_pull(). */
 static void on_pull_reply(int error, const char *message, const char *name, void *userdata) {
@@ -283,24 +318,17 @@ done:
 
 static int method_pull(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         Manager *m = userdata;
-        PullOptions options = { .revision = "main" };
+        HubOptions options;
         const char *repo;
         int r;
 
-        r = read_model_name(message, &repo, error);
+        r = bus_read_model_name(message, &repo, error);
         if (r < 0)
                 return r;
-        r = bus_options_read(message, pull_options, &options, error);
+        r = hub_options_read(message, &options, error);
         if (r < 0)
                 return r;
-        if (download_revision_validate(options.revision) < 0)
-                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                                         "Invalid option \"revision\": 1 to %u characters of A-Z a-z 0-9 . _ / -, without \"..\".",
-                                         DOWNLOAD_REVISION_MAX);
-        if (options.token && (options.token[0] == '\0' || strpbrk(options.token, "\n\r")))
-                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                                         "Invalid option \"token\": empty or more than one line.");
-        r = verify_actions(m, message, repo, error, POLKIT_ACTION_MANAGE_MODELS, NULL);
+        r = bus_verify_actions(m, message, repo, error, POLKIT_ACTION_MANAGE_MODELS, NULL);
         if (r <= 0)
                 return r < 0 ? r : 1;
 
@@ -333,12 +361,12 @@ static int method_cancel(sd_bus_message *message, void *userdata, sd_bus_error *
         const char *name;
         int r;
 
-        r = read_model_name(message, &name, error);
+        r = bus_read_model_name(message, &name, error);
         if (r < 0)
                 return r;
 
         if (download_find(m, name, NULL, NULL)) {
-                r = verify_actions(m, message, name, error, POLKIT_ACTION_MANAGE_MODELS, NULL);
+                r = bus_verify_actions(m, message, name, error, POLKIT_ACTION_MANAGE_MODELS, NULL);
                 if (r <= 0)
                         return r < 0 ? r : 1;
                 /* Polkit may have taken its time: look again. */
@@ -348,7 +376,7 @@ static int method_cancel(sd_bus_message *message, void *userdata, sd_bus_error *
 
         model = pool_find(&m->pool, name);
         if (model && model->state == MODEL_LOADING) {
-                r = verify_actions(m, message, name, error, POLKIT_ACTION_LOAD, NULL);
+                r = bus_verify_actions(m, message, name, error, POLKIT_ACTION_LOAD, NULL);
                 if (r <= 0)
                         return r < 0 ? r : 1;
                 model = pool_find(&m->pool, name);
@@ -362,16 +390,105 @@ static int method_cancel(sd_bus_message *message, void *userdata, sd_bus_error *
                                  "Nothing is under way for %s: no download and no load.", name);
 }
 
+/* Owns the reference on the call taken by method_register() or
+ * method_remove(). */
+static void on_catalog_reply(int error, const char *message, void *userdata) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *call = userdata;
+        const char *error_name;
+        int r;
+
+        switch (error) {
+        case 0:
+                r = sd_bus_reply_method_return(call, NULL);
+                goto done;
+        case -EINVAL:
+        case -ENOTDIR:
+                error_name = SD_BUS_ERROR_INVALID_ARGS;
+                break;
+        case -EEXIST:
+                error_name = MPOOL_ERROR_MODEL_EXISTS;
+                break;
+        case -EAGAIN:
+                error_name = MPOOL_ERROR_BUSY;
+                break;
+        case -EOPNOTSUPP:
+                error_name = SD_BUS_ERROR_NOT_SUPPORTED;
+                break;
+        default:
+                error_name = bus_error_name(error);
+        }
+        r = sd_bus_reply_method_errorf(call, error_name, "%s", strempty(message));
+done:
+        if (r < 0 && r != -ENOTCONN && r != -ECONNRESET)
+                log_warning_errno(r, "Cannot send the reply to %s: %m", strempty(sd_bus_message_get_member(call)));
+}
+
+static int method_register(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        static const BusOption no_options[] = { {} };
+        Manager *m = userdata;
+        const char *name, *path;
+        char none;
+        int r;
+
+        r = bus_read_model_name(message, &name, error);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(message, "s", &path);
+        if (r < 0)
+                return r;
+        r = bus_options_read(message, no_options, &none, error);
+        if (r < 0)
+                return r;
+        /* Refused before polkit is asked: a mistake needs no password. */
+        if (path[0] != '/')
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "The path of a model directory must be absolute, not \"%s\".", path);
+        if (strlen(path) > STORE_REGISTERED_PATH_MAX)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "The path is longer than %u bytes.",
+                                         STORE_REGISTERED_PATH_MAX);
+
+        const char *const details[] = { "model", name, "path", path, NULL };
+        r = polkit_verify_async(m->polkit, message, POLKIT_ACTION_MANAGE_MODELS, details, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+
+        sd_bus_message_ref(message);   /* on_catalog_reply's */
+        catalog_register(m, name, path, on_catalog_reply, message);
+        return 1;
+}
+
+static int method_remove(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        RequestOptions options;
+        const char *name;
+        int r;
+
+        r = bus_read_model_name(message, &name, error);
+        if (r < 0)
+                return r;
+        r = request_options_read(message, request_options_unload, &options, error);
+        if (r < 0)
+                return r;
+        r = bus_verify_actions(m, message, name, error, POLKIT_ACTION_MANAGE_MODELS, NULL);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+
+        sd_bus_message_ref(message);   /* on_catalog_reply's */
+        catalog_remove(m, name, options.force, sd_bus_message_get_sender(message), on_catalog_reply, message);
+        return 1;
+}
+
 static double percent(uint64_t part, uint64_t whole) {
         return whole > 0 ? 100.0 * (double) part / (double) whole : 0.0;
 }
 
 static int append_model_status(sd_bus_message *reply, Manager *m, PoolModel *model) {
         uint64_t deadline = pool_model_deadline(&m->pool, model), download_done = 0, download_total = 0;
+        const ModelRuntime *rt = model->userdata;
 
         (void) download_find(m, model->name, &download_done, &download_total);
         return sd_bus_message_append(
-                        reply, "a{sv}", 15,
+                        reply, "a{sv}", 17,
                         "name", "s", model->name,
                         "state", "s", model_state_to_string(model->state),
                         "size_bytes", "t", model->size_bytes,
@@ -386,6 +503,8 @@ static int append_model_status(sd_bus_message *reply, Manager *m, PoolModel *mod
                         "expires_at_usec", "t", manager_realtime(m, deadline),
                         "requests_total", "t", model->requests_total,
                         "error", "s", strempty(model->error),
+                        "source", "s", model_source_to_string(rt->source),
+                        "revision", "s", strempty(rt->revision),
                         "download_done", "t", download_done,
                         "download_total", "t", download_total);
 }
@@ -405,7 +524,7 @@ static int method_status(sd_bus_message *message, void *userdata, sd_bus_error *
                 return r;
 
         r = sd_bus_message_append(
-                        reply, "a{sv}", 9,
+                        reply, "a{sv}", 10,
                         "version", "s", MPOOL_VERSION,
                         "memory_total", "t", m->memory.total,
                         "memory_available", "t", m->memory.available,
@@ -414,7 +533,8 @@ static int method_status(sd_bus_message *message, void *userdata, sd_bus_error *
                         "models_loaded", "u", pool_models_loaded(&m->pool),
                         "idle_timeout_sec", "x", m->pool.idle_timeout_sec,
                         "idle_policy", "s", m->pool.idle_policy == POOL_IDLE_GLOBAL ? "global" : "per-model",
-                        "uptime_usec", "t", now_monotonic_usec() - m->started_monotonic);
+                        "uptime_usec", "t", now_monotonic_usec() - m->started_monotonic,
+                        "blas_core", "s", strempty(m->blas_core));
         if (r < 0)
                 return r;
 
@@ -540,6 +660,10 @@ static const sd_bus_vtable manager_vtable[] = {
                                 SD_BUS_ARGS("s", name),
                                 SD_BUS_NO_RESULT,
                                 method_acquire, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("OpenFiles",
+                                SD_BUS_ARGS("s", name),
+                                SD_BUS_RESULT("a(sh)", files),
+                                method_open_files, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Release",
                                 SD_BUS_ARGS("s", name),
                                 SD_BUS_NO_RESULT,
@@ -553,6 +677,18 @@ static const sd_bus_vtable manager_vtable[] = {
                                 SD_BUS_ARGS("s", name),
                                 SD_BUS_NO_RESULT,
                                 method_cancel, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Register",
+                                SD_BUS_ARGS("s", name, "s", path, "a{sv}", options),
+                                SD_BUS_NO_RESULT,
+                                method_register, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Remove",
+                                SD_BUS_ARGS("s", name, "a{sv}", options),
+                                SD_BUS_NO_RESULT,
+                                method_remove, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Inspect",
+                                SD_BUS_ARGS("s", repo, "a{sv}", options),
+                                SD_BUS_RESULT("a{sv}", info),
+                                bus_method_inspect, SD_BUS_VTABLE_UNPRIVILEGED),
 
         SD_BUS_SIGNAL_WITH_ARGS("LoadProgress", SD_BUS_ARGS("s", name, "t", bytes_done, "t", bytes_total), 0),
         SD_BUS_SIGNAL_WITH_ARGS("ModelLoaded", SD_BUS_ARGS("s", name, "t", memory_bytes), 0),

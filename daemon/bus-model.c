@@ -15,6 +15,7 @@
 static int property_get_model(sd_bus *bus, const char *path, const char *interface, const char *property,
                               sd_bus_message *reply, void *userdata, sd_bus_error *error) {
         PoolModel *model = userdata;
+        const ModelRuntime *rt = model->userdata;
 
         if (strcmp(property, "Name") == 0)
                 return sd_bus_message_append(reply, "s", model->name);
@@ -30,6 +31,10 @@ static int property_get_model(sd_bus *bus, const char *path, const char *interfa
                 return sd_bus_message_append(reply, "u", model->holds);
         if (strcmp(property, "RequestsTotal") == 0)
                 return sd_bus_message_append(reply, "t", model->requests_total);
+        if (strcmp(property, "Source") == 0)
+                return sd_bus_message_append(reply, "s", model_source_to_string(rt->source));
+        if (strcmp(property, "Revision") == 0)
+                return sd_bus_message_append(reply, "s", strempty(rt->revision));
         return -EINVAL;
 }
 
@@ -73,6 +78,8 @@ static const sd_bus_vtable model_vtable[] = {
         SD_BUS_PROPERTY("LastUsed", "t", property_get_model_time, 0, 0),
         SD_BUS_PROPERTY("ExpiresAt", "t", property_get_model_time, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("RequestsTotal", "t", property_get_model, 0, 0),
+        SD_BUS_PROPERTY("Source", "s", property_get_model, 0, 0),
+        SD_BUS_PROPERTY("Revision", "s", property_get_model, 0, 0),
         SD_BUS_PROPERTY("DownloadDone", "t", property_get_model_download, 0, 0),
         SD_BUS_PROPERTY("DownloadTotal", "t", property_get_model_download, 0, 0),
         SD_BUS_VTABLE_END

@@ -6,6 +6,8 @@
 #include <string.h>
 
 #include "bus-options.h"
+#include "download.h"
+#include "hub-token.h"
 #include "macro.h"
 #include "pool.h"
 
@@ -135,7 +137,8 @@ static int read_value(sd_bus_message *message, const BusOption *o, void *options
                 return -EINVAL;   /* the a{sv} signature was checked on entry */
 
         switch (o->type) {
-        case BUS_OPTION_BOOLEAN: {
+        case BUS_OPTION_BOOLEAN:
+        case BUS_OPTION_TRISTATE: {
                 int b;
 
                 if (strcmp(contents, "b") != 0)
@@ -144,7 +147,10 @@ static int read_value(sd_bus_message *message, const BusOption *o, void *options
                 r = sd_bus_message_read(message, "v", "b", &b);
                 if (r < 0)
                         return r;
-                *(bool *) field = b;
+                if (o->type == BUS_OPTION_TRISTATE)
+                        *(int *) field = !!b;
+                else
+                        *(bool *) field = b;
                 return 0;
         }
 
@@ -247,6 +253,31 @@ int request_options_read(sd_bus_message *message, const BusOption *table, Reques
         r = bus_options_read(message, table, &options, error);
         if (r < 0)
                 return r;
+
+        *ret = options;
+        return 0;
+}
+
+static const BusOption hub_options[] = {
+        { "revision", BUS_OPTION_STRING, offsetof(HubOptions, revision), .string.max_length = DOWNLOAD_REVISION_MAX },
+        { "token",    BUS_OPTION_STRING, offsetof(HubOptions, token),    .string.max_length = HUB_TOKEN_MAX },
+        {}
+};
+
+int hub_options_read(sd_bus_message *message, HubOptions *ret, sd_bus_error *error) {
+        HubOptions options = { .revision = "main" };
+        int r;
+
+        r = bus_options_read(message, hub_options, &options, error);
+        if (r < 0)
+                return r;
+        if (download_revision_validate(options.revision) < 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "Invalid option \"revision\": 1 to %u characters of A-Z a-z 0-9 . _ / -, "
+                                         "without \"..\".", DOWNLOAD_REVISION_MAX);
+        if (options.token && (options.token[0] == '\0' || strpbrk(options.token, "\n\r")))
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "Invalid option \"token\": empty or more than one line.");
 
         *ret = options;
         return 0;

@@ -18,6 +18,7 @@
 
 typedef enum BusOptionType {
         BUS_OPTION_BOOLEAN,   /* 'b' into a bool */
+        BUS_OPTION_TRISTATE,  /* 'b' into an int, 0 or 1; left as it is (say -1) when not given */
         BUS_OPTION_INT64,     /* any integer into an int64_t, in int64.min .. int64.max */
         BUS_OPTION_UINT64,    /* any integer into a uint64_t, in uint64.min .. uint64.max */
         BUS_OPTION_STRING,    /* 's' into a const char * that points into the message */
@@ -75,3 +76,13 @@ extern const BusOption request_options_unload[];
 /* bus_options_read() from the defaults; *ret is untouched on failure. */
 int request_options_read(sd_bus_message *message, const BusOption *table, RequestOptions *ret,
                          sd_bus_error *error);
+
+/* Pull and Inspect: "revision" (default "main", download_revision_validate())
+ * and "token" (one line, not empty, at most HUB_TOKEN_MAX bytes), both
+ * pointing into the message. *ret is untouched on failure. */
+typedef struct HubOptions {
+        const char *revision;
+        const char *token;        /* NULL: none given */
+} HubOptions;
+
+int hub_options_read(sd_bus_message *message, HubOptions *ret, sd_bus_error *error);

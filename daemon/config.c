@@ -69,6 +69,8 @@ int config_init_defaults(Config *c) {
                 .preload = NULL,
                 .max_concurrent_loads = CONFIG_MAX_CONCURRENT_LOADS_DEFAULT,
                 .max_queued_loads = CONFIG_MAX_QUEUED_LOADS_DEFAULT,
+                .max_queued_requests = CONFIG_MAX_QUEUED_REQUESTS_DEFAULT,
+                .cooldown_sec = CONFIG_COOLDOWN_SEC_DEFAULT,
                 .max_concurrent_downloads = CONFIG_MAX_CONCURRENT_DOWNLOADS_DEFAULT,
                 .hub_endpoint = TAKE_PTR(hub_endpoint),
                 .hub_token_file = NULL,
@@ -284,6 +286,33 @@ static int parse_max_queued_loads(Config *c, const char *value, char **ret_reaso
         return parse_unsigned_setting(value, 0, CONFIG_MAX_QUEUED_LOADS_MAX, &c->max_queued_loads, ret_reason);
 }
 
+static int parse_max_workers(Config *c, const char *value, char **ret_reason) {
+        return parse_unsigned_setting(value, 0, CONFIG_MAX_WORKERS_MAX, &c->max_workers, ret_reason);
+}
+
+static int parse_max_queued_requests(Config *c, const char *value, char **ret_reason) {
+        return parse_unsigned_setting(value, 0, CONFIG_MAX_QUEUED_REQUESTS_MAX, &c->max_queued_requests,
+                                      ret_reason);
+}
+
+static int parse_cooldown(Config *c, const char *value, char **ret_reason) {
+        int64_t sec;
+        int r;
+
+        r = refuse_empty(value, ret_reason);
+        if (r < 0)
+                return r;
+        r = parse_duration_sec(value, &sec);
+        if (r < 0 && r != -ERANGE)
+                return config_error(ret_reason, r,
+                                    "invalid duration '%s': expected seconds or a duration such as 90s or 5min",
+                                    value);
+        if (r == -ERANGE || sec < 1 || sec > CONFIG_COOLDOWN_SEC_MAX)
+                return config_error(ret_reason, -ERANGE, "'%s' is out of range: 1s to 1d", value);
+        c->cooldown_sec = sec;
+        return 0;
+}
+
 static int parse_max_concurrent_downloads(Config *c, const char *value, char **ret_reason) {
         return parse_unsigned_setting(value, 1, CONFIG_MAX_CONCURRENT_DOWNLOADS_MAX,
                                       &c->max_concurrent_downloads, ret_reason);
@@ -430,6 +459,9 @@ static const struct {
         { "Pool",  "MaxConcurrentLoads", parse_max_concurrent_loads },
         { "Pool",  "MaxQueuedLoads", parse_max_queued_loads },
         { "Pool",  "MaxConcurrentDownloads", parse_max_concurrent_downloads },
+        { "Workers", "MaxWorkers",       parse_max_workers },
+        { "Workers", "MaxQueuedRequests", parse_max_queued_requests },
+        { "Workers", "CooldownSec",      parse_cooldown },
         { "Hub",   "Endpoint",           parse_hub_endpoint },
         { "Hub",   "TokenFile",          parse_hub_token_file },
 };
@@ -439,7 +471,7 @@ static int config_apply(Config *c, const char *section, const char *key, const c
         bool section_known = false;
 
         if (section[0] == '\0')
-                return config_error(ret_reason, -EINVAL, "setting outside of a section, expected [Store], [Pool] or [Hub] first");
+                return config_error(ret_reason, -EINVAL, "setting outside of a section, expected [Store], [Pool], [Workers] or [Hub] first");
 
         for (size_t i = 0; i < ELEMENTSOF(config_keys); i++) {
                 if (strcmp(section, config_keys[i].section) != 0)

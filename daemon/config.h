@@ -27,6 +27,11 @@
 #define CONFIG_HUB_ENDPOINT_MAX               1024U
 #define CONFIG_MAX_CONCURRENT_DOWNLOADS_DEFAULT 2U
 #define CONFIG_MAX_CONCURRENT_DOWNLOADS_MAX   16U
+#define CONFIG_MAX_WORKERS_MAX                256U
+#define CONFIG_MAX_QUEUED_REQUESTS_DEFAULT    64U
+#define CONFIG_MAX_QUEUED_REQUESTS_MAX        4096U
+#define CONFIG_COOLDOWN_SEC_DEFAULT           INT64_C(60)
+#define CONFIG_COOLDOWN_SEC_MAX               INT64_C(86400)
 /* Bounds what Preload= lines can make the daemon hold and start at boot. */
 #define CONFIG_PRELOAD_MAX                    1024U
 
@@ -53,6 +58,9 @@ typedef struct Config {
         unsigned max_concurrent_loads;    /* 1..CONFIG_MAX_CONCURRENT_LOADS_MAX */
         unsigned max_queued_loads;        /* 0..CONFIG_MAX_QUEUED_LOADS_MAX */
         unsigned max_concurrent_downloads; /* 1..CONFIG_MAX_CONCURRENT_DOWNLOADS_MAX */
+        unsigned max_workers;             /* per model; 0 = as many as there are CPUs */
+        unsigned max_queued_requests;     /* per model, 0..CONFIG_MAX_QUEUED_REQUESTS_MAX */
+        int64_t cooldown_sec;             /* 1..CONFIG_COOLDOWN_SEC_MAX */
         char *hub_endpoint;               /* http:// or https:// URL, no trailing slash */
         char *hub_token_file;             /* absolute path, NULL when none; the token itself is read at use */
 } Config;

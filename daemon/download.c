@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "download.h"
+#include "hub-token.h"
 #include "log.h"
 #include "macro.h"
 #include "model-lifecycle.h"
@@ -66,6 +67,8 @@ struct DownloadJob {
         /* Results. */
         int result;
         uint64_t size_bytes;
+        ModelSource source;           /* MEASURE */
+        char *revision;               /* MEASURE */
         char *error;
 };
 
@@ -329,6 +332,7 @@ static DownloadJob *job_free(DownloadJob *j) {
         free(j->hf_cache);
         free(j->name);
         strv_free(j->keep);
+        free(j->revision);
         free(j->error);
         free(j);
         return NULL;
@@ -362,7 +366,8 @@ static void job_run(WorkItem *item) {
                 fd = open(j->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
                 if (fd >= 0 && fsync(fd) < 0)
                         log_warning_errno(errno, "Cannot sync %s: %m", j->path);
-                j->result = store_measure(j->model_dir, j->hf_cache, j->name, &j->size_bytes, &j->error);
+                j->result = store_measure(j->model_dir, j->hf_cache, j->name, &j->size_bytes, &j->source,
+                                          &j->revision, &j->error);
                 return;
         case JOB_REMOVE:
                 j->result = remove_tree_at(AT_FDCWD, j->path, REMOVE_DEPTH_MAX);
@@ -593,7 +598,7 @@ static void download_end(Download *d, int error, const char *result, const char 
         Manager *m = d->manager;
 
         download_unlink(m, d);
-        model_download_end(m, d->repo, false, 0, 0, NULL);
+        model_download_end(m, d->repo, false, 0, 0, MODEL_SOURCE_HUB, NULL, NULL);
         download_reply_all(d, error, message ?: "Out of memory.");
         download_finish(d, result, message ?: "Out of memory.");
         remove_empty_staging(d);
@@ -609,11 +614,12 @@ static void install_failed(Download *d, const char *text) {
 /* The new files are in the store: measured on the worker, then the model
  * is there for callers (available, or error saying why not) before
  * DownloadFinished says so. */
-static void measured(Download *d, int r, uint64_t size_bytes, const char *error) {
+static void measured(Download *d, int r, uint64_t size_bytes, ModelSource source, const char *revision,
+                     const char *error) {
         Manager *m = d->manager;
 
         download_unlink(m, d);
-        model_download_end(m, d->repo, true, r, size_bytes, error);
+        model_download_end(m, d->repo, true, r, size_bytes, source, revision, error);
         if (!d->up_to_date)
                 log_info("Pulled %s into the store.", d->repo);
         download_finish(d, "done", "");
@@ -642,7 +648,7 @@ static void install_measure(Download *d) {
                 log_warning_errno(r, "Cannot measure %s, just pulled: %m", d->repo);
                 job_free(j);
                 /* The files are there: the model is, with the plan's size. */
-                return measured(d, 0, d->total, NULL);
+                return measured(d, 0, d->total, MODEL_SOURCE_HUB, NULL, NULL);
         }
 }
 
@@ -779,7 +785,7 @@ static void job_done(WorkItem *item, bool ran) {
                         metadata_written(d, r);
                         break;
                 case JOB_MEASURE:
-                        measured(d, r, j->size_bytes, j->error);
+                        measured(d, r, j->size_bytes, j->source, j->revision, j->error);
                         break;
                 case JOB_REMOVE:
                         if (r < 0 && r != -ECANCELED)
@@ -998,48 +1004,6 @@ static void clean_staging_start(Manager *m) {
         }
 }
 
-/* A pipe holding the token, so that it reaches the helper without passing
- * through its argv or environment, and is kept by the kernel alone while
- * the download waits its turn. */
-static int token_pipe(const char *token, size_t n, int *ret) {
-        int fds[2];
-
-        if (pipe2(fds, O_CLOEXEC) < 0)
-                return -errno;
-        /* At most DOWNLOAD_TOKEN_MAX bytes: far below a pipe's capacity. */
-        if (write(fds[1], token, n) != (ssize_t) n) {
-                int r = errno > 0 ? -errno : -EIO;
-                close(fds[0]);
-                close(fds[1]);
-                return r;
-        }
-        close(fds[1]);
-        *ret = fds[0];
-        return 0;
-}
-
-static int token_file_pipe(const char *path, int *ret) {
-        _cleanup_close_ int fd = -1;
-        char buf[DOWNLOAD_TOKEN_MAX + 1];
-        ssize_t n;
-        int r;
-
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-        if (fd < 0)
-                return log_warning_errno(-errno, "Cannot open the token file %s: %m", path);
-        n = read(fd, buf, sizeof buf);
-        if (n < 0)
-                return log_warning_errno(-errno, "Cannot read the token file %s: %m", path);
-        if ((size_t) n > DOWNLOAD_TOKEN_MAX) {
-                explicit_bzero(buf, sizeof buf);
-                log_warning("The token file %s is larger than %u bytes.", path, DOWNLOAD_TOKEN_MAX);
-                return -EFBIG;
-        }
-        r = token_pipe(buf, n, ret);
-        explicit_bzero(buf, sizeof buf);
-        return r;
-}
-
 /* ORG/NAME → ORG--NAME: "--" is no part of a valid segment's start or end,
  * so the folder names of two repositories never collide. */
 static int staging_folder_name(const char *repo, char **ret) {
@@ -1107,9 +1071,9 @@ int download_pull(Manager *m, const char *repo, const char *revision, const char
                 return -ENOMEM;
         }
         if (token)
-                r = token_pipe(token, strlen(token), &d->token_fd);
+                r = hub_token_pipe(token, strlen(token), &d->token_fd);
         else if (m->config.hub_token_file) {
-                r = token_file_pipe(m->config.hub_token_file, &d->token_fd);
+                r = hub_token_file_pipe(m->config.hub_token_file, &d->token_fd);
                 if (r < 0 && r != -ENOMEM) {
                         /* The administrator's file, not the caller's mistake:
                          * a failed download that says why. */
@@ -1186,7 +1150,7 @@ void downloads_stop_all(Manager *m) {
                 /* One with a step on the worker is freed when it comes
                  * back (cancelled below, if it has not begun). */
                 if (!d->job) {
-                        model_download_end(m, d->repo, false, 0, 0, NULL);
+                        model_download_end(m, d->repo, false, 0, 0, MODEL_SOURCE_HUB, NULL, NULL);
                         download_free(d);
                 }
         }

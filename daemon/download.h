@@ -37,7 +37,6 @@
 /* Folders of replaced models on their way out; never a repository's. */
 #define DOWNLOAD_REPLACED_PREFIX ".replaced-"
 #define DOWNLOAD_REVISION_MAX  255U
-#define DOWNLOAD_TOKEN_MAX     4096U
 /* Calls waiting for the plan of one download. */
 #define DOWNLOAD_WAITERS_MAX   64U
 /* Downloads running, queued and being installed, together. */

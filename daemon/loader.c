@@ -50,6 +50,7 @@ void loader_mappings_release(LoaderMapping *mappings, size_t n) {
                         log_error_errno(errno, "Failed to unmap %zu bytes: %m", mappings[i].length);
                 if (mappings[i].fd >= 0)
                         close(mappings[i].fd);
+                free(mappings[i].name);
         }
         free(mappings);
 }
@@ -63,6 +64,7 @@ LoaderJob *loader_job_free(LoaderJob *j) {
         free(j->model_dir);
         free(j->huggingface_cache);
         free(j->error_message);
+        free(j->revision);
         loader_files_free(j->files, j->n_files);
         loader_mappings_release(j->mappings, j->n_mappings);
         free(j);
@@ -197,6 +199,9 @@ static void probe(LoaderJob *j) {
                 return job_fail(j, r, "Cannot resolve the model's files: %m");
         }
 
+        j->source = location->source;
+        j->revision = TAKE_PTR(location->revision);
+
         files = calloc(location->n_weights, sizeof *files);
         if (!files)
                 return job_fail(j, ENOMEM, "Out of memory.");
@@ -297,6 +302,15 @@ static uint64_t page_align(uint64_t length) {
         return (length + page - 1) / page * page;
 }
 
+uint64_t loader_job_memory_bytes(const LoaderJob *probe) {
+        uint64_t sum = 0;
+
+        for (size_t i = 0; i < probe->n_files; i++)
+                if (__builtin_add_overflow(sum, page_align(probe->files[i].size), &sum))
+                        return UINT64_MAX;
+        return sum;
+}
+
 static uint64_t mapping_resident_bytes(const LoaderMapping *mapping) {
         size_t page = (size_t) sysconf(_SC_PAGESIZE), n_pages = (mapping->length + page - 1) / page;
         _cleanup_free_ unsigned char *vector = malloc(n_pages ?: 1);
@@ -380,6 +394,9 @@ static void map(LoaderJob *j) {
                 struct stat st;
 
                 j->n_mappings++;
+                m->name = strdup(basename(f->path));
+                if (!m->name)
+                        return job_fail(j, ENOMEM, "Out of memory.");
                 if (f->size == 0)
                         continue;
 

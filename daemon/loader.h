@@ -7,6 +7,7 @@
 #include <systemd/sd-event.h>
 #include <time.h>
 
+#include "store.h"
 #include "workpool.h"
 
 /* The two jobs a load is made of, run on a WorkPool: a probe (find the
@@ -27,6 +28,7 @@ typedef struct LoaderFile {
 } LoaderFile;
 
 typedef struct LoaderMapping {
+        char *name;               /* the file's name in the model's folder, as OpenFiles gives it */
         void *address;
         size_t length;
         /* A file truncated under its mapping takes the pages past its new end
@@ -63,10 +65,17 @@ typedef struct LoaderJob {
         uint64_t resident_bytes;  /* pages of the mappings really in memory */
         bool locked;              /* mlock() succeeded for every mapping */
         uint64_t duration_usec;
+        ModelSource source;       /* probe: where the files were found */
+        char *revision;           /* probe: the model's commit, or "" */
 } LoaderJob;
 
 int loader_job_new_probe(const char *name, const char *model_dir, const char *huggingface_cache,
                          void *userdata, LoaderJob **ret);
+/* What the probe's files will hold once mapped and locked, as the loaded
+ * model's memory is counted: each file whole, in pages. Admission reserves
+ * this, so that a loaded model never holds more than it was admitted for;
+ * mpool-pull --inspect counts the same (pull/PROTOCOL.md). */
+uint64_t loader_job_memory_bytes(const LoaderJob *probe);
 /* Moves the probe's files into a new map job, with the probe's callbacks. */
 int loader_job_new_map(LoaderJob *probe, LoaderJob **ret);
 LoaderJob *loader_job_free(LoaderJob *j);

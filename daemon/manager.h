@@ -26,6 +26,9 @@
 
 typedef struct Manager Manager;
 typedef struct Download Download;
+typedef struct ModelCompute ModelCompute;
+typedef struct Catalog Catalog;
+typedef struct Inspection Inspection;
 typedef struct DownloadJob DownloadJob;
 
 /* What changed, for the listeners of PropertiesChanged. */
@@ -78,9 +81,12 @@ struct Manager {
         sd_event_source *forget_source; /* forgets models that left the store, once they let go */
         StoreWatch *store_watch;      /* models added and removed by hand */
         Download *downloads;          /* running and queued pulls, oldest first (download.h) */
+        Catalog *catalog;             /* Register and Remove (catalog.h) */
+        Inspection *inspections;      /* running inspections (inspection.h) */
         WorkPool *download_workers;   /* the downloads' disk work: metadata, measuring, removals */
         DownloadJob *download_jobs;   /* handed to download_workers, until they come back */
         const char *pull_helper;      /* path of mpool-pull */
+        const char *blas_core;        /* OpenBLAS's kernel set, NULL when it could not be loaded */
         sd_bus_slot *object_manager_slot;
         sd_bus_slot *peer_left_slot;
         size_t preload_next;          /* Preload= entries started so far */
@@ -91,6 +97,12 @@ struct Manager {
         uint64_t started_monotonic;
         bool shutting_down;
         void (*on_work_done)(Manager *m);
+        /* The layer that runs models (model-compute.c) hears when a loaded
+         * model begins to unload and when it is unloaded, to end what waits
+         * for its workers and to stop them. */
+        void (*model_unloading)(Manager *m, PoolModel *model);
+        void (*model_unloaded)(Manager *m, PoolModel *model);
+        ModelCompute *released_computes; /* workers of unloaded models, freed on the next turn */
 };
 
 int manager_new(Manager **ret);

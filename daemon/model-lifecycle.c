@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +54,55 @@ void model_announce(Manager *m, PoolModel *model) {
                 m->events->model_announced(m, model);
 }
 
+int model_set_source(PoolModel *model, ModelSource source, const char *revision) {
+        ModelRuntime *rt = model->userdata;
+        char *copy = NULL;
+
+        assert(rt);
+        if (revision && *revision) {
+                copy = strdup(revision);
+                if (!copy)
+                        return -ENOMEM;
+        }
+        free(rt->revision);
+        rt->revision = copy;
+        rt->source = source;
+        return 0;
+}
+
+int model_found(Manager *m, const char *name, int resolved, uint64_t size_bytes, ModelSource source,
+                const char *revision, const char *error) {
+        PoolModel *model = pool_find(&m->pool, name);
+        bool added = false;
+        int r;
+
+        if (!model) {
+                r = pool_add(&m->pool, name, &model);
+                if (r < 0)
+                        return log_error_errno(r, "Cannot add model %s to the pool: %m", name);
+                added = true;
+        }
+        if (!model_runtime(m, model) || model_set_source(model, source, revision) < 0) {
+                if (added) {
+                        model_runtime_free(model->userdata);
+                        model->userdata = NULL;
+                        (void) pool_remove(&m->pool, model);
+                }
+                return log_oom();
+        }
+
+        if (added) {
+                if (resolved < 0) {
+                        log_warning("Model %s is not usable: %s", name, strempty(error));
+                        model->state = MODEL_ERROR;
+                        model->error = strdup(error ?: "Out of memory.");
+                } else
+                        model->size_bytes = size_bytes;
+        }
+        model_announce(m, model);
+        return 0;
+}
+
 /* --- Requests waiting for a model ------------------------------------- */
 
 /* Every completion goes through here, so that the owner's count of waiting
@@ -83,6 +133,7 @@ void model_runtime_free(ModelRuntime *rt) {
         free(rt->waiters);
         model_weights_unref(rt->weights);
         free(rt->unload_reason);
+        free(rt->revision);
         free(rt);
 }
 
@@ -193,13 +244,85 @@ static void answer_unloads(Manager *m, PoolModel *model, bool was_loaded) {
         }
 }
 
-/* Gives a Load or Acquire request what it asked for from a loaded model. */
+/* Descriptors of the loaded weights files of their own, for a program that
+ * maps them itself. Opened again through /proc rather than duplicated: a
+ * duplicate would share our file offset with every other holder, and the
+ * path in the store could by now lead to another file. The same inode, so
+ * the same pages in the page cache: nothing is copied. */
+static int open_weights_files(const PoolModel *model, RequestFile **ret_files, size_t *ret_n) {
+        const ModelRuntime *rt = model->userdata;
+        const ModelWeights *w = rt->weights;
+        RequestFile *files;
+        size_t n = 0;
+
+        files = calloc(w->n_mappings ?: 1, sizeof *files);
+        if (!files)
+                return -ENOMEM;
+        for (size_t i = 0; i < w->n_mappings; i++) {
+                const LoaderMapping *mapping = &w->mappings[i];
+                char proc_path[64];
+                int r = 0;
+
+                if (mapping->fd < 0)    /* an empty file: nothing to map */
+                        continue;
+                snprintf(proc_path, sizeof proc_path, "/proc/self/fd/%i", mapping->fd);
+                files[n].fd = open(proc_path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+                if (files[n].fd < 0)
+                        r = negative_errno();
+                else {
+                        files[n].name = strdup(mapping->name);
+                        if (!files[n].name)
+                                r = -ENOMEM;
+                        n++;
+                }
+                if (r < 0) {
+                        for (size_t k = 0; k < n; k++) {
+                                free(files[k].name);
+                                close(files[k].fd);
+                        }
+                        free(files);
+                        return r;
+                }
+        }
+        *ret_files = files;
+        *ret_n = n;
+        return 0;
+}
+
+static bool takes_hold(const Request *req) {
+        return req->kind == REQUEST_ACQUIRE || req->kind == REQUEST_OPEN_FILES;
+}
+
+/* Gives a Load, Acquire or OpenFiles request what it asked for from a
+ * loaded model. */
 static void serve(Manager *m, PoolModel *model, Request *req) {
         int r;
 
         assert(model->state == MODEL_LOADED);
 
-        if (req->kind == REQUEST_ACQUIRE) {
+        if (req->kind == REQUEST_OPEN_FILES) {
+                const ModelRuntime *rt = model->userdata;
+
+                if (rt->weights->n_mappings > REQUEST_FILES_MAX) {
+                        char message[256];
+
+                        snprintf(message, sizeof message,
+                                 "Model %s is in %zu weights files; one reply can carry at most %u descriptors.",
+                                 model->name, rt->weights->n_mappings, REQUEST_FILES_MAX);
+                        return finish(m, req, -EUSERS, message);
+                }
+                r = open_weights_files(model, &req->files, &req->n_files);
+                if (r < 0) {
+                        char message[320];
+
+                        log_error_errno(r, "Cannot open the weights files of %s for a caller: %m", model->name);
+                        snprintf(message, sizeof message, "Cannot open the weights files of %s: %s.", model->name,
+                                 strerror(-r));
+                        return finish(m, req, r, message);
+                }
+        }
+
+        if (takes_hold(req)) {
                 assert(req->owner);
                 r = peers_add_hold(&m->peers, req->owner, model->name);
                 if (r < 0) {
@@ -353,6 +476,8 @@ int model_download_begin(Manager *m, const char *name) {
         bool added = false;
         int r;
 
+        if (model && model->userdata && ((ModelRuntime *) model->userdata)->removing)
+                return -EBUSY;
         if (model && model_is_announced(model))
                 return model->state == MODEL_DOWNLOADING ? 1 : 0;
         if (model && !model_unused(model))
@@ -364,9 +489,12 @@ int model_download_begin(Manager *m, const char *name) {
                 added = true;
         }
         rt = model_runtime(m, model);
-        if (!rt) {
-                if (added)
+        if (!rt || model_set_source(model, MODEL_SOURCE_HUB, NULL) < 0) {
+                if (added) {
+                        model_runtime_free(model->userdata);
+                        model->userdata = NULL;
                         (void) pool_remove(&m->pool, model);
+                }
                 return -ENOMEM;
         }
         model->state = MODEL_DOWNLOADING;
@@ -378,7 +506,7 @@ int model_download_begin(Manager *m, const char *name) {
 }
 
 void model_download_end(Manager *m, const char *name, bool installed, int r, uint64_t size_bytes,
-                        const char *error) {
+                        ModelSource source, const char *revision, const char *error) {
         PoolModel *model = pool_find(&m->pool, name);
         ModelRuntime *rt;
 
@@ -399,6 +527,9 @@ void model_download_end(Manager *m, const char *name, bool installed, int r, uin
                 return;
         }
 
+        /* Where it now comes from, whatever its state. */
+        if (model_set_source(model, source, revision) < 0)
+                log_oom();
         /* A model that was loaded meanwhile measured its files itself. */
         if (model->state != MODEL_DOWNLOADING && model->state != MODEL_AVAILABLE && model->state != MODEL_ERROR)
                 return;
@@ -539,8 +670,8 @@ static void restart_if_wanted(Manager *m, PoolModel *model) {
 
 static void admit(Manager *m, PoolModel *model, LoaderJob *probe) {
         _cleanup_free_ PoolModel **victims = pool_victims_new(&m->pool);
+        uint64_t needed = loader_job_memory_bytes(probe), available;
         LoaderJob *map;
-        uint64_t available;
         int n, r;
 
         if (!victims) {
@@ -548,14 +679,14 @@ static void admit(Manager *m, PoolModel *model, LoaderJob *probe) {
                 return;
         }
 
-        n = pool_plan_admission(&m->pool, model, probe->total_bytes, victims, pool_size(&m->pool), &available);
+        n = pool_plan_admission(&m->pool, model, needed, victims, pool_size(&m->pool), &available);
         if (n == -ENOSPC) {
                 _cleanup_free_ char *message = NULL;
 
                 if (asprintf(&message,
                              "Model %s needs %" PRIu64 " bytes, but only %" PRIu64 " of the memory limit of %"
                              PRIu64 " bytes can be made available%s.",
-                             model->name, probe->total_bytes, available, m->pool.memory_limit,
+                             model->name, needed, available, m->pool.memory_limit,
                              m->pool.max_loaded_models > 0 ? " (or MaxLoadedModels is reached)" : "") < 0)
                         (void) load_failed(m, model, -ENOMEM, "Out of memory.");
                 else
@@ -583,7 +714,7 @@ static void admit(Manager *m, PoolModel *model, LoaderJob *probe) {
                 (void) load_failed(m, model, r, "The daemon could not start reading the model.");
                 return;
         }
-        model->reserved_bytes = probe->total_bytes;
+        model->reserved_bytes = needed;
 }
 
 static void loaded(Manager *m, PoolModel *model, LoaderJob *job) {
@@ -676,6 +807,8 @@ static void on_job_done(WorkItem *item, bool ran) {
                 removed = load_failed(m, model, job->result, strempty(job->error_message));
         else if (job->kind == LOADER_JOB_PROBE) {
                 model->size_bytes = job->total_bytes;
+                if (model_set_source(model, job->source, job->revision) < 0)
+                        log_oom();
                 model_announce(m, model);
                 if (cancelled)
                         (void) load_failed(m, model, -ECANCELED, "The load was cancelled.");
@@ -702,6 +835,9 @@ static void unloaded(Manager *m, PoolModel *model, const char *reason) {
         assert(model->state == MODEL_UNLOADING);
         assert(model->in_flight == 0);
 
+        /* The workers' scratch goes with the rest of the model's memory. */
+        if (m->model_unloaded)
+                m->model_unloaded(m, model);
         rt->weights = model_weights_unref(rt->weights);
         model->memory_bytes = 0;
         model->charged_bytes = 0;
@@ -730,6 +866,10 @@ void model_unload(Manager *m, PoolModel *model, const char *reason) {
         model->keep_alive_sec = KEEP_ALIVE_DEFAULT;
         free(rt->unload_reason);
         rt->unload_reason = strdup(reason);
+
+        /* Requests queued for its workers end now; running ones may finish. */
+        if (m->model_unloading)
+                m->model_unloading(m, model);
 
         /* Users still reading the weights keep them mapped; the unload
          * completes when the last lets go (model_unlease). */
@@ -778,6 +918,8 @@ static void submit_load(Manager *m, Request *req) {
 
         /* Refused before the name is added, so refusals leave nothing behind. */
         model = pool_find(&m->pool, req->model);
+        if (model && model->userdata && ((ModelRuntime *) model->userdata)->removing)
+                return request_complete(req, -EBUSY, "Model %s is being removed.", req->model);
         if ((!model || model->state == MODEL_AVAILABLE || model->state == MODEL_ERROR) &&
             workpool_full(m->loaders))
                 return request_complete(req, -EBUSY,
@@ -970,6 +1112,7 @@ void manager_submit(Manager *m, Request *req) {
         switch (req->kind) {
         case REQUEST_LOAD:
         case REQUEST_ACQUIRE:
+        case REQUEST_OPEN_FILES:
                 return submit_load(m, req);
         case REQUEST_UNLOAD:
                 return submit_unload(m, req);

@@ -7,6 +7,7 @@
 #include "loader.h"
 #include "manager.h"
 #include "request.h"
+#include "store.h"
 #include "weights.h"
 
 /* How a model goes through its states: loads (probe, admission, map on the
@@ -21,6 +22,8 @@ typedef struct ModelRuntime {
         Request **waiters;            /* each holds a reference */
         size_t n_waiters;
         ModelWeights *weights;        /* the pool's reference while loaded */
+        ModelCompute *compute;        /* its workers (model-compute.h), while loaded and used */
+        unsigned max_workers;         /* asked by the load; 0: the configuration's */
         bool announced;               /* known to callers: found in the store */
         bool left_store;              /* its files left the store: forgotten once it holds nothing */
         uint64_t load_started_usec;   /* monotonic */
@@ -33,6 +36,10 @@ typedef struct ModelRuntime {
          * when the load succeeds, dropped when it fails. */
         bool pin_requested;
         int64_t keep_alive_requested; /* KEEP_ALIVE_DEFAULT: nothing asked */
+        /* Where its files are, as last resolved (listed, loaded). */
+        ModelSource source;
+        char *revision;               /* NULL: "" */
+        bool removing;                /* Remove is under way: loads are refused */
 } ModelRuntime;
 
 /* Bounds on what callers can make the daemon keep. */
@@ -75,6 +82,18 @@ void model_runtime_free(ModelRuntime *rt);
 /* Makes a model found in the store known to callers (again in the store,
  * if it had left). */
 void model_announce(Manager *m, PoolModel *model);
+/* Where the model's files were found last, for Status. revision may be
+ * NULL (none). -ENOMEM leaves the model as it was. */
+int model_set_source(PoolModel *model, ModelSource source, const char *revision);
+/* A model the store lists (at start-up, noticed later, or registered),
+ * resolved off the loop: available with the size of its files
+ * (resolved >= 0), or in error saying why it cannot be used (error), and
+ * from source at revision (NULL: none) either way. Announced only then, so
+ * that its object appears with its state. A name the pool knows already (a
+ * load found it first, or it left the store and is back) keeps its state.
+ * Fails (logged) only for lack of memory or room in the pool. */
+int model_found(Manager *m, const char *name, int resolved, uint64_t size_bytes, ModelSource source,
+                const char *revision, const char *error);
 /* The model's files are no longer in the store. A model that holds nothing
  * and that nothing waits for is forgotten at once (model_removed first,
  * then the PoolModel is freed); one that is loaded, loading, held or waited
@@ -88,17 +107,19 @@ void model_left_store(Manager *m, PoolModel *model);
  * so that its object and Status show its progress. Returns 1 when it was
  * added so, 0 when a model of that name is in the store already (it keeps
  * its state and stays usable while the new files download), -EBUSY when
- * the name is busy otherwise (a load looking for it), -E2BIG or -ENOMEM. */
+ * the name is busy otherwise (a load looking for it, a Remove under way),
+ * -E2BIG or -ENOMEM. */
 int model_download_begin(Manager *m, const char *name);
 /* The pull of name ended. installed: its files are now in the store, and
- * r, size_bytes and error are what store_measure() found there: a model
- * that was only downloading becomes available (or error) without being
- * announced again, and a model that was there and is not loaded takes the
- * new files' size and state. Not installed: a model that was only
- * downloading goes (model_removed, then forgotten); one that was in the
- * store stays as it is. */
+ * r, size_bytes, source, revision and error are what store_measure() found
+ * there: a model that was only downloading becomes available (or error)
+ * without being announced again, and a model that was there and is not
+ * loaded takes the new files' size, state and revision. Not installed
+ * (source, revision and error unused): a model that was only downloading
+ * goes (model_removed, then forgotten); one that was in the store stays as
+ * it is. */
 void model_download_end(Manager *m, const char *name, bool installed, int r, uint64_t size_bytes,
-                        const char *error);
+                        ModelSource source, const char *revision, const char *error);
 
 /* A file truncated under a loaded model takes its pages with it, locked or
  * not: what the models hold follows what is really resident. Cheap (one

@@ -10,6 +10,7 @@
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
 
+#include "blas.h"
 #include "bus-manager.h"
 #include "config.h"
 #include "log.h"
@@ -262,6 +263,16 @@ static int run(int argc, char *argv[]) {
         m->pull_helper = getenv("MPOOL_PULL_PATH") ?: MPOOL_PULL_PATH;
         if (m->pull_helper[0] != '/')
                 return log_error_errno(-EINVAL, "MPOOL_PULL_PATH must be an absolute path.");
+
+        /* Before any thread exists (it sets the environment OpenBLAS reads)
+         * and after the signals are blocked, which its threads would
+         * inherit. Without it the daemon still serves weights; computing
+         * is what it cannot do. */
+        r = blas_init(NULL);
+        if (r < 0)
+                log_warning_errno(r, "OpenBLAS is not available; models will be served but not run: %m");
+        else
+                m->blas_core = blas_core();
 
         r = manager_configure(m, &m->config);
         if (r < 0)

@@ -49,6 +49,7 @@ struct PoolModel {
         uint64_t loaded_at;
         uint64_t last_used;
         uint64_t requests_total;
+        uint64_t tokens_total;    /* computed for requests, never reset by an unload */
         char *error;              /* last failure, NULL if none */
         void *userdata;           /* the owner's runtime data for this model */
         UT_hash_handle hh;        /* by name; the hash's order is sorted by name */

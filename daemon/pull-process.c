@@ -16,6 +16,7 @@
 #include "log.h"
 #include "macro.h"
 #include "pull-process.h"
+#include "safetensors.h"
 
 /* The helper's token descriptor, as its command line names it. */
 #define TOKEN_FD 3
@@ -47,6 +48,9 @@ struct PullProcess {
         char buffer[PULL_LINE_MAX + 1];
         size_t buffered;
         PullPlan plan;
+        bool inspect;
+        PullInspection inspection;
+        bool total_seen;          /* the plan is complete */
         bool ready_seen;
         bool answered;
         bool stdout_closed;
@@ -103,6 +107,13 @@ static bool file_name_is_valid(const char *name) {
                 if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-", *p))
                         return false;
         }
+}
+
+static bool has_control(const char *s) {
+        for (; *s; s++)
+                if ((unsigned char) *s < ' ' || *s == 0x7f)
+                        return true;
+        return false;
 }
 
 static int parse_u64(const char *s, uint64_t *ret) {
@@ -171,9 +182,8 @@ int pull_line_parse(const char *line, PullPlan *plan, uint64_t *ret_done, uint64
 
         if (!copy)
                 return -ENOMEM;
-        for (const char *p = line; *p; p++)
-                if ((unsigned char) *p < ' ' || *p == 0x7f)
-                        return -EBADMSG;
+        if (has_control(line))
+                return -EBADMSG;
         word = next_word(&rest);
 
         if (strcmp(word, "COMMIT") == 0) {
@@ -221,6 +231,93 @@ int pull_line_parse(const char *line, PullPlan *plan, uint64_t *ret_done, uint64
         return -EBADMSG;
 }
 
+/* TENSORS, PARAMETERS, DTYPE…, MEMORY: each figure as the helper counted
+ * it from headers the daemon's own validator accepted; what can be checked
+ * without them is checked here. */
+enum {
+        STAGE_NONE,
+        STAGE_TENSORS,
+        STAGE_PARAMETERS,         /* DTYPE lines follow */
+};
+_Static_assert(PULL_INSPECTION_COMPLETE > STAGE_PARAMETERS, "the last stage comes last");
+
+int pull_inspection_line_parse(const char *line, PullInspection *inspection, uint64_t plan_bytes_max) {
+        _cleanup_free_ char *copy = strdup(line);
+        char *rest = copy, *word;
+        uint64_t v, sum = 0;
+
+        if (!copy)
+                return -ENOMEM;
+        if (has_control(line))
+                return -EBADMSG;
+        word = next_word(&rest);
+        for (size_t i = 0; i < inspection->n_dtypes; i++)
+                sum += inspection->dtypes[i].parameters;   /* bounded by parameters as each was added */
+
+        if (strcmp(word, "TENSORS") == 0) {
+                if (inspection->stage != STAGE_NONE || parse_u64(rest, &v) < 0)
+                        return -EBADMSG;
+                inspection->tensors = v;
+                inspection->stage = STAGE_TENSORS;
+                return PULL_LINE_TENSORS;
+        }
+        if (strcmp(word, "PARAMETERS") == 0) {
+                if (inspection->stage != STAGE_TENSORS || parse_u64(rest, &v) < 0)
+                        return -EBADMSG;
+                inspection->parameters = v;
+                inspection->stage = STAGE_PARAMETERS;
+                return PULL_LINE_PARAMETERS;
+        }
+        if (strcmp(word, "DTYPE") == 0) {
+                const char *name = next_word(&rest);
+                PullDtype *d;
+
+                if (inspection->stage != STAGE_PARAMETERS || !name || parse_u64(rest, &v) < 0)
+                        return -EBADMSG;
+                /* A dtype the daemon's reader knows: never a free-form string. */
+                if (strlen(name) >= sizeof d->name || safetensors_dtype_bits(name) == 0)
+                        return -EBADMSG;
+                /* Sorted, each once, within PARAMETERS, one per tensor at most. */
+                if (inspection->n_dtypes >= PULL_DTYPES_MAX || inspection->n_dtypes >= inspection->tensors)
+                        return -EBADMSG;
+                if (inspection->n_dtypes > 0 && strcmp(inspection->dtypes[inspection->n_dtypes - 1].name, name) >= 0)
+                        return -EBADMSG;
+                if (v > inspection->parameters - sum)
+                        return -EBADMSG;
+                d = &inspection->dtypes[inspection->n_dtypes++];
+                memcpy(d->name, name, strlen(name) + 1);
+                d->parameters = v;
+                return PULL_LINE_DTYPE;
+        }
+        if (strcmp(word, "MEMORY") == 0) {
+                if (inspection->stage != STAGE_PARAMETERS || parse_u64(rest, &v) < 0)
+                        return -EBADMSG;
+                /* Every parameter has its dtype, and tensors have one at least. */
+                if (sum != inspection->parameters || (inspection->tensors > 0) != (inspection->n_dtypes > 0))
+                        return -EBADMSG;
+                if (v > plan_bytes_max)
+                        return -EBADMSG;
+                inspection->memory_bytes = v;
+                inspection->stage = PULL_INSPECTION_COMPLETE;
+                return PULL_LINE_MEMORY;
+        }
+        return -ENOMSG;
+}
+
+/* The most memory the plan's files can take once mapped: each rounded up to
+ * pages, as the daemon counts a mapping. */
+static uint64_t plan_bytes_max(const PullPlan *plan) {
+        uint64_t page = (uint64_t) sysconf(_SC_PAGESIZE), sum = 0;
+
+        for (size_t i = 0; i < plan->n_files; i++) {
+                uint64_t size = plan->files[i].size, pages = size / page + (size % page != 0);
+
+                if (__builtin_mul_overflow(pages, page, &size) || __builtin_add_overflow(sum, size, &sum))
+                        return UINT64_MAX;
+        }
+        return sum;
+}
+
 static void kill_helper(PullProcess *p) {
         if (p->pid > 0 && !p->exited && kill(p->pid, SIGKILL) < 0 && errno != ESRCH)
                 log_warning_errno(errno, "Cannot kill the download helper %d: %m", (int) p->pid);
@@ -265,16 +362,24 @@ static void protocol_violation(PullProcess *p, const char *what) {
                 return;
         p->broken = true;
         log_warning("The download helper %d broke the protocol: %s; stopping it.", (int) p->pid, what);
-        set_outcome(p, -EPROTO, "protocol", "The download helper misbehaved; the download was stopped.");
+        set_outcome(p, -EPROTO, "protocol", "The download helper misbehaved and was stopped.");
         kill_helper(p);
 }
 
 static void handle_line(PullProcess *p, const char *line) {
         _cleanup_free_ char *failure = NULL, *message = NULL;
         uint64_t done = 0, total = 0;
-        int kind;
+        int kind = -ENOMSG;
 
-        kind = pull_line_parse(line, &p->plan, &done, &total, &failure, &message);
+        if (p->inspect) {
+                kind = pull_inspection_line_parse(line, &p->inspection, plan_bytes_max(&p->plan));
+                if (kind >= 0 && !p->total_seen)
+                        return protocol_violation(p, "what the weights hold before the plan");
+                if (kind >= 0)
+                        return;
+        }
+        if (kind == -ENOMSG)
+                kind = pull_line_parse(line, &p->plan, &done, &total, &failure, &message);
         if (kind == -ENOMEM) {
                 log_oom();
                 set_outcome(p, -ENOMEM, "internal", "Out of memory.");
@@ -288,11 +393,14 @@ static void handle_line(PullProcess *p, const char *line) {
         case PULL_LINE_COMMIT:
         case PULL_LINE_FILE:
         case PULL_LINE_TOTAL:
-                if (p->ready_seen)
-                        return protocol_violation(p, "the plan went on after READY");
+                if (p->total_seen)
+                        return protocol_violation(p, "the plan went on after TOTAL");
+                p->total_seen = kind == PULL_LINE_TOTAL;
                 return;
         case PULL_LINE_READY:
-                if (p->ready_seen || !p->plan.commit[0] || p->plan.n_files == 0)
+                if (p->inspect)
+                        return protocol_violation(p, "READY in an inspection");
+                if (p->ready_seen || !p->plan.commit[0] || p->plan.n_files == 0 || !p->total_seen)
                         return protocol_violation(p, "READY without a complete plan");
                 p->ready_seen = true;
                 p->callbacks.ready(p, &p->plan, p->userdata);
@@ -304,8 +412,9 @@ static void handle_line(PullProcess *p, const char *line) {
                         p->callbacks.progress(p, done, total, p->userdata);
                 return;
         case PULL_LINE_DONE:
-                if (!p->answered)
-                        return protocol_violation(p, "DONE before GO");
+                if (p->inspect ? p->inspection.stage != PULL_INSPECTION_COMPLETE || !p->plan.commit[0]
+                               : !p->answered)
+                        return protocol_violation(p, p->inspect ? "DONE before MEMORY" : "DONE before GO");
                 set_outcome(p, 0, NULL, NULL);
                 return;
         case PULL_LINE_FAILED:
@@ -379,10 +488,14 @@ static int on_helper_exit(sd_event_source *s, int fd, uint32_t revents, void *us
 __attribute__((noreturn)) static void exec_helper(const PullArguments *args, int stdin_fd, int stdout_fd,
                                                    char **envp) {
         char endpoint[PATH_MAX], repo[256], revision[256], staging[PATH_MAX];
-        char *argv[8] = { (char *) args->helper, endpoint, repo, revision, staging };
-        size_t n = 5;
+        char *argv[9] = { (char *) args->helper, endpoint, repo, revision };
+        size_t n = 4;
         sigset_t none;
 
+        if (args->staging)
+                argv[n++] = staging;
+        if (args->inspect)
+                argv[n++] = (char *) "--inspect";
         if (args->token_fd >= 0)
                 argv[n++] = (char *) "--token-fd=3";
         if (args->test_argument)
@@ -411,7 +524,8 @@ __attribute__((noreturn)) static void exec_helper(const PullArguments *args, int
         if (snprintf(endpoint, sizeof endpoint, "--endpoint=%s", args->endpoint) >= (int) sizeof endpoint ||
             snprintf(repo, sizeof repo, "--repo=%s", args->repo) >= (int) sizeof repo ||
             snprintf(revision, sizeof revision, "--revision=%s", args->revision) >= (int) sizeof revision ||
-            snprintf(staging, sizeof staging, "--staging=%s", args->staging) >= (int) sizeof staging)
+            (args->staging &&
+             snprintf(staging, sizeof staging, "--staging=%s", args->staging) >= (int) sizeof staging))
                 _exit(127);
         execve(args->helper, argv, envp);
         _exit(127);
@@ -444,8 +558,9 @@ int pull_process_start(sd_event *event, const PullArguments *args, const PullCal
         int fds[2], r;
 
         assert(event);
-        assert(args && args->helper && args->endpoint && args->repo && args->revision && args->staging);
-        assert(callbacks && callbacks->ready && callbacks->finished);
+        assert(args && args->helper && args->endpoint && args->repo && args->revision);
+        assert(args->staging || args->inspect);
+        assert(callbacks && (callbacks->ready || args->inspect) && callbacks->finished);
         assert(ret);
 
         if (pipe2(fds, O_CLOEXEC) < 0)
@@ -464,6 +579,7 @@ int pull_process_start(sd_event *event, const PullArguments *args, const PullCal
                 return -ENOMEM;
         p->callbacks = *callbacks;
         p->userdata = userdata;
+        p->inspect = args->inspect;
         p->pidfd = -1;
         p->stdin_fd = -1;
         p->stdout_fd = -1;
@@ -554,4 +670,12 @@ PullProcess *pull_process_free(PullProcess *p) {
 
 pid_t pull_process_pid(const PullProcess *p) {
         return p->pid;
+}
+
+const PullPlan *pull_process_plan(const PullProcess *p) {
+        return &p->plan;
+}
+
+const PullInspection *pull_process_inspection(const PullProcess *p) {
+        return p->inspect ? &p->inspection : NULL;
 }

@@ -15,6 +15,8 @@
 
 #define PULL_LINE_MAX 1024U
 #define PULL_FILES_MAX 10000U
+/* Distinct dtypes an inspection may name (the helper's own bound). */
+#define PULL_DTYPES_MAX 64U
 
 typedef struct PullFile {
         char *name;               /* relative, validated by the helper and again here */
@@ -29,11 +31,32 @@ typedef struct PullPlan {
         uint64_t total_bytes;
 } PullPlan;
 
+/* What --inspect says of the weights (pull/PROTOCOL.md): read from the
+ * TENSORS, PARAMETERS, DTYPE and MEMORY lines, which must come in that order
+ * after the plan, the DTYPE names known to the daemon's safetensors reader,
+ * each once and sorted, their counts adding up to PARAMETERS. */
+typedef struct PullDtype {
+        char name[16];
+        uint64_t parameters;
+} PullDtype;
+
+typedef struct PullInspection {
+        uint64_t tensors;
+        uint64_t parameters;
+        PullDtype dtypes[PULL_DTYPES_MAX];
+        size_t n_dtypes;
+        uint64_t memory_bytes;    /* as Status will report the model once loaded */
+        unsigned stage;           /* lines seen so far; PULL_INSPECTION_COMPLETE after MEMORY */
+} PullInspection;
+
+#define PULL_INSPECTION_COMPLETE 4U
+
 typedef struct PullProcess PullProcess;
 
 typedef struct PullCallbacks {
         /* The plan is complete (READY): answer with pull_process_go() or
-         * pull_process_cancel(), now or later. */
+         * pull_process_cancel(), now or later. Not called (and may be NULL)
+         * for an inspection, whose results are read in finished. */
         void (*ready)(PullProcess *p, const PullPlan *plan, void *userdata);
         void (*progress)(PullProcess *p, uint64_t done, uint64_t total, void *userdata);
         /* Exactly once, after the helper exited: error 0 (DONE), or
@@ -49,8 +72,9 @@ typedef struct PullArguments {
         const char *endpoint;
         const char *repo;
         const char *revision;
-        const char *staging;
+        const char *staging;      /* NULL for an inspection */
         int token_fd;             /* -1: none; else handed to the helper as fd 3 */
+        bool inspect;             /* --inspect: the plan and what the weights hold, nothing written */
         const char *test_argument; /* one more option, from the test build only (test-hooks.h), or NULL */
 } PullArguments;
 
@@ -68,6 +92,10 @@ void pull_process_cancel(PullProcess *p);
 /* Kills a helper still running; no callback follows. */
 PullProcess *pull_process_free(PullProcess *p);
 pid_t pull_process_pid(const PullProcess *p);
+/* What the helper said, for finished with error 0: the plan and, for an
+ * inspection, what the weights hold. Valid until pull_process_free(). */
+const PullPlan *pull_process_plan(const PullProcess *p);
+const PullInspection *pull_process_inspection(const PullProcess *p);
 
 void pull_plan_done(PullPlan *plan);
 
@@ -82,6 +110,15 @@ typedef enum PullLine {
         PULL_LINE_PROGRESS,
         PULL_LINE_DONE,
         PULL_LINE_FAILED,
+        PULL_LINE_TENSORS,
+        PULL_LINE_PARAMETERS,
+        PULL_LINE_DTYPE,
+        PULL_LINE_MEMORY,
 } PullLine;
 int pull_line_parse(const char *line, PullPlan *plan, uint64_t *ret_done, uint64_t *ret_total,
                     char **ret_failure, char **ret_message);
+/* Parses one line of an inspection's results into *inspection, in order:
+ * the kind, -ENOMSG for a line that is none of them (pull_line_parse()'s
+ * then), or -EBADMSG. plan_bytes_max bounds MEMORY: the plan's files,
+ * each rounded up to pages, are the most any model of that plan can take. */
+int pull_inspection_line_parse(const char *line, PullInspection *inspection, uint64_t plan_bytes_max);

@@ -45,7 +45,13 @@ static void list_restart_only_changes(const Config *old, const Config *new, char
                                                                 &new->memory_available_min) },
                 { "Preload=",            !strv_equal(old->preload, new->preload) },
                 { "MaxConcurrentLoads=", old->max_concurrent_loads != new->max_concurrent_loads },
-                { "MaxQueuedLoads=", old->max_queued_loads != new->max_queued_loads },
+                { "MaxQueuedLoads=",     old->max_queued_loads != new->max_queued_loads },
+                { "MaxConcurrentDownloads=", old->max_concurrent_downloads != new->max_concurrent_downloads },
+                { "MaxWorkers=",         old->max_workers != new->max_workers },
+                { "MaxQueuedRequests=",  old->max_queued_requests != new->max_queued_requests },
+                { "CooldownSec=",        old->cooldown_sec != new->cooldown_sec },
+                { "Endpoint=",           !streq_ptr(old->hub_endpoint, new->hub_endpoint) },
+                { "TokenFile=",          !streq_ptr(old->hub_token_file, new->hub_token_file) },
         };
         size_t n = 0;
 
@@ -58,7 +64,7 @@ static void list_restart_only_changes(const Config *old, const Config *new, char
 int reload_config(Manager *m, const char *path, bool must_exist) {
         _cleanup_(config_done) Config c = {};
         _cleanup_free_ char *error = NULL;
-        char restart_only[256];
+        char restart_only[512];
         uint64_t limit, needed;
         int r, ret = 0;
 

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "macro.h"
 #include "pool.h"
@@ -61,6 +62,12 @@ Request *request_unref(Request *req) {
         free(req->owner);
         free(req->error_message);
         strv_free(req->unloaded);
+        for (size_t i = 0; i < req->n_files; i++) {
+                free(req->files[i].name);
+                if (req->files[i].fd >= 0)
+                        close(req->files[i].fd);
+        }
+        free(req->files);
         free(req);
         return NULL;
 }

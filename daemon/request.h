@@ -22,10 +22,25 @@ typedef enum RequestKind {
         REQUEST_ACQUIRE,     /* result: loaded, and a hold taken for the owner */
         REQUEST_UNLOAD,      /* result: was_loaded, once the memory is back */
         REQUEST_UNLOAD_ALL,  /* result: the names unloaded, once every cancelled load let go */
+        REQUEST_OPEN_FILES,  /* result: as REQUEST_ACQUIRE, and a descriptor of each weights file */
         _REQUEST_KIND_MAX,
 } RequestKind;
 
 typedef struct Request Request;
+
+/* A weights file handed out: its name in the model's folder and a
+ * descriptor of its own (read-only, O_CLOEXEC; its own file offset), which
+ * the request closes when it goes. */
+typedef struct RequestFile {
+        char *name;
+        int fd;
+} RequestFile;
+
+/* A system bus lets one message carry at most 16 descriptors unless its
+ * administrator says otherwise (max_message_unix_fds): a model in more
+ * weights files than that cannot be handed out in one reply. */
+#define REQUEST_FILES_MAX 16U
+
 typedef void (*request_complete_t)(Request *req, void *userdata);
 
 struct Request {
@@ -45,6 +60,8 @@ struct Request {
         char *error_message;      /* when error < 0 */
         bool was_loaded;          /* REQUEST_UNLOAD */
         char **unloaded;          /* REQUEST_UNLOAD_ALL, NULL-terminated */
+        RequestFile *files;       /* REQUEST_OPEN_FILES */
+        size_t n_files;
 
         /* The core's bookkeeping. */
         unsigned n_pending;       /* REQUEST_UNLOAD_ALL: cancelled loads still letting go */

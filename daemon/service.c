@@ -9,9 +9,12 @@
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
+#include "model-compute.h"
 #include "model-lifecycle.h"
 #include "service.h"
+#include "catalog.h"
 #include "download.h"
+#include "inspection.h"
 #include "mpool-bus.h"
 #include "store.h"
 #include "store-watch.h"
@@ -29,6 +32,9 @@ Manager *manager_free(Manager *m) {
                 return NULL;
 
         downloads_stop_all(m);
+        model_compute_free_released(m);
+        catalog_free(m->catalog);
+        inspections_stop_all(m);
         downloads_free(m);
         store_watch_free(m->store_watch);
         sd_event_source_disable_unref(m->forget_source);
@@ -72,39 +78,6 @@ int manager_configure(Manager *m, const Config *config) {
         return 0;
 }
 
-/* A model the store lists: available with the size of its files, or error
- * saying why it cannot be used. Announced only then, so that the object
- * appears with its state. A name the pool knows already (a load found it
- * first, or it left the store and is back) keeps its state. */
-static int add_found_model(Manager *m, const char *name, int resolved, uint64_t size_bytes, const char *error) {
-        PoolModel *model = pool_find(&m->pool, name);
-        bool added = false;
-        int r;
-
-        if (!model) {
-                r = pool_add(&m->pool, name, &model);
-                if (r < 0)
-                        return log_error_errno(r, "Cannot add model %s to the pool: %m", name);
-                added = true;
-        }
-        if (!model_runtime(m, model)) {
-                if (added)
-                        (void) pool_remove(&m->pool, model);
-                return log_oom();
-        }
-
-        if (added) {
-                if (resolved < 0) {
-                        log_warning("Model %s is not usable: %s", name, strempty(error));
-                        model->state = MODEL_ERROR;
-                        model->error = strdup(error ?: "Out of memory.");
-                } else
-                        model->size_bytes = size_bytes;
-        }
-        model_announce(m, model);
-        return 0;
-}
-
 /* Runs once before the loop starts serving, so reading the store's
  * directories here delays start-up but never a caller. */
 int manager_scan_store(Manager *m) {
@@ -116,11 +89,13 @@ int manager_scan_store(Manager *m) {
                 return log_error_errno(r, "Cannot list the models in %s: %m", m->config.model_dir);
 
         for (char **name = names; name && *name; name++) {
-                _cleanup_free_ char *error = NULL;
+                _cleanup_free_ char *error = NULL, *revision = NULL;
+                ModelSource source = MODEL_SOURCE_STORE;
                 uint64_t size_bytes = 0;
 
-                r = store_measure(m->config.model_dir, m->config.huggingface_cache, *name, &size_bytes, &error);
-                r = add_found_model(m, *name, r, size_bytes, error);
+                r = store_measure(m->config.model_dir, m->config.huggingface_cache, *name, &size_bytes, &source,
+                                  &revision, &error);
+                r = model_found(m, *name, r, size_bytes, source, revision, error);
                 if (r < 0)
                         return r;
         }
@@ -195,11 +170,12 @@ static void on_store_listed(char **names, void *userdata) {
         }
 }
 
-static void on_store_resolved(const char *name, int r, uint64_t size_bytes, const char *error, void *userdata) {
+static void on_store_resolved(const char *name, int r, uint64_t size_bytes, ModelSource source, const char *revision,
+                              const char *error, void *userdata) {
         Manager *m = userdata;
 
         if (r != -ECANCELED && !m->shutting_down)
-                (void) add_found_model(m, name, r, size_bytes, error);   /* logged */
+                (void) model_found(m, name, r, size_bytes, source, revision, error);   /* logged */
         manager_work_done(m);
 }
 
@@ -296,7 +272,8 @@ static void on_memory(MemoryMonitor *monitor, const MemoryInfo *info, bool stall
 static void maybe_exit(Manager *m) {
         int r;
 
-        if (!m->shutting_down || !models_settled(m) || store_watch_busy(m->store_watch) || downloads_busy(m))
+        if (!m->shutting_down || !models_settled(m) || store_watch_busy(m->store_watch) || catalog_busy(m->catalog) ||
+            downloads_busy(m))
                 return;
         r = sd_event_exit(m->event, 0);
         if (r < 0)
@@ -317,6 +294,7 @@ int manager_start(Manager *m) {
         assert(m->event);
 
         m->on_work_done = on_work_done;
+        model_compute_setup(m);
         downloads_clean_staging(m);
 
         r = workpool_new(m->event, "loader", m->config.max_concurrent_loads, m->config.max_queued_loads,
@@ -340,6 +318,10 @@ int manager_start(Manager *m) {
                             &m->store_watch);
         if (r < 0)
                 return log_error_errno(r, "Cannot watch the store for models added by hand: %m");
+
+        r = catalog_new(m, &m->catalog);
+        if (r < 0)
+                return log_error_errno(r, "Cannot start the worker of Register and Remove: %m");
 
         return 0;
 }
@@ -378,7 +360,9 @@ static void on_hold_dropped(const char *model_name, unsigned count, void *userda
 void manager_peer_left(Manager *m, const char *name) {
         unsigned n;
 
-        /* Nobody is left to answer; the loads themselves go on. */
+        /* Nobody is left to answer; the loads themselves go on, but what
+         * only this peer asked of the hub stops. */
+        inspections_drop_owner(m, name);
         models_drop_requests_of(m, name);
         n = peers_drop(&m->peers, name, on_hold_dropped, m);
         if (n > 0)
@@ -406,7 +390,9 @@ void manager_begin_shutdown(Manager *m) {
         log_info("Shutting down: unloading every model.");
 
         store_watch_stop(m->store_watch);
+        catalog_stop(m->catalog);
         downloads_stop_all(m);
+        inspections_stop_all(m);
         models_stop_all(m);
         maybe_exit(m);
 }

@@ -49,6 +49,8 @@ typedef struct ResolveJob {
         /* Results, written by the worker. */
         int result;
         uint64_t size_bytes;
+        ModelSource source;
+        char *revision;
         char *error;
         UT_hash_handle hh;
 } ResolveJob;
@@ -77,14 +79,18 @@ struct StoreWatch {
 };
 
 int store_measure(const char *model_dir, const char *hf_cache, const char *name, uint64_t *ret_size_bytes,
-                  char **ret_error) {
+                  ModelSource *ret_source, char **ret_revision, char **ret_error) {
         _cleanup_(model_location_freep) ModelLocation *location = NULL;
         uint64_t total = 0;
         int r;
 
         r = store_resolve(model_dir, hf_cache, name, &location, ret_error);
-        if (r < 0)
+        if (r < 0) {
+                /* Where it failed matters still: a cache model is not ours to remove. */
+                if (store_locate(model_dir, hf_cache, name, ret_source) <= 0)
+                        *ret_source = MODEL_SOURCE_STORE;
                 return r;
+        }
         for (size_t i = 0; i < location->n_weights; i++) {
                 struct stat st;
 
@@ -92,6 +98,8 @@ int store_measure(const char *model_dir, const char *hf_cache, const char *name,
                         total += (uint64_t) st.st_size;
         }
         *ret_size_bytes = total;
+        *ret_source = location->source;
+        *ret_revision = TAKE_PTR(location->revision);
         return 0;
 }
 
@@ -101,6 +109,7 @@ static ResolveJob *resolve_job_free(ResolveJob *j) {
         if (!j)
                 return NULL;
         free(j->name);
+        free(j->revision);
         free(j->error);
         free(j);
         return NULL;
@@ -113,7 +122,8 @@ static void resolve_run(WorkItem *item) {
                 j->result = -ECANCELED;
                 return;
         }
-        j->result = store_measure(j->watch->model_dir, j->watch->hf_cache, j->name, &j->size_bytes, &j->error);
+        j->result = store_measure(j->watch->model_dir, j->watch->hf_cache, j->name, &j->size_bytes, &j->source,
+                                  &j->revision, &j->error);
 }
 
 static bool is_listed(const StoreWatch *w, const char *name) {
@@ -143,7 +153,7 @@ static void resolve_done(WorkItem *item, bool ran) {
          * told the owner already. */
         if (w->stopped || !is_listed(w, j->name))
                 r = -ECANCELED;
-        w->callbacks->resolved(j->name, r, j->size_bytes, j->error, w->userdata);
+        w->callbacks->resolved(j->name, r, j->size_bytes, j->source, j->revision, j->error, w->userdata);
         resolve_job_free(j);
 }
 
@@ -453,6 +463,11 @@ static void schedule_look(StoreWatch *w) {
                 log_warning_errno(r, "Cannot arm the store's timer, looking at once: %m");
                 look(w);
         }
+}
+
+void store_watch_look_soon(StoreWatch *w) {
+        if (w && !w->stopped)
+                schedule_look(w);
 }
 
 static void handle_event(StoreWatch *w, const struct inotify_event *e, bool *look_wanted) {

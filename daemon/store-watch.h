@@ -7,6 +7,7 @@
 
 #include "macro.h"
 #include "pool.h"
+#include "store.h"
 
 /* Notices models added to or removed from the store by hand, through
  * inotify on both roots, so that they appear and disappear without waiting
@@ -48,11 +49,13 @@ typedef struct StoreWatchCallbacks {
          * store_watch_resolve() from here. */
         void (*listed)(char **names, void *userdata);
         /* Each name passed to store_watch_resolve() comes back here once,
-         * with r and error as store_measure() gives them and the size of its
-         * weights. r is -ECANCELED (and the result to be dropped) when the
-         * watch was stopped, or when the name was gone from the store's last
-         * listing by the time it was resolved. */
-        void (*resolved)(const char *name, int r, uint64_t size_bytes, const char *error, void *userdata);
+         * with r and error as store_measure() gives them, the size of its
+         * weights, its source and revision (NULL when r < 0). r is
+         * -ECANCELED (and the result to be dropped) when the watch was
+         * stopped, or when the name was gone from the store's last listing
+         * by the time it was resolved. */
+        void (*resolved)(const char *name, int r, uint64_t size_bytes, ModelSource source, const char *revision,
+                         const char *error, void *userdata);
 } StoreWatchCallbacks;
 
 /* Starts watching and looks at the store once soon (something may have
@@ -76,9 +79,14 @@ static inline void store_watch_freep(StoreWatch **w) {
  * POOL_MODELS_MAX resolutions wait already, -ESHUTDOWN once stopped. */
 int store_watch_resolve(StoreWatch *w, const char *name);
 
-/* What the scan at start-up and the watch learn of one listed model: 0 and
- * the size of its weights files, or store_resolve()'s error and message
- * (*ret_error, NULL only if even that allocation failed). Opens files: on
- * the loop only before it serves. */
+/* Looks at the store soon, as after a change: for changes the watch does
+ * not see (the registry, written by the daemon itself). */
+void store_watch_look_soon(StoreWatch *w);
+
+/* What the scan at start-up and the watch learn of one listed model: 0, the
+ * size of its weights files and its revision (store.h), or store_resolve()'s
+ * error and message (*ret_error, NULL only if even that allocation
+ * failed). Its source either way (where it was found; STORE if nowhere).
+ * Opens files: on the loop only before it serves. */
 int store_measure(const char *model_dir, const char *hf_cache, const char *name, uint64_t *ret_size_bytes,
-                  char **ret_error);
+                  ModelSource *ret_source, char **ret_revision, char **ret_error);

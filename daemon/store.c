@@ -61,12 +61,25 @@ static bool dot_or_dot_dot(const char *s) {
         return streq(s, ".") || streq(s, "..");
 }
 
+static const char *const model_source_table[_MODEL_SOURCE_MAX] = {
+        [MODEL_SOURCE_STORE] = "store",
+        [MODEL_SOURCE_HUB] = "hub",
+        [MODEL_SOURCE_LOCAL] = "local",
+        [MODEL_SOURCE_HF_CACHE] = "hf-cache",
+};
+
+const char *model_source_to_string(ModelSource s) {
+        assert(s >= 0 && s < _MODEL_SOURCE_MAX);
+        return model_source_table[s];
+}
+
 ModelLocation *model_location_free(ModelLocation *l) {
         if (!l)
                 return NULL;
 
         free(l->name);
         free(l->directory);
+        free(l->revision);
         strv_free(l->weight_paths);
         for (size_t i = 0; l->weight_fds && i < l->n_weights; i++)
                 if (l->weight_fds[i] >= 0)
@@ -149,18 +162,15 @@ static int make_absolute(const char *path, char **ret) {
         return 0;
 }
 
-/* Opens path, relative to root_fd, without ever leaving root_fd: a symlink is
- * followed only when it is relative and stays beneath root_fd (-EXDEV
- * otherwise). -ENOSYS when the kernel lacks openat2() (before Linux 5.6);
- * there is no safe fallback, so the caller says so. */
-static int open_beneath(int root_fd, const char *path, int flags) {
+/* openat2() with RESOLVE_* flags (magic links never followed). */
+static int open_resolving(int dir_fd, const char *path, int flags, uint64_t resolve) {
         struct open_how how = {
                 .flags = (uint64_t) (flags | O_CLOEXEC | O_NOCTTY),
-                .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
+                .resolve = resolve | RESOLVE_NO_MAGICLINKS,
         };
 
         for (unsigned attempt = 1;; attempt++) {
-                long fd = syscall(SYS_openat2, root_fd, path, &how, sizeof how);
+                long fd = syscall(SYS_openat2, dir_fd, path, &how, sizeof how);
 
                 if (fd >= 0)
                         return (int) fd;
@@ -168,6 +178,14 @@ static int open_beneath(int root_fd, const char *path, int flags) {
                         continue;
                 return -errno;
         }
+}
+
+/* Opens path, relative to root_fd, without ever leaving root_fd: a symlink is
+ * followed only when it is relative and stays beneath root_fd (-EXDEV
+ * otherwise). -ENOSYS when the kernel lacks openat2() (before Linux 5.6);
+ * there is no safe fallback, so the caller says so. */
+static int open_beneath(int root_fd, const char *path, int flags) {
+        return open_resolving(root_fd, path, flags, RESOLVE_BENEATH);
 }
 
 /* A root of the store, as the configuration names it: it may itself be a
@@ -774,8 +792,90 @@ static int find_weights(const Place *p, Weights *w, char **ret_error) {
         return LOOKUP_FOUND;
 }
 
+static bool is_commit_hash(const char *s) {
+        size_t n = strlen(s);
+
+        if (n != 40 && n != 64)
+                return false;
+        return strspn(s, "0123456789abcdefABCDEF") == n;
+}
+
+/* ---- what Pull left in a model ---- */
+
+/* The top-level "commit" member of the metadata text, if it is a commit
+ * hash; NULL otherwise (also when the text is not JSON). */
+static char *pull_metadata_commit(const void *text, size_t length) {
+        JsonScan json = { .text = text, .length = length };
+        char commit[HF_REF_SIZE_MAX + 1] = "";
+        JsonString key, value;
+        JsonKind kind;
+        size_t n = 0;
+        int r;
+
+        r = json_skip_whitespace(&json);
+        if (r < 0 || json_peek(&json) != '{')
+                return NULL;
+        r = json_enter(&json);
+        while (r >= 0 && (r = json_object_next(&json, &n, &key)) > 0) {
+                bool wanted = json_string_equal(&json, &key, "commit");
+
+                r = json_read_value(&json, &kind, NULL, &value);
+                if (r < 0)
+                        return NULL;
+                if (!wanted || kind != JSON_STRING)
+                        continue;
+                if (json_string_decode(&json, &value, commit, sizeof commit) >= sizeof commit)
+                        commit[0] = 0;
+        }
+        if (r < 0 || !is_commit_hash(commit))
+                return NULL;
+        return strdup(commit);
+}
+
+/* A ModelDir model with the metadata file was installed by Pull. Returns
+ * MODEL_SOURCE_HUB with its commit (or "") in *ret_revision, or
+ * MODEL_SOURCE_STORE with "". Only -ENOMEM fails: a file that cannot be
+ * read leaves the commit unknown, nothing more. */
+static int read_source(int root_fd, const char *subdir, ModelSource *ret_source, char **ret_revision) {
+        _cleanup_(json_buffer_free) JsonBuffer text = {};
+        _cleanup_free_ char *relative = NULL, *commit = NULL;
+        _cleanup_close_ int fd = -1;
+        size_t size = 0, length = 0;
+        ModelSource source = MODEL_SOURCE_HUB;
+
+        relative = path_join(subdir, STORE_PULL_METADATA_FILE);
+        if (!relative)
+                return -ENOMEM;
+
+        fd = open_regular_beneath(root_fd, relative, STORE_PULL_METADATA_MAX, &size);
+        if (fd == -ENOENT)
+                source = MODEL_SOURCE_STORE;
+        else if (fd < 0)
+                log_debug_errno(fd, "Cannot open %s of model %s, its commit is not known: %m",
+                                STORE_PULL_METADATA_FILE, subdir);
+        else if (size > 0) {
+                if (json_buffer_resize(&text, size) < 0)
+                        return -ENOMEM;
+                if (read_full(fd, text.data, size, NULL, NULL, &length) >= 0) {
+                        commit = pull_metadata_commit(text.data, length);
+                        if (!commit)
+                                log_debug("%s of model %s names no commit.", STORE_PULL_METADATA_FILE, subdir);
+                }
+        }
+
+        if (!commit) {
+                commit = strdup("");
+                if (!commit)
+                        return -ENOMEM;
+        }
+        *ret_source = source;
+        *ret_revision = TAKE_PTR(commit);
+        return 0;
+}
+
 static int lookup_in_model_dir(const char *root, const char *name, store_cancel_t cancel, void *userdata,
-                               char **ret_directory, Weights *w, char **ret_error) {
+                               char **ret_directory, Weights *w, ModelSource *ret_source, char **ret_revision,
+                               char **ret_error) {
         _cleanup_close_ int root_fd = -1, dir_fd = -1;
         _cleanup_free_ char *directory = NULL;
         int r;
@@ -806,6 +906,9 @@ static int lookup_in_model_dir(const char *root, const char *name, store_cancel_
                         .userdata = userdata,
                 }, w, ret_error);
         if (r != LOOKUP_FOUND)
+                return r;
+        r = read_source(root_fd, name, ret_source, ret_revision);
+        if (r < 0)
                 return r;
 
         *ret_directory = TAKE_PTR(directory);
@@ -868,14 +971,6 @@ static int hf_model_name(const char *directory_name, char **ret) {
         return 1;
 }
 
-static bool is_commit_hash(const char *s) {
-        size_t n = strlen(s);
-
-        if (n != 40 && n != 64)
-                return false;
-        return strspn(s, "0123456789abcdefABCDEF") == n;
-}
-
 /* Opens the snapshot refs/main points to in a models--* directory, beneath
  * it. Returns the snapshot's path relative to the repo in *ret_relative and
  * its absolute path in *ret_path (each if wanted). -EBADMSG (with a message)
@@ -925,7 +1020,7 @@ static int hf_open_snapshot(int repo_fd, const char *repo_path, int *ret_fd, cha
 }
 
 static int lookup_in_hf_cache(const char *root, const char *name, store_cancel_t cancel, void *userdata,
-                              char **ret_directory, Weights *w, char **ret_error) {
+                              char **ret_directory, Weights *w, char **ret_revision, char **ret_error) {
         _cleanup_close_ int root_fd = -1, repo_fd = -1, snapshot_fd = -1;
         _cleanup_free_ char *repo = NULL, *repo_path = NULL, *snapshot = NULL, *snapshot_path = NULL;
         int r;
@@ -971,8 +1066,236 @@ static int lookup_in_hf_cache(const char *root, const char *name, store_cancel_t
                 return set_error(ret_error, -EBADMSG, "%s has neither %s nor %s.", snapshot_path,
                                  STORE_SINGLE_WEIGHTS_FILE, STORE_INDEX_FILE);
 
+        /* "snapshots/REV": the commit refs/main names. */
+        *ret_revision = strdup(strchr(snapshot, '/') + 1);
+        if (!*ret_revision)
+                return -ENOMEM;
         *ret_directory = TAKE_PTR(snapshot_path);
         return LOOKUP_FOUND;
+}
+
+/* Takes directory, the weights and the revision (NULL: "") on success. */
+static int build_location(const char *name, char **directory, Weights *w, ModelSource source, char **revision,
+                          ModelLocation **ret) {
+        _cleanup_free_ char *copy = NULL;
+        ModelLocation *l;
+
+        copy = strdup(name);
+        if (!copy)
+                return -ENOMEM;
+        l = calloc(1, sizeof *l);
+        if (!l)
+                return -ENOMEM;
+        l->revision = revision && *revision ? TAKE_PTR(*revision) : strdup("");
+        if (!l->revision) {
+                free(l);
+                return -ENOMEM;
+        }
+        l->name = TAKE_PTR(copy);
+        l->directory = TAKE_PTR(*directory);
+        l->weight_paths = TAKE_PTR(w->paths);
+        l->weight_fds = TAKE_PTR(w->fds);
+        l->n_weights = w->n;
+        l->source = source;
+        w->n = 0;
+
+        *ret = l;
+        return 0;
+}
+
+/* ---- registered models ---- */
+
+int store_registry_entry_name(const char *name, char **ret) {
+        const char *slash = strchr(name, '/');
+        char *p;
+        int r;
+
+        if (slash)
+                r = asprintf(&p, "%.*s--%s", (int) (slash - name), name, slash + 1);
+        else
+                r = asprintf(&p, "%s", name);
+        if (r < 0)
+                return -ENOMEM;
+        *ret = p;
+        return 0;
+}
+
+int store_registry_model_name(const char *entry, char **ret) {
+        _cleanup_free_ char *name = NULL, *problem = NULL;
+        const char *separator = strstr(entry, "--");
+        int r;
+
+        if (separator)
+                r = asprintf(&name, "%.*s/%s", (int) (separator - entry), entry, separator + 2);
+        else
+                r = asprintf(&name, "%s", entry);
+        if (r < 0)
+                return -ENOMEM;
+
+        r = model_name_validate(name, &problem);
+        if (r == -ENOMEM)
+                return r;
+        if (r < 0)
+                return 0;
+
+        *ret = TAKE_PTR(name);
+        return 1;
+}
+
+bool store_registered_path_is_valid(const char *path) {
+        size_t n = strlen(path);
+
+        if (n == 0 || n > STORE_REGISTERED_PATH_MAX || path[0] != '/')
+                return false;
+        if (n > 1 && path[n - 1] == '/')
+                return false;
+        if (strstr(path, "//") || strstr(path, "/./") || strstr(path, "/../"))
+                return false;
+        if ((n >= 2 && streq(path + n - 2, "/.")) || (n >= 3 && streq(path + n - 3, "/..")))
+                return false;
+
+        for (size_t i = 0; i < n;) {
+                size_t k;
+
+                if ((uint8_t) path[i] < 0x20 || path[i] == 0x7f)
+                        return false;
+                k = json_utf8_sequence_length((const uint8_t *) path + i, n - i);
+                if (k == 0)
+                        return false;
+                i += k;
+        }
+        return true;
+}
+
+/* A registered root: the path as it was stored, resolved then, so no
+ * symlink may be on its way now (-ELOOP). */
+static int open_registered_root(const char *path) {
+        return open_resolving(AT_FDCWD, path, O_RDONLY | O_DIRECTORY, RESOLVE_NO_SYMLINKS);
+}
+
+/* The model at a registered directory: its root and the model's directory
+ * at once. registered_as: the registry entry, for messages, or NULL when
+ * the directory is being registered. */
+static int lookup_in_directory(const char *path, const char *name, const char *registered_as, store_cancel_t cancel,
+                               void *userdata, char **ret_directory, Weights *w, char **ret_error) {
+        _cleanup_close_ int fd = -1;
+        _cleanup_free_ char *directory = NULL;
+        int r;
+
+        fd = open_registered_root(path);
+        if (fd == -ENOENT) {
+                if (registered_as)
+                        return set_error(ret_error, -ENOENT, "Model '%s' is registered (%s) at %s, which does not "
+                                         "exist any more.", name, registered_as, path);
+                return set_error(ret_error, -ENOENT, "%s does not exist.", path);
+        }
+        if (fd == -ENOTDIR)
+                return set_error(ret_error, -ENOTDIR, "%s is not a directory.", path);
+        if (fd == -ELOOP)
+                return set_error(ret_error, -EBADMSG, "%s: a symlink is on its way now; it was registered with "
+                                 "every symlink resolved. Register it again.", path);
+        if (fd == -ENOSYS)
+                return set_open_error(ret_error, fd, path, NULL, path);
+        if (fd < 0)
+                return set_error(ret_error, fd, "Cannot open %s: %m", path);
+
+        directory = strdup(path);
+        if (!directory)
+                return -ENOMEM;
+
+        r = find_weights(&(const Place) {
+                        .root_fd = fd,
+                        .root = path,
+                        .subdir = ".",
+                        .dir_fd = fd,
+                        .directory = path,
+                        .cancel = cancel,
+                        .userdata = userdata,
+                }, w, ret_error);
+        if (r < 0)
+                return r;
+        if (r == LOOKUP_NOT_A_MODEL)
+                return set_error(ret_error, -EBADMSG, "%s has neither %s nor %s.", path, STORE_SINGLE_WEIGHTS_FILE,
+                                 STORE_INDEX_FILE);
+
+        *ret_directory = TAKE_PTR(directory);
+        return LOOKUP_FOUND;
+}
+
+/* The registry's entry for name, below ModelDir: LOOKUP_ABSENT when there is
+ * none; otherwise what the registered directory holds, which a damaged or
+ * dangling entry does not let fall through to ModelDir. */
+static int lookup_registered(const char *root, const char *name, store_cancel_t cancel, void *userdata,
+                             char **ret_directory, Weights *w, char **ret_error) {
+        _cleanup_free_ char *entry = NULL, *relative = NULL, *registered_as = NULL, *path = NULL;
+        _cleanup_close_ int root_fd = -1;
+        size_t n = 0;
+        int r;
+
+        root_fd = open_root(root);
+        if (root_fd == -ENOENT)
+                return LOOKUP_ABSENT;
+        if (root_fd < 0)
+                return set_error(ret_error, root_fd, "Cannot open the model directory %s: %m", root);
+
+        r = store_registry_entry_name(name, &entry);
+        if (r < 0)
+                return r;
+        if (asprintf(&relative, STORE_REGISTRY_DIR "/%s", entry) < 0)
+                return -ENOMEM;
+        registered_as = path_join(root, relative);
+        if (!registered_as)
+                return -ENOMEM;
+
+        /* Ours, but in a folder others with access to ModelDir may write. */
+        r = read_file_beneath(root_fd, relative, STORE_REGISTERED_PATH_MAX + 1, &path, &n);
+        if (r == -ENOENT)
+                return LOOKUP_ABSENT;
+        if (r == -EFBIG || r == -EBADFD || is_open_beneath_error(r))
+                return set_error(ret_error, -EBADMSG, "The registration of model '%s' (%s) is damaged: not a "
+                                 "small regular file. Remove the model and register it again.", name, registered_as);
+        if (r < 0)
+                return set_error(ret_error, r, "Cannot read the registration of model '%s' (%s): %m", name,
+                                 registered_as);
+
+        if (n > 0 && path[n - 1] == '\n')
+                path[--n] = 0;
+        if (strlen(path) != n || !store_registered_path_is_valid(path))
+                return set_error(ret_error, -EBADMSG, "The registration of model '%s' (%s) is damaged: it holds "
+                                 "no absolute path. Remove the model and register it again.", name, registered_as);
+
+        return lookup_in_directory(path, name, registered_as, cancel, userdata, ret_directory, w, ret_error);
+}
+
+int store_resolve_directory(const char *path, const char *name, store_cancel_t cancel, void *userdata,
+                            ModelLocation **ret, char **ret_error) {
+        _cleanup_(weights_done) Weights weights = {};
+        _cleanup_free_ char *error = NULL, *directory = NULL;
+        int r;
+
+        assert(path);
+        assert(name);
+        assert(ret);
+
+        if (!store_registered_path_is_valid(path)) {
+                r = set_error(&error, -EINVAL, "A model directory must be given by an absolute path without "
+                              "\".\" or \"..\" in it, in UTF-8, of at most %u bytes.", STORE_REGISTERED_PATH_MAX);
+                goto fail;
+        }
+        r = lookup_in_directory(path, name, NULL, cancel, userdata, &directory, &weights, &error);
+        if (r < 0)
+                goto fail;
+        r = build_location(name, &directory, &weights, MODEL_SOURCE_LOCAL, NULL, ret);
+        if (r < 0)
+                goto fail;
+        return 0;
+
+fail:
+        if (r == -ENOMEM && !error)
+                set_error(&error, r, "Out of memory.");
+        if (ret_error)
+                *ret_error = TAKE_PTR(error);
+        return r;
 }
 
 /* Says where a model that was not found was looked for. */
@@ -999,36 +1322,13 @@ static int set_not_found_error(char **ret_error, const char *model_dir, const ch
                          name);
 }
 
-/* Takes directory and the weights on success. */
-static int build_location(const char *name, char **directory, Weights *w, bool from_hf_cache,
-                          ModelLocation **ret) {
-        ModelLocation *l;
-
-        l = calloc(1, sizeof *l);
-        if (!l)
-                return -ENOMEM;
-        l->name = strdup(name);
-        if (!l->name) {
-                free(l);
-                return -ENOMEM;
-        }
-        l->directory = TAKE_PTR(*directory);
-        l->weight_paths = TAKE_PTR(w->paths);
-        l->weight_fds = TAKE_PTR(w->fds);
-        l->n_weights = w->n;
-        l->from_hf_cache = from_hf_cache;
-        w->n = 0;
-
-        *ret = l;
-        return 0;
-}
-
 int store_resolve_full(const char *model_dir, const char *hf_cache, const char *name, store_cancel_t cancel,
                        void *userdata, ModelLocation **ret, char **ret_error) {
         _cleanup_free_ char *error = NULL, *model_dir_absolute = NULL, *hf_cache_absolute = NULL,
-                            *directory = NULL;
+                            *directory = NULL, *revision = NULL;
         _cleanup_(weights_done) Weights weights = {};
-        int r, in_model_dir = LOOKUP_ABSENT, in_hf_cache = LOOKUP_ABSENT;
+        int r, registered = LOOKUP_ABSENT, in_model_dir = LOOKUP_ABSENT, in_hf_cache = LOOKUP_ABSENT;
+        ModelSource source = MODEL_SOURCE_STORE;
 
         assert(name);
         assert(ret);
@@ -1040,15 +1340,25 @@ int store_resolve_full(const char *model_dir, const char *hf_cache, const char *
                         goto fail;
                 }
 
-                r = in_model_dir = lookup_in_model_dir(model_dir_absolute, name, cancel, userdata, &directory,
-                                                       &weights, &error);
+                /* A registration wins over everything, even when it is broken:
+                 * it says why, rather than another model answering instead. */
+                r = registered = lookup_registered(model_dir_absolute, name, cancel, userdata, &directory, &weights,
+                                                   &error);
                 if (r < 0)
                         goto fail;
+                if (registered == LOOKUP_FOUND)
+                        source = MODEL_SOURCE_LOCAL;
+                else {
+                        r = in_model_dir = lookup_in_model_dir(model_dir_absolute, name, cancel, userdata,
+                                                               &directory, &weights, &source, &revision, &error);
+                        if (r < 0)
+                                goto fail;
+                }
         }
 
         /* ModelDir wins; a directory there without weights does not hide a
          * model of the same name in the cache. */
-        if (in_model_dir != LOOKUP_FOUND && !isempty(hf_cache)) {
+        if (registered != LOOKUP_FOUND && in_model_dir != LOOKUP_FOUND && !isempty(hf_cache)) {
                 r = make_absolute(hf_cache, &hf_cache_absolute);
                 if (r < 0) {
                         set_error(&error, r, "Cannot make the Hugging Face cache path %s absolute: %m",
@@ -1057,12 +1367,13 @@ int store_resolve_full(const char *model_dir, const char *hf_cache, const char *
                 }
 
                 r = in_hf_cache = lookup_in_hf_cache(hf_cache_absolute, name, cancel, userdata, &directory,
-                                                     &weights, &error);
+                                                     &weights, &revision, &error);
                 if (r < 0)
                         goto fail;
+                source = MODEL_SOURCE_HF_CACHE;
         }
 
-        if (in_model_dir != LOOKUP_FOUND && in_hf_cache != LOOKUP_FOUND) {
+        if (registered != LOOKUP_FOUND && in_model_dir != LOOKUP_FOUND && in_hf_cache != LOOKUP_FOUND) {
                 if (in_model_dir == LOOKUP_NOT_A_MODEL)
                         r = set_error(&error, -EBADMSG, "%s/%s has neither %s nor %s.", model_dir_absolute,
                                       name, STORE_SINGLE_WEIGHTS_FILE, STORE_INDEX_FILE);
@@ -1071,7 +1382,7 @@ int store_resolve_full(const char *model_dir, const char *hf_cache, const char *
                 goto fail;
         }
 
-        r = build_location(name, &directory, &weights, in_model_dir != LOOKUP_FOUND, ret);
+        r = build_location(name, &directory, &weights, source, &revision, ret);
         if (r < 0)
                 goto fail;
         return 0;
@@ -1276,6 +1587,10 @@ static int scan_model_dir(const char *root, NameList *list) {
                 return 0;
 
         while (!list->truncated && (de = read_directory(d, root))) {
+                /* The registry, the trash of removed models, staging folders:
+                 * the store's own, and no model's name starts with '.'. */
+                if (de->d_name[0] == '.')
+                        continue;
                 r = scan_model_dir_entry(dirfd(d), root, de->d_name, list);
                 if (r < 0)
                         return r;
@@ -1284,8 +1599,69 @@ static int scan_model_dir(const char *root, NameList *list) {
         return 0;
 }
 
-/* Lists the cache's models unless ModelDir has one of the same name (the
- * first n_model_dir names of the list, sorted). */
+/* The registry's names, whatever their entries hold: a registration that
+ * is damaged or whose directory went says so when it is resolved. */
+static int scan_registry(const char *root, NameList *list) {
+        _cleanup_close_ int root_fd = -1, fd = -1;
+        _cleanup_closedir_ DIR *d = NULL;
+        char q[QUOTE_MAX + 4];
+        struct dirent *de;
+        unsigned n = 0;
+        int r;
+
+        root_fd = open_root(root);
+        if (root_fd < 0)
+                return 0;   /* scan_model_dir() said why */
+        fd = open_directory_beneath(root_fd, STORE_REGISTRY_DIR);
+        if (fd < 0) {
+                if (fd != -ENOENT)
+                        log_warning_errno(fd, "Cannot open the registry %s/" STORE_REGISTRY_DIR ", not listing "
+                                          "registered models: %m", root);
+                return 0;
+        }
+        d = fdopendir(fd);
+        if (!d) {
+                log_warning_errno(errno, "Cannot read the registry %s/" STORE_REGISTRY_DIR ": %m", root);
+                return 0;
+        }
+        TAKE_FD(fd);
+
+        while (!list->truncated) {
+                _cleanup_free_ char *name = NULL;
+
+                errno = 0;
+                de = readdir(d);
+                if (!de) {
+                        if (errno != 0)
+                                log_warning_errno(errno, "Cannot read the registry %s/" STORE_REGISTRY_DIR ": %m",
+                                                  root);
+                        break;
+                }
+                /* Hidden: an entry being written. */
+                if (de->d_name[0] == '.')
+                        continue;
+                r = store_registry_model_name(de->d_name, &name);
+                if (r < 0)
+                        return r;
+                if (r == 0) {
+                        log_warning("Ignoring %s/" STORE_REGISTRY_DIR "/%s: it names no model.", root,
+                                    quote(de->d_name, q));
+                        continue;
+                }
+                if (++n > STORE_REGISTRY_MAX) {
+                        log_warning("The registry %s/" STORE_REGISTRY_DIR " holds more than %u entries; listing "
+                                    "only %u of them.", root, STORE_REGISTRY_MAX, STORE_REGISTRY_MAX);
+                        break;
+                }
+                r = name_list_add(list, name);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+/* Lists the cache's models unless ModelDir or the registry has one of the
+ * same name (the first n_model_dir names of the list, sorted). */
 static int scan_hf_cache(const char *root, NameList *list, size_t n_model_dir) {
         _cleanup_closedir_ DIR *d = NULL;
         struct dirent *de;
@@ -1348,6 +1724,9 @@ int store_list(const char *model_dir, const char *hf_cache, char ***ret_names) {
                 r = scan_model_dir(model_dir, &list);
                 if (r < 0)
                         return r;
+                r = scan_registry(model_dir, &list);
+                if (r < 0)
+                        return r;
         }
 
         if (list.n > 1)
@@ -1366,8 +1745,8 @@ int store_list(const char *model_dir, const char *hf_cache, char ***ret_names) {
                         return -ENOMEM;
         }
 
-        /* Names are unique within each root and the cache's skip those
-         * ModelDir has, so this pass only guards that promise. */
+        /* A registered name may also be a folder of ModelDir (one added
+         * since): listed once. */
         if (list.n > 1)
                 qsort(list.names, list.n, sizeof *list.names, compare_string_pointers);
         for (size_t i = 0; i < list.n; i++)
@@ -1378,5 +1757,79 @@ int store_list(const char *model_dir, const char *hf_cache, char ***ret_names) {
         list.names[n_unique] = NULL;
 
         *ret_names = TAKE_PTR(list.names);
+        return 0;
+}
+
+int store_locate(const char *model_dir, const char *hf_cache, const char *name, ModelSource *ret_source) {
+        int r;
+
+        assert(name);
+        assert(ret_source);
+
+        if (!isempty(model_dir)) {
+                _cleanup_close_ int root_fd = -1, registry_fd = -1, dir_fd = -1;
+                _cleanup_free_ char *entry = NULL;
+
+                root_fd = open_root(model_dir);
+                if (root_fd < 0 && root_fd != -ENOENT)
+                        return root_fd;
+                if (root_fd >= 0) {
+                        r = store_registry_entry_name(name, &entry);
+                        if (r < 0)
+                                return r;
+                        registry_fd = open_directory_beneath(root_fd, STORE_REGISTRY_DIR);
+                        if (registry_fd < 0 && registry_fd != -ENOENT)
+                                return registry_fd;
+                        if (registry_fd >= 0) {
+                                r = name_exists(registry_fd, entry);
+                                if (r < 0)
+                                        return r;
+                                if (r > 0) {
+                                        *ret_source = MODEL_SOURCE_LOCAL;
+                                        return 1;
+                                }
+                        }
+
+                        /* As listed: a directory beneath the root, with model files. */
+                        dir_fd = open_directory_beneath(root_fd, name);
+                        if (dir_fd >= 0) {
+                                r = has_model_files(dir_fd);
+                                if (r < 0)
+                                        return r;
+                                if (r > 0) {
+                                        r = name_exists(dir_fd, STORE_PULL_METADATA_FILE);
+                                        if (r < 0)
+                                                return r;
+                                        *ret_source = r > 0 ? MODEL_SOURCE_HUB : MODEL_SOURCE_STORE;
+                                        return 1;
+                                }
+                        } else if (dir_fd != -ENOENT && !is_open_beneath_error(dir_fd))
+                                return dir_fd;
+                }
+        }
+
+        if (!isempty(hf_cache)) {
+                _cleanup_close_ int root_fd = -1, repo_fd = -1;
+                _cleanup_free_ char *repo = NULL;
+
+                r = hf_repo_directory_name(name, &repo);
+                if (r < 0)
+                        return r;
+                if (r > 0) {
+                        root_fd = open_root(hf_cache);
+                        if (root_fd < 0 && root_fd != -ENOENT)
+                                return root_fd;
+                        if (root_fd >= 0) {
+                                repo_fd = open_directory_beneath(root_fd, repo);
+                                if (repo_fd >= 0) {
+                                        *ret_source = MODEL_SOURCE_HF_CACHE;
+                                        return 1;
+                                }
+                                if (repo_fd != -ENOENT && !is_open_beneath_error(repo_fd))
+                                        return repo_fd;
+                        }
+                }
+        }
+
         return 0;
 }

@@ -8,12 +8,18 @@
 #include "macro.h"
 #include "strv.h"
 
-/* The model store: maps model names to the files on disk. Two roots are
+/* The model store: maps model names to the files on disk. Three places are
  * searched. ModelDir holds one directory per model, named by its path
- * relative to the root ("name" or "org/name"). A Hugging Face cache (the
- * "hub" folder) holds models--ORG--NAME (or models--NAME) directories whose
- * refs/main names the snapshot in use; those models are named "ORG/NAME".
- * When both roots know a name, ModelDir wins.
+ * relative to the root ("name" or "org/name"). The registry,
+ * ModelDir/.registered/, holds one small file per model registered from a
+ * directory elsewhere (Register): named after the model ("org--name" for
+ * "org/name"), holding the directory's absolute path, symlinks resolved. A
+ * Hugging Face cache (the "hub" folder) holds models--ORG--NAME (or
+ * models--NAME) directories whose refs/main names the snapshot in use;
+ * those models are named "ORG/NAME". When several know a name, a
+ * registration wins, then ModelDir: Register refuses names already known,
+ * so that only a folder added later is hidden, and Remove of a registered
+ * name never reaches a folder of the same name.
  *
  * A model directory holds either model.safetensors or
  * model.safetensors.index.json plus the shards its weight_map names. The
@@ -34,7 +40,11 @@
  * of its root, or any absolute symlink, is refused: the daemon reads files
  * for every local user and reports on them in Status, so it must not be
  * pointed at files those users could not read themselves. The roots
- * themselves come from the configuration and are opened as configured.
+ * themselves come from the configuration and are opened as configured. A
+ * registered model's root is its own directory, opened by the path
+ * registered without following any symlink (the path was stored resolved;
+ * a symlink met later makes the model invalid), so a symlink in it that
+ * leads out of it is refused as in ModelDir.
  *
  * Messages name files by their place in the store, never by what a symlink
  * points to, and never quote what a file holds: an index's entries are
@@ -48,6 +58,29 @@
 #define STORE_SINGLE_WEIGHTS_FILE "model.safetensors"
 #define STORE_INDEX_FILE          "model.safetensors.index.json"
 
+/* The registry, inside ModelDir: at most STORE_REGISTRY_MAX entries, each
+ * a path of at most STORE_REGISTERED_PATH_MAX bytes and a newline. */
+#define STORE_REGISTRY_DIR        ".registered"
+#define STORE_REGISTRY_MAX        1024U
+#define STORE_REGISTERED_PATH_MAX 4095U
+
+/* What Pull writes into a model it installed (download.h names it
+ * DOWNLOAD_METADATA_FILE), read here for the commit; larger is not ours. */
+#define STORE_PULL_METADATA_FILE  ".mpool-pull.json"
+#define STORE_PULL_METADATA_MAX   (UINT64_C(4) * 1024 * 1024)
+
+/* Where a model comes from, as Status says it. */
+typedef enum ModelSource {
+        MODEL_SOURCE_STORE,      /* a folder of ModelDir, copied there by hand */
+        MODEL_SOURCE_HUB,        /* a folder of ModelDir that Pull installed (it has STORE_PULL_METADATA_FILE) */
+        MODEL_SOURCE_LOCAL,      /* a directory elsewhere, registered */
+        MODEL_SOURCE_HF_CACHE,   /* the Hugging Face cache */
+        _MODEL_SOURCE_MAX,
+} ModelSource;
+
+/* "store", "hub", "local", "hf-cache". */
+const char *model_source_to_string(ModelSource s);
+
 typedef struct ModelLocation {
         char *name;
         char *directory;         /* absolute; the snapshot directory for the HF cache */
@@ -58,7 +91,8 @@ typedef struct ModelLocation {
                                   * loader takes them (TAKE_FD) instead of opening the paths
                                   * again, which could reach another file */
         size_t n_weights;
-        bool from_hf_cache;
+        ModelSource source;
+        char *revision;          /* the commit of a pulled or cached model; "" otherwise, never NULL */
 } ModelLocation;
 
 /* Returns NULL. */
@@ -73,13 +107,16 @@ static inline void model_location_freep(ModelLocation **l) {
 typedef bool (*store_cancel_t)(void *userdata);
 
 /* Finds the model's files. The name must already be valid
- * (model_name_validate()); either root may be NULL or missing. cancel (may
+ * (model_name_validate()); either root may be NULL or missing (without
+ * ModelDir there is no registry either). cancel (may
  * be NULL) and userdata: see above.
  * Returns 0 and a new ModelLocation in *ret, or
- *   -ENOENT     no root holds a model of that name,
+ *   -ENOENT     no root holds a model of that name, or the directory of a
+ *               registered one is gone,
  *   -EBADMSG    the directory is there but is not a valid model (no weights
  *               file, malformed or oversized index, a shard missing or named
- *               with a path, a file or directory that leads out of its root),
+ *               with a path, a file or directory that leads out of its root,
+ *               a damaged registration),
  *   -ENOSYS     the kernel lacks openat2() (Linux 5.6), without which files
  *               cannot be kept to the store,
  *   -ECANCELED  cancel said so,
@@ -107,11 +144,40 @@ static inline int store_resolve(const char *model_dir, const char *hf_cache, con
 int store_index_parse(const char *text, size_t length, store_cancel_t cancel, void *userdata, char ***ret_shards,
                       char **ret_error);
 
-/* Lists the names of the models in both roots: sorted, without duplicates,
+/* Lists the names of the models in the store: sorted, without duplicates,
  * NULL-terminated, at most STORE_LIST_MAX (a warning is logged about the
  * rest). Missing roots are not an error; entries that cannot be read are
  * logged and skipped, as are directories that are not models, directories
- * that lead out of their root and those whose names are not valid model
- * names. Lists only that models look present (by the names of their files):
- * a listed model can still fail store_resolve(). */
+ * that lead out of their root, names starting with '.' and those that are
+ * not valid model names. Lists only that models look present (by the names
+ * of their files): a listed model can still fail store_resolve(). Every
+ * registered name is listed, by its registry entry alone: one whose
+ * directory is gone or damaged fails store_resolve() and so shows why. */
 int store_list(const char *model_dir, const char *hf_cache, char ***ret_names);
+
+/* Resolves the model whose root is the directory path (absolute, as
+ * store_registered_path_is_valid() wants it), as a registered model is
+ * resolved: path is opened without following any symlink, and nothing is
+ * followed out of it. name only goes into the location and messages.
+ * Errors as store_resolve_full(); -ENOENT when path does not exist,
+ * -ENOTDIR when it is not a directory. */
+int store_resolve_directory(const char *path, const char *name, store_cancel_t cancel, void *userdata,
+                            ModelLocation **ret, char **ret_error);
+
+/* Which place of the store holds the name, cheaply and by the rules of
+ * store_list(): 1 and the source in *ret_source (STORE or HUB for a ModelDir
+ * folder that holds model files), 0 when none does, negative errno when it
+ * cannot be told. A cache folder counts whatever it holds. */
+int store_locate(const char *model_dir, const char *hf_cache, const char *name, ModelSource *ret_source);
+
+/* The registry entry's file name for a model name: "org/name" becomes
+ * "org--name" ("--" is in no valid name). */
+int store_registry_entry_name(const char *name, char **ret);
+/* The inverse: 1 and the model name, or 0 when entry names no valid model
+ * (hidden and temporary files included). */
+int store_registry_model_name(const char *entry, char **ret);
+/* What may be registered and read back: absolute, at most
+ * STORE_REGISTERED_PATH_MAX bytes, no empty, "." or ".." component, no
+ * trailing '/', valid UTF-8 without control characters (it goes into
+ * messages sent over D-Bus). */
+bool store_registered_path_is_valid(const char *path);

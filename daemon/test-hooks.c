@@ -15,6 +15,7 @@
 #include "macro.h"
 #include "parse-util.h"
 #include "test-hooks.h"
+#include "time-util.h"
 
 /* How often a held load looks at its cancellation flag. */
 #define GATE_POLL_MSEC 20
@@ -56,6 +57,15 @@ void test_hook_load_gate(const char *model_name, WorkItem *item) {
                 (void) poll(NULL, 0, GATE_POLL_MSEC);
         }
         log_info("Test hook: the load of %s passed its gate.", model_name);
+}
+
+uint64_t test_hook_inspection_timeout_usec(uint64_t usec) {
+        const char *v = getenv("MPOOL_TEST_INSPECTION_TIMEOUT_SEC");
+        unsigned sec;
+
+        if (v && parse_unsigned(v, 1, 3600, &sec) >= 0)
+                return sec * USEC_PER_SEC;
+        return usec;
 }
 
 const char *test_hook_pull_argument(void) {

@@ -11,12 +11,21 @@
  * FIFO called after the model (with '/' as '%'), mapping that model waits,
  * after its first LoadProgress, until a byte is written to the FIFO or the
  * load is cancelled. Cancellation and Busy tests thereby hold a load for
- * as long as they need, whatever the speed of the disk. */
+ * as long as they need, whatever the speed of the disk.
+ *
+ * The inspection timeout: $MPOOL_TEST_INSPECTION_TIMEOUT_SEC replaces it,
+ * so that a test of a hub that never answers need not wait minutes. */
+
+#include <stdint.h>
 
 #ifdef MPOOL_TEST_HOOKS
 void test_hook_load_gate(const char *model_name, WorkItem *item);
+uint64_t test_hook_inspection_timeout_usec(uint64_t usec);
 #else
 static inline void test_hook_load_gate(const char *model_name, WorkItem *item) {
+}
+static inline uint64_t test_hook_inspection_timeout_usec(uint64_t usec) {
+        return usec;
 }
 #endif
 

@@ -10,20 +10,37 @@
 
 #include "log.h"
 #include "macro.h"
+#include "time-util.h"
 #include "workpool.h"
 
 typedef enum MessageType {
         MESSAGE_PROGRESS,
         MESSAGE_DONE,
+        MESSAGE_RETIRED,
 } MessageType;
+
+typedef struct Worker Worker;
 
 /* Smaller than PIPE_BUF, so every write of one is atomic. */
 typedef struct Message {
-        WorkItem *item;
+        WorkItem *item;           /* MESSAGE_RETIRED: NULL */
+        Worker *worker;           /* MESSAGE_RETIRED */
         MessageType type;
         uint64_t done;
         uint64_t total;
 } Message;
+
+struct Worker {
+        WorkPool *pool;
+        pthread_t thread;
+        void *state;              /* the owner's, handed to each item it runs */
+        Worker *next;
+
+        /* Under the pool's mutex. */
+        bool busy;
+        bool retire;              /* asked to stop once idle */
+        uint64_t idle_since_usec; /* monotonic; when it last finished an item or started */
+};
 
 struct WorkPool {
         char *name;
@@ -39,22 +56,26 @@ struct WorkPool {
         unsigned n_queued;
         bool stopping;
 
+        Worker *workers;          /* linked here and unlinked by the loop only */
+
         /* The loop's alone. */
-        pthread_t *threads;
-        unsigned n_threads;
+        unsigned n_threads;       /* workers not asked to retire */
+        work_retired_t retired;
+        void *retired_userdata;
         unsigned queue_max;
         unsigned n_in_flight;
         WorkItem *returned, *returned_tail; /* cancelled while queued, to hand back in order */
         unsigned n_returned;
 };
 
-static void post(WorkPool *p, WorkItem *item, MessageType type, uint64_t done, uint64_t total) {
+static void post(WorkPool *p, WorkItem *item, Worker *worker, MessageType type, uint64_t done, uint64_t total) {
         Message message;
         ssize_t n;
 
         /* Zeroed whole, padding included: the bytes go through a pipe. */
         memset(&message, 0, sizeof message);
         message.item = item;
+        message.worker = worker;
         message.type = type;
         message.done = done;
         message.total = total;
@@ -72,7 +93,7 @@ static void post(WorkPool *p, WorkItem *item, MessageType type, uint64_t done, u
 }
 
 void work_item_progress(WorkItem *item, uint64_t done, uint64_t total) {
-        post(item->pool, item, MESSAGE_PROGRESS, done, total);
+        post(item->pool, item, NULL, MESSAGE_PROGRESS, done, total);
 }
 
 static WorkItem *dequeue_locked(WorkPool *p) {
@@ -89,24 +110,36 @@ static WorkItem *dequeue_locked(WorkPool *p) {
         return item;
 }
 
-static void *worker(void *userdata) {
-        WorkPool *p = userdata;
+static void *worker_main(void *userdata) {
+        Worker *w = userdata;
+        WorkPool *p = w->pool;
 
         for (;;) {
                 WorkItem *item;
 
                 pthread_mutex_lock(&p->mutex);
-                while (!p->queue_head && !p->stopping)
+                while (!p->queue_head && !p->stopping && !w->retire)
                         pthread_cond_wait(&p->wake, &p->mutex);
-                if (p->stopping) {
+                if (p->stopping || w->retire) {
+                        bool retiring = !p->stopping;
+
                         pthread_mutex_unlock(&p->mutex);
+                        if (retiring)
+                                post(p, NULL, w, MESSAGE_RETIRED, 0, 0);
                         return NULL;
                 }
                 item = dequeue_locked(p);
+                w->busy = true;
                 pthread_mutex_unlock(&p->mutex);
 
+                item->worker_state = w->state;
                 item->run(item);
-                post(p, item, MESSAGE_DONE, 0, 0);
+
+                pthread_mutex_lock(&p->mutex);
+                w->busy = false;
+                w->idle_since_usec = now_monotonic_usec();
+                pthread_mutex_unlock(&p->mutex);
+                post(p, item, NULL, MESSAGE_DONE, 0, 0);
         }
 }
 
@@ -115,6 +148,23 @@ static void hand_back(WorkPool *p, WorkItem *item, bool ran) {
         p->n_in_flight--;
         item->pool = NULL;
         item->done(item, ran);
+}
+
+/* A worker that stopped: joined (it posted its last message and only
+ * returns, so this waits for nothing) and its state handed to the owner. */
+static void worker_reap(WorkPool *p, Worker *w) {
+        Worker **link = &p->workers;
+
+        for (; *link != w; link = &(*link)->next)
+                assert(*link);
+        pthread_mutex_lock(&p->mutex);
+        *link = w->next;
+        pthread_mutex_unlock(&p->mutex);
+
+        pthread_join(w->thread, NULL);
+        if (p->retired)
+                p->retired(w->state, p->retired_userdata);
+        free(w);
 }
 
 static int on_pipe(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
@@ -140,11 +190,18 @@ static int on_pipe(sd_event_source *s, int fd, uint32_t revents, void *userdata)
                         abort();
                 }
 
-                if (message.type == MESSAGE_PROGRESS) {
+                switch (message.type) {
+                case MESSAGE_PROGRESS:
                         if (message.item->progress)
                                 message.item->progress(message.item, message.done, message.total);
-                } else
+                        break;
+                case MESSAGE_DONE:
                         hand_back(p, message.item, true);
+                        break;
+                case MESSAGE_RETIRED:
+                        worker_reap(p, message.worker);
+                        break;
+                }
         }
 }
 
@@ -166,12 +223,10 @@ static int on_returned(sd_event_source *s, void *userdata) {
 
 int workpool_new(sd_event *event, const char *name, unsigned n_threads, unsigned queue_max, WorkPool **ret) {
         WorkPool *p;
-        sigset_t all, saved;
         int fds[2], r;
 
         assert(event);
         assert(name);
-        assert(n_threads >= 1);
         assert(ret);
 
         p = calloc(1, sizeof *p);
@@ -183,8 +238,7 @@ int workpool_new(sd_event *event, const char *name, unsigned n_threads, unsigned
         pthread_cond_init(&p->wake, NULL);
 
         p->name = strdup(name);
-        p->threads = calloc(n_threads, sizeof *p->threads);
-        if (!p->name || !p->threads) {
+        if (!p->name) {
                 r = -ENOMEM;
                 goto fail;
         }
@@ -209,17 +263,11 @@ int workpool_new(sd_event *event, const char *name, unsigned n_threads, unsigned
         if (r < 0)
                 goto fail;
 
-        /* Signals belong to the loop (sd-event's signalfd), never to a worker. */
-        sigfillset(&all);
-        pthread_sigmask(SIG_SETMASK, &all, &saved);
-        for (; p->n_threads < n_threads; p->n_threads++) {
-                r = -pthread_create(&p->threads[p->n_threads], NULL, worker, p);
+        while (p->n_threads < n_threads) {
+                r = workpool_add_worker(p, NULL);
                 if (r < 0)
-                        break;
+                        goto fail;
         }
-        pthread_sigmask(SIG_SETMASK, &saved, NULL);
-        if (r < 0)
-                goto fail;
 
         *ret = p;
         return 0;
@@ -229,19 +277,85 @@ fail:
         return r;
 }
 
+void workpool_set_retired(WorkPool *p, work_retired_t retired, void *userdata) {
+        p->retired = retired;
+        p->retired_userdata = userdata;
+}
+
+int workpool_add_worker(WorkPool *p, void *state) {
+        sigset_t all, saved;
+        Worker *w;
+        int r;
+
+        w = calloc(1, sizeof *w);
+        if (!w)
+                return -ENOMEM;
+        *w = (Worker) {
+                .pool = p,
+                .state = state,
+                .idle_since_usec = now_monotonic_usec(),
+        };
+
+        /* Signals belong to the loop (sd-event's signalfd), never to a worker. */
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &saved);
+        r = -pthread_create(&w->thread, NULL, worker_main, w);
+        pthread_sigmask(SIG_SETMASK, &saved, NULL);
+        if (r < 0) {
+                free(w);
+                return r;
+        }
+
+        pthread_mutex_lock(&p->mutex);
+        w->next = p->workers;
+        p->workers = w;
+        pthread_mutex_unlock(&p->mutex);
+        p->n_threads++;
+        return 0;
+}
+
+int workpool_retire_worker(WorkPool *p) {
+        Worker *oldest = NULL;
+
+        pthread_mutex_lock(&p->mutex);
+        for (Worker *w = p->workers; w; w = w->next)
+                if (!w->busy && !w->retire && (!oldest || w->idle_since_usec < oldest->idle_since_usec))
+                        oldest = w;
+        if (oldest) {
+                oldest->retire = true;
+                pthread_cond_broadcast(&p->wake);
+        }
+        pthread_mutex_unlock(&p->mutex);
+
+        if (!oldest)
+                return -EAGAIN;
+        p->n_threads--;
+        return 0;
+}
+
 WorkPool *workpool_free(WorkPool *p) {
+        Worker *w;
+
         if (!p)
                 return NULL;
 
         /* Workers still running an item would post into a closed pipe. */
-        assert(p->n_in_flight == 0 || p->n_threads == 0);
+        assert(p->n_in_flight == 0 || !p->workers);
 
         pthread_mutex_lock(&p->mutex);
         p->stopping = true;
         pthread_cond_broadcast(&p->wake);
         pthread_mutex_unlock(&p->mutex);
-        for (unsigned i = 0; i < p->n_threads; i++)
-                pthread_join(p->threads[i], NULL);
+
+        /* Workers retired whose message was not read yet are joined here too;
+         * every state goes back to the owner. */
+        while ((w = p->workers)) {
+                p->workers = w->next;
+                pthread_join(w->thread, NULL);
+                if (p->retired)
+                        p->retired(w->state, p->retired_userdata);
+                free(w);
+        }
 
         sd_event_source_disable_unref(p->pipe_source);
         sd_event_source_disable_unref(p->returned_source);
@@ -251,7 +365,6 @@ WorkPool *workpool_free(WorkPool *p) {
                 close(p->write_fd);
         pthread_cond_destroy(&p->wake);
         pthread_mutex_destroy(&p->mutex);
-        free(p->threads);
         free(p->name);
         free(p);
         return NULL;
@@ -285,21 +398,17 @@ int workpool_submit(WorkPool *p, WorkItem *item) {
         return 0;
 }
 
-void workpool_cancel(WorkPool *p, WorkItem *item) {
+/* Takes a queued item off the queue into the list handed back from the
+ * loop's next turn. false when a worker has it already. */
+static bool take_queued(WorkPool *p, WorkItem *item) {
         bool taken = false;
-
-        assert(p);
-        assert(item);
-        assert(item->pool == p);
-
-        atomic_store(&item->cancelled, true);
 
         /* Handed back from the loop's next turn. Should the defer source
          * fail to arm, the item stays queued: a worker then dequeues it,
          * its run function sees the flag at once, and it comes back
          * through the pipe instead. */
         if (sd_event_source_set_enabled(p->returned_source, SD_EVENT_ONESHOT) < 0)
-                return;
+                return false;
 
         pthread_mutex_lock(&p->mutex);
         if (item->queued) {
@@ -318,7 +427,7 @@ void workpool_cancel(WorkPool *p, WorkItem *item) {
         pthread_mutex_unlock(&p->mutex);
 
         if (!taken)
-                return;   /* running: its run function sees the flag */
+                return false;
 
         if (p->returned_tail)
                 p->returned_tail->queue_next = item;
@@ -326,6 +435,27 @@ void workpool_cancel(WorkPool *p, WorkItem *item) {
                 p->returned = item;
         p->returned_tail = item;
         p->n_returned++;
+        return true;
+}
+
+void workpool_cancel(WorkPool *p, WorkItem *item) {
+        assert(p);
+        assert(item);
+        assert(item->pool == p);
+
+        atomic_store(&item->cancelled, true);
+        (void) take_queued(p, item);   /* running: its run function sees the flag */
+}
+
+bool workpool_cancel_queued(WorkPool *p, WorkItem *item) {
+        assert(p);
+        assert(item);
+        assert(item->pool == p);
+
+        if (!take_queued(p, item))
+                return false;
+        atomic_store(&item->cancelled, true);
+        return true;
 }
 
 unsigned workpool_in_flight(const WorkPool *p) {
@@ -341,4 +471,10 @@ bool workpool_full(const WorkPool *p) {
 
 unsigned workpool_threads(const WorkPool *p) {
         return p->n_threads;
+}
+
+unsigned workpool_waiting(const WorkPool *p) {
+        unsigned pending = p->n_in_flight - p->n_returned;
+
+        return pending > p->n_threads ? pending - p->n_threads : 0;
 }

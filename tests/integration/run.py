@@ -29,23 +29,27 @@ import tests_files  # noqa: E402
 import tests_holds  # noqa: E402
 import tests_idle  # noqa: E402
 import tests_index  # noqa: E402
+import tests_inspect  # noqa: E402
 import tests_lifecycle  # noqa: E402
 import tests_load  # noqa: E402
 import tests_memory  # noqa: E402
 import tests_names  # noqa: E402
 import tests_objects  # noqa: E402
+import tests_openfiles  # noqa: E402
 import tests_polkit  # noqa: E402
 import tests_probe  # noqa: E402
 import tests_pull  # noqa: E402
 import tests_pull_daemon  # noqa: E402
 import tests_pull_state  # noqa: E402
 import tests_queue  # noqa: E402
+import tests_registry  # noqa: E402
 import tests_signals  # noqa: E402
 import tests_watch  # noqa: E402
 
 MODULES = [tests_load, tests_idle, tests_memory, tests_holds, tests_errors, tests_files, tests_objects,
            tests_lifecycle, tests_probe, tests_index, tests_queue, tests_client, tests_polkit, tests_callers,
-           tests_names, tests_signals, tests_watch, tests_pull, tests_pull_daemon, tests_pull_state]
+           tests_names, tests_signals, tests_watch, tests_pull, tests_pull_daemon, tests_registry,
+           tests_openfiles, tests_inspect, tests_pull_state]
 
 
 def collect(name_filter):

@@ -53,7 +53,7 @@ POLKIT_AGENT = "/usr/bin/pkttyagent"
 
 POOL_KEYS = {"version": str, "memory_total": int, "memory_available": int, "memory_limit": int,
              "memory_used": int, "models_loaded": int, "idle_timeout_sec": int, "idle_policy": str,
-             "uptime_usec": int}
+             "uptime_usec": int, "blas_core": str}
 MODEL_KEYS = {"name": str, "state": str, "size_bytes": int, "memory_bytes": int, "memory_percent": (int, float),
               "memory_limit_percent": (int, float), "pinned": bool, "holds": int, "loaded_at_usec": int,
               "last_used_usec": int, "expires_at_usec": int, "requests_total": int, "error": str}
@@ -269,9 +269,9 @@ def test_client_status_and_list(ctx):
         text = run(ctx, d, "list").stdout
         assert ESC not in text, text
         lines = text.splitlines()
-        assert lines[0].split() == ["NAME", "STATE", "SIZE"], lines
-        assert re.match(r"^alpha\s+loaded\s+4\.0M$", lines[1]), lines
-        assert re.match(r"^demo/beta\s+available\s+2\.0M$", lines[2]), lines
+        assert lines[0].split() == ["NAME", "STATE", "SIZE", "SOURCE"], lines
+        assert re.match(r"^alpha\s+loaded\s+4\.0M\s+store$", lines[1]), lines
+        assert re.match(r"^demo/beta\s+available\s+2\.0M\s+store$", lines[2]), lines
         assert lines[1].index("loaded") == lines[2].index("available") == lines[0].index("STATE"), lines
         assert "2 models listed." in text, text
         bare = run(ctx, d, "list", "--no-legend").stdout

@@ -86,6 +86,8 @@ def test_status_after_load(ctx):
         assert 0 < pool["memory_total"] <= mem_total, pool
         assert 0 < pool["memory_available"], pool
         assert 0 < pool["uptime_usec"] < 3600 * 1_000_000, pool
+        # OpenBLAS is installed here: its kernel set is named, as the log says.
+        assert pool["blas_core"] and f"OpenBLAS: {pool['blas_core']} kernels" in d.log(), (pool, d.log())
 
         loaded = [m for m in models.values() if m["state"] == "loaded"]
         assert sorted(m["name"] for m in loaded) == ["alpha", "demo/beta"], models

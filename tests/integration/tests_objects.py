@@ -12,7 +12,7 @@ from harness import (MANAGER_IFACE, MANAGER_PATH, MODEL_IFACE, MODELS_PATH, OBJE
 MODEL_PROPERTY_KEYS = {
         "Name": "name", "State": "state", "SizeBytes": "size_bytes", "MemoryBytes": "memory_bytes",
         "Pinned": "pinned", "Holds": "holds", "LoadedAt": "loaded_at_usec", "LastUsed": "last_used_usec",
-        "ExpiresAt": "expires_at_usec", "RequestsTotal": "requests_total",
+        "ExpiresAt": "expires_at_usec", "RequestsTotal": "requests_total", "Source": "source", "Revision": "revision",
         "DownloadDone": "download_done", "DownloadTotal": "download_total",
 }
 

@@ -433,6 +433,15 @@ def test_polkit_acquire_of_loaded_model(ctx):
         check_privileged(ctx, acquire_call("alpha"), ACTION_LOAD, setup=lambda d: d.load("alpha"), verify=verify)
 
 
+def test_polkit_open_files(ctx):
+        def verify(d, result):
+                assert [name for name, _ in result] == ["model.safetensors"], result
+                for _, fd in result:
+                        os.close(fd.take())
+                loaded(d, "alpha", holds=1)
+        check_privileged(ctx, call_spec("OpenFiles", ["s"], ["alpha"]), ACTION_LOAD, verify=verify)
+
+
 def test_polkit_unload(ctx):
         def verify(d, result):
                 assert result is True, result

@@ -1,27 +1,112 @@
 #!/bin/bash
 # A stand-in for mpool-pull in the unit tests of the daemon's side of the
-# protocol (daemon/pull-process.c): behaves as --repo= says.
+# protocol (daemon/pull-process.c): behaves as --repo= says; with
+# --inspect, as an inspection (the repositories named inspect-*).
 set -u
 repo=""
 staging=""
+inspect=0
 for arg in "$@"; do
         case "$arg" in
         --repo=*) repo="${arg#--repo=}" ;;
         --staging=*) staging="${arg#--staging=}" ;;
+        --inspect) inspect=1 ;;
         esac
 done
 
-plan() {
+plan_files() {
         echo "COMMIT 0123456789abcdef0123456789abcdef01234567"
         echo "FILE 100 - config.json"
         echo "FILE 4096 $(printf 'a%.0s' $(seq 64)) model.safetensors"
         echo "TOTAL 4196 2"
+}
+
+plan() {
+        plan_files
         echo "READY"
 }
 
+# What the weights hold: MEMORY is model.safetensors' size in pages (the
+# test passes the page size), within what the plan allows.
+weights() {
+        echo "TENSORS 3"
+        echo "PARAMETERS 1000"
+        echo "DTYPE BF16 600"
+        echo "DTYPE F32 400"
+        echo "MEMORY ${FAKE_PULL_MEMORY:-4096}"
+}
+
+if [ "$inspect" = 1 ]; then
+        case "$repo" in
+        inspect-ok)
+                plan_files
+                weights
+                echo "DONE"
+                ;;
+        inspect-not-found)
+                echo "FAILED not-found The repository inspect-not-found does not exist at main."
+                exit 1
+                ;;
+        inspect-hang)
+                plan_files
+                trap 'echo "FAILED cancelled The download was cancelled."; exit 1' TERM
+                sleep 30 & wait
+                ;;
+        inspect-ready)
+                plan
+                weights
+                echo "DONE"
+                ;;
+        inspect-early)
+                echo "COMMIT 0123456789abcdef0123456789abcdef01234567"
+                echo "TENSORS 3"
+                sleep 30
+                ;;
+        inspect-no-memory)
+                plan_files
+                echo "TENSORS 3"
+                echo "PARAMETERS 1000"
+                echo "DTYPE F32 1000"
+                echo "DONE"
+                ;;
+        inspect-unsorted)
+                plan_files
+                echo "TENSORS 3"
+                echo "PARAMETERS 1000"
+                echo "DTYPE F32 400"
+                echo "DTYPE BF16 600"
+                sleep 30
+                ;;
+        inspect-sum)
+                plan_files
+                echo "TENSORS 3"
+                echo "PARAMETERS 1000"
+                echo "DTYPE F32 400"
+                echo "MEMORY 4096"
+                sleep 30
+                ;;
+        inspect-dtype)
+                plan_files
+                echo "TENSORS 3"
+                echo "PARAMETERS 1000"
+                echo "DTYPE rm_-rf 1000"
+                sleep 30
+                ;;
+        inspect-memory)
+                plan_files
+                echo "TENSORS 3"
+                echo "PARAMETERS 1000"
+                echo "DTYPE F32 1000"
+                echo "MEMORY 99999999999"
+                sleep 30
+                ;;
+        esac
+        exit 0
+fi
+
 # A valid one-tensor model.safetensors (four F32 zeros), for the cases
 # that complete: 8 bytes of header length, the header, 16 bytes of data.
-weights() {
+safetensors_file() {
         local header='{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}'
         while [ $(( ${#header} % 8 )) -ne 0 ]; do header="$header "; done
         printf "\\x$(printf %02x ${#header})\\0\\0\\0\\0\\0\\0\\0"
@@ -34,7 +119,7 @@ weights() {
 case "$repo" in
 */write*)
         # Writes a model into the staging folder, as the real helper does.
-        size=$(weights | wc -c)
+        size=$(safetensors_file | wc -c)
         echo "COMMIT 0123456789abcdef0123456789abcdef01234567"
         echo "FILE 2 - config.json"
         echo "FILE $size $(printf 'b%.0s' $(seq 64)) model.safetensors"
@@ -44,7 +129,7 @@ case "$repo" in
         [ "$answer" = GO ] || { echo "FAILED cancelled The download was cancelled."; exit 1; }
         echo "PROGRESS 0 $((size + 2))"
         printf '{}' > "$staging/config.json"
-        weights > "$staging/model.safetensors"
+        safetensors_file > "$staging/model.safetensors"
         echo "PROGRESS $((size + 2)) $((size + 2))"
         echo "DONE"
         exit 0
@@ -86,6 +171,13 @@ case "$repo" in
 esac
 
 case "$repo" in
+inspect-ok)
+        # An inspection's lines in a download: not in its protocol.
+        plan
+        read -r answer
+        weights
+        echo "DONE"
+        ;;
 ok)
         plan
         read -r answer || exit 3

@@ -259,6 +259,7 @@ typedef struct TestOptions {
         uint64_t bytes;
         int64_t delta;
         const char *label;
+        int maybe;
 } TestOptions;
 
 static const BusOption test_table[] = {
@@ -266,6 +267,7 @@ static const BusOption test_table[] = {
           .uint64 = { .min = 16, .max = UINT64_MAX, .unit = "bytes" } },
         { "delta", BUS_OPTION_INT64, offsetof(TestOptions, delta), .int64 = { .min = -5, .max = 5 } },
         { "label", BUS_OPTION_STRING, offsetof(TestOptions, label), .string = { .max_length = 4 } },
+        { "maybe", BUS_OPTION_TRISTATE, offsetof(TestOptions, maybe) },
         {}
 };
 
@@ -335,6 +337,81 @@ static void test_other_kinds(void **state) {
         m = new_call();
         assert_true(sd_bus_message_append(m, "a{sv}", 1, "label", "o", "/a") >= 0);
         check_test_refused(m, "Option 'label' must be of type 's', not 'o'.");
+
+        /* A tristate says whether it was given at all. */
+        o.maybe = -1;
+        m = new_call();
+        assert_true(sd_bus_message_append(m, "a{sv}", 0) >= 0);
+        assert_int_equal(read_test(m, &o, &error), 0);
+        assert_int_equal(o.maybe, -1);
+        m = new_call();
+        assert_true(sd_bus_message_append(m, "a{sv}", 1, "maybe", "b", 0) >= 0);
+        assert_int_equal(read_test(m, &o, &error), 0);
+        assert_int_equal(o.maybe, 0);
+        m = new_call();
+        assert_true(sd_bus_message_append(m, "a{sv}", 1, "maybe", "b", 1) >= 0);
+        assert_int_equal(read_test(m, &o, &error), 0);
+        assert_int_equal(o.maybe, 1);
+        m = new_call();
+        assert_true(sd_bus_message_append(m, "a{sv}", 1, "maybe", "i", 1) >= 0);
+        check_test_refused(m, "Option 'maybe' must be of type 'b', not 'i'.");
+}
+
+/* A Pull or Inspect call's options: revision and token, or what is given. */
+static sd_bus_message *hub_call(const char *revision, const char *token) {
+        sd_bus_message *m = new_call();
+
+        if (revision && token)
+                assert_true(sd_bus_message_append(m, "a{sv}", 2, "revision", "s", revision, "token", "s", token) >= 0);
+        else if (revision)
+                assert_true(sd_bus_message_append(m, "a{sv}", 1, "revision", "s", revision) >= 0);
+        else if (token)
+                assert_true(sd_bus_message_append(m, "a{sv}", 1, "token", "s", token) >= 0);
+        else
+                assert_true(sd_bus_message_append(m, "a{sv}", 0) >= 0);
+        seal(m);
+        return m;
+}
+
+static void check_hub_refused(const char *revision, const char *token, const char *expected) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        sd_bus_message *m = hub_call(revision, token);
+        HubOptions options = { .revision = "untouched" };
+
+        assert_int_equal(hub_options_read(m, &options, &error), -EINVAL);
+        assert_string_equal(error.name, SD_BUS_ERROR_INVALID_ARGS);
+        if (!strstr(error.message, expected))
+                fail_msg("message \"%s\", expected \"%s\" in it", error.message, expected);
+        assert_string_equal(options.revision, "untouched");
+        sd_bus_message_unref(m);
+}
+
+static void test_hub_options(void **state) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        HubOptions options;
+        sd_bus_message *m;
+        char long_token[4098];
+
+        m = hub_call(NULL, NULL);
+        assert_int_equal(hub_options_read(m, &options, &error), 0);
+        assert_string_equal(options.revision, "main");
+        assert_null(options.token);
+        sd_bus_message_unref(m);
+
+        m = hub_call("refs/pr/1", "hf_abc");
+        assert_int_equal(hub_options_read(m, &options, &error), 0);
+        assert_string_equal(options.revision, "refs/pr/1");
+        assert_string_equal(options.token, "hf_abc");
+        sd_bus_message_unref(m);
+
+        check_hub_refused("../x", NULL, "\"revision\"");
+        check_hub_refused("", NULL, "\"revision\"");
+        check_hub_refused("a b", NULL, "\"revision\"");
+        check_hub_refused(NULL, "", "\"token\"");
+        check_hub_refused(NULL, "a\nb", "\"token\"");
+        memset(long_token, 'x', sizeof long_token - 1);
+        long_token[sizeof long_token - 1] = '\0';
+        check_hub_refused(NULL, long_token, "'token' is longer than 4096 bytes");
 }
 
 int main(void) {
@@ -345,6 +422,7 @@ int main(void) {
                 cmocka_unit_test(test_booleans),
                 cmocka_unit_test(test_defaults_and_names),
                 cmocka_unit_test(test_other_kinds),
+                cmocka_unit_test(test_hub_options),
         };
 
         return cmocka_run_group_tests(tests, setup_bus, teardown_bus);

@@ -71,6 +71,9 @@ static void assert_defaults(const Config *c) {
         assert_int_equal(c->max_concurrent_loads, 4);
         assert_int_equal(c->max_queued_loads, 64);
         assert_int_equal(c->max_concurrent_downloads, 2);
+        assert_int_equal(c->max_workers, 0);
+        assert_int_equal(c->max_queued_requests, 64);
+        assert_int_equal(c->cooldown_sec, 60);
         assert_string_equal(c->hub_endpoint, "https://huggingface.co");
         assert_null(c->hub_token_file);
 }
@@ -141,6 +144,10 @@ static void test_every_key(void **state) {
                      "MaxConcurrentLoads=64\r\n"
                      "MaxQueuedLoads=0\r\n"
                      "MaxConcurrentDownloads=16\n"
+                     "[Workers]\n"
+                     "MaxWorkers=8\n"
+                     "MaxQueuedRequests=0\n"
+                     "CooldownSec=2min\n"
                      "[Hub]\n"
                      "Endpoint=http://127.0.0.1:8080/mirror//\n"
                      "TokenFile=/etc/mpool//hub-token\n");
@@ -165,6 +172,9 @@ static void test_every_key(void **state) {
         assert_int_equal(c.max_concurrent_loads, 64);
         assert_int_equal(c.max_queued_loads, 0);
         assert_int_equal(c.max_concurrent_downloads, 16);
+        assert_int_equal(c.max_workers, 8);
+        assert_int_equal(c.max_queued_requests, 0);
+        assert_int_equal(c.cooldown_sec, 120);
         assert_string_equal(c.hub_endpoint, "http://127.0.0.1:8080/mirror");
         assert_string_equal(c.hub_token_file, "/etc/mpool/hub-token");
 
@@ -314,6 +324,12 @@ static void test_bad_values(void **state) {
                 { "Pool",  "MaxQueuedLoads=1025",          "MaxQueuedLoads=: 1025 is out of range 0..1024", -ERANGE },
                 { "Pool",  "MaxConcurrentDownloads=0",     "MaxConcurrentDownloads=: 0 is out of range 1..16", -ERANGE },
                 { "Pool",  "MaxConcurrentDownloads=17",    "MaxConcurrentDownloads=: 17 is out of range 1..16", -ERANGE },
+                { "Workers", "MaxWorkers=257",             "MaxWorkers=: 257 is out of range 0..256", -ERANGE },
+                { "Workers", "MaxQueuedRequests=4097",     "MaxQueuedRequests=: 4097 is out of range 0..4096", -ERANGE },
+                { "Workers", "CooldownSec=infinity",       "CooldownSec=: 'infinity' is out of range: 1s to 1d", -ERANGE },
+                { "Workers", "CooldownSec=2d",             "CooldownSec=: '2d' is out of range: 1s to 1d", -ERANGE },
+                { "Workers", "CooldownSec=soon",           "CooldownSec=: invalid duration 'soon': expected seconds or a duration such as 90s or 5min", -EINVAL },
+                { "Pool",  "MaxWorkers=2",                 "MaxWorkers=: unknown key in section [Pool]", -EINVAL },
                 { "Hub",   "Endpoint=",                    "Endpoint=: empty value; comment the line out to use the default", -EINVAL },
                 { "Hub",   "Endpoint=ftp://hub",           "Endpoint=: 'ftp://hub' is not an http:// or https:// URL", -EINVAL },
                 { "Hub",   "Endpoint=huggingface.co",      "Endpoint=: 'huggingface.co' is not an http:// or https:// URL", -EINVAL },
@@ -401,7 +417,7 @@ static void test_bad_structure(void **state) {
         check_load_error_str(f, "[pool]\nMemoryLimit=4G\n", -EINVAL,
                              "2: MemoryLimit=: unknown section [pool]");
         check_load_error_str(f, "# no section yet\nMemoryLimit=4G\n", -EINVAL,
-                             "2: MemoryLimit=: setting outside of a section, expected [Store], [Pool] or [Hub] first");
+                             "2: MemoryLimit=: setting outside of a section, expected [Store], [Pool], [Workers] or [Hub] first");
         check_load_error_str(f, "[Pool]\nMemoryLimit 4G\n", -EINVAL,
                              "2: syntax error: expected Key=value, [Section] or a comment");
         check_load_error_str(f, "[Pool\nMemoryLimit=4G\n", -EINVAL,
@@ -543,7 +559,7 @@ static void test_shipped_config(void **state) {
         }
         fclose(in);
         assert_int_equal(fclose(out), 0);
-        assert_int_equal(settings, 13);
+        assert_int_equal(settings, 16);
 
         assert_int_equal(config_init_defaults(&c), 0);
         if (config_load_file(&c, f->path, true, &error) != 0)

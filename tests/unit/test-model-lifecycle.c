@@ -13,6 +13,7 @@
 
 #include <cmocka.h>
 
+#include "catalog.h"
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
@@ -22,174 +23,7 @@
 #include "request.h"
 #include "time-util.h"
 
-/* Generous: a loaded two-core machine may be slow, never this slow. */
-#define WAIT_USEC (60 * USEC_PER_SEC)
-
-typedef struct Recorder {
-        unsigned loaded, unloaded, failed, announced, progress, removed;
-        char last_unload_reason[64];
-        int last_failure;
-} Recorder;
-
-static Recorder rec;
-
-static void on_model_loaded(Manager *m, PoolModel *model) {
-        rec.loaded++;
-}
-
-static void on_model_unloaded(Manager *m, PoolModel *model, const char *reason) {
-        rec.unloaded++;
-        snprintf(rec.last_unload_reason, sizeof rec.last_unload_reason, "%s", reason);
-}
-
-static void on_load_failed(Manager *m, PoolModel *model, int error, const char *message) {
-        rec.failed++;
-        rec.last_failure = error;
-}
-
-static void on_announced(Manager *m, PoolModel *model) {
-        rec.announced++;
-}
-
-static void on_progress(Manager *m, PoolModel *model, uint64_t done, uint64_t total) {
-        rec.progress++;
-}
-
-static void on_removed(Manager *m, PoolModel *model) {
-        /* Still findable, as sd-bus needs it to be. */
-        assert_ptr_equal(pool_find(&m->pool, model->name), model);
-        assert_true(model_is_announced(model));
-        rec.removed++;
-}
-
-static const ManagerEvents recorder_events = {
-        .model_loaded = on_model_loaded,
-        .model_unloaded = on_model_unloaded,
-        .load_failed = on_load_failed,
-        .model_announced = on_announced,
-        .load_progress = on_progress,
-        .model_removed = on_removed,
-};
-
-typedef struct Fixture {
-        char dir[64];
-        Manager *m;
-} Fixture;
-
-/* A valid single-tensor safetensors file of n floats. */
-static void write_model(const char *dir, const char *name, size_t n_floats) {
-        char path[256], header[256];
-        size_t header_len;
-        FILE *f;
-
-        snprintf(path, sizeof path, "%s/%s", dir, name);
-        assert_int_equal(mkdir(path, 0755), 0);
-        snprintf(path, sizeof path, "%s/%s/model.safetensors", dir, name);
-        header_len = (size_t) snprintf(header, sizeof header,
-                                       "{\"w\":{\"dtype\":\"F32\",\"shape\":[%zu],\"data_offsets\":[0,%zu]}}",
-                                       n_floats, n_floats * 4);
-        while (header_len % 8 != 0)
-                header[header_len++] = ' ';
-        f = fopen(path, "we");
-        assert_non_null(f);
-        uint64_t le = header_len;
-        assert_int_equal(fwrite(&le, 8, 1, f), 1);
-        assert_int_equal(fwrite(header, 1, header_len, f), header_len);
-        for (size_t i = 0; i < n_floats; i++) {
-                float v = (float) i;
-                assert_int_equal(fwrite(&v, 4, 1, f), 1);
-        }
-        assert_int_equal(fclose(f), 0);
-}
-
-static Fixture *fixture_new(const char *memory_limit, unsigned threads, unsigned queued) {
-        Fixture *f = calloc(1, sizeof *f);
-        Config config;
-        char *error = NULL;
-
-        assert_non_null(f);
-        strcpy(f->dir, "/tmp/mpool-test-lifecycle-XXXXXX");
-        assert_non_null(mkdtemp(f->dir));
-        write_model(f->dir, "alpha", 256 * 1024);    /* 1 MiB */
-        write_model(f->dir, "beta", 256 * 1024);
-
-        assert_int_equal(manager_new(&f->m), 0);
-        assert_int_equal(config_init_defaults(&f->m->config), 0);
-        free(f->m->config.model_dir);
-        f->m->config.model_dir = strdup(f->dir);
-        assert_int_equal(parse_size_or_percent(memory_limit, &f->m->config.memory_limit), 0);
-        f->m->config.max_concurrent_loads = threads;
-        f->m->config.max_queued_loads = queued;
-        (void) error;
-        config = f->m->config;
-        assert_int_equal(manager_configure(f->m, &config), 0);
-        assert_int_equal(sd_event_new(&f->m->event), 0);
-        f->m->events = &recorder_events;
-        memset(&rec, 0, sizeof rec);
-        assert_int_equal(manager_scan_store(f->m), 0);
-        assert_int_equal(manager_start(f->m), 0);
-        return f;
-}
-
-static void fixture_free(Fixture *f) {
-        char command[128];
-
-        manager_begin_shutdown(f->m);
-        /* Shutdown ends when every worker has let go. */
-        for (uint64_t end = now_monotonic_usec() + WAIT_USEC;
-             sd_event_get_state(f->m->event) != SD_EVENT_FINISHED && now_monotonic_usec() < end;)
-                assert_true(sd_event_run(f->m->event, 100 * USEC_PER_MSEC) >= 0);
-        assert_int_equal(workpool_in_flight(f->m->loaders), 0);
-        manager_free(f->m);
-        snprintf(command, sizeof command, "rm -rf '%s'", f->dir);
-        assert_int_equal(system(command), 0);
-        free(f);
-}
-
-typedef struct Outcome {
-        bool completed;
-        int error;
-        bool was_loaded;
-        char **unloaded;
-} Outcome;
-
-static void on_complete(Request *req, void *userdata) {
-        Outcome *o = userdata;
-
-        o->completed = true;
-        o->error = req->error;
-        o->was_loaded = req->was_loaded;
-        o->unloaded = req->unloaded;
-        req->unloaded = NULL;
-}
-
-static Request *submit(Fixture *f, RequestKind kind, const char *model, const char *owner, Outcome *o) {
-        Request *req;
-
-        memset(o, 0, sizeof *o);
-        assert_int_equal(request_new(kind, model, owner, on_complete, o, &req), 0);
-        manager_submit(f->m, req);
-        return req;
-}
-
-static void run_until(Fixture *f, const bool *flag) {
-        uint64_t end = now_monotonic_usec() + WAIT_USEC;
-
-        while (!*flag) {
-                assert_true(now_monotonic_usec() < end);
-                assert_true(sd_event_run(f->m->event, 100 * USEC_PER_MSEC) >= 0);
-        }
-}
-
-static PoolModel *load(Fixture *f, const char *name) {
-        Outcome o;
-        Request *req = submit(f, REQUEST_LOAD, name, NULL, &o);
-
-        run_until(f, &o.completed);
-        assert_int_equal(o.error, 0);
-        request_unref(req);
-        return pool_find(&f->m->pool, name);
-}
+#include "lifecycle-fixture.h"
 
 static void test_load_and_unload(void **state) {
         Fixture *f = fixture_new("1G", 2, 4);
@@ -673,6 +507,171 @@ static void test_store_watch_model_back_before_unload_stays(void **state) {
         fixture_free(f);
 }
 
+/* --- Register and Remove (catalog.h) ----------------------------------- */
+
+typedef struct Reply {
+        bool done;
+        int error;
+        char message[512];
+} Reply;
+
+static void on_reply(int error, const char *message, void *userdata) {
+        Reply *r = userdata;
+
+        assert_false(r->done);
+        r->done = true;
+        r->error = error;
+        snprintf(r->message, sizeof r->message, "%s", strempty(message));
+}
+
+static bool exists(Fixture *f, const char *name) {
+        char path[256];
+
+        snprintf(path, sizeof path, "%s/%s", f->dir, name);
+        return access(path, F_OK) >= 0;
+}
+
+static void test_catalog_register_and_remove(void **state) {
+        Fixture *f = fixture_new("1G", 2, 4);
+        char outside[128], path[160];
+        PoolModel *model;
+        Reply r = {};
+
+        strcpy(outside, "/tmp/mpool-test-catalog-XXXXXX");
+        assert_non_null(mkdtemp(outside));
+        write_model(outside, "m", 1024);
+        snprintf(path, sizeof path, "%s/m", outside);
+
+        catalog_register(f->m, "acme/m", path, on_reply, &r);
+        run_until(f, &r.done);
+        assert_int_equal(r.error, 0);
+        model = pool_find(&f->m->pool, "acme/m");
+        assert_non_null(model);
+        assert_true(model_is_announced(model));
+        assert_int_equal(((ModelRuntime *) model->userdata)->source, MODEL_SOURCE_LOCAL);
+        assert_int_equal(model->state, MODEL_AVAILABLE);
+        assert_int_equal(rec.announced, 3);
+        (void) load(f, "acme/m");
+
+        /* Known now, by the pool and by the registry. */
+        r = (Reply) {};
+        catalog_register(f->m, "acme/m", path, on_reply, &r);
+        assert_true(r.done);
+        assert_int_equal(r.error, -EEXIST);
+        r = (Reply) {};
+        catalog_register(f->m, "alpha", path, on_reply, &r);
+        assert_true(r.done);
+        assert_int_equal(r.error, -EEXIST);
+        r = (Reply) {};
+        catalog_register(f->m, "other", "relative", on_reply, &r);
+        assert_true(r.done);
+        assert_int_equal(r.error, -EINVAL);
+
+        /* Loaded: busy, unless forced. */
+        r = (Reply) {};
+        catalog_remove(f->m, "acme/m", false, NULL, on_reply, &r);
+        assert_true(r.done);
+        assert_int_equal(r.error, -EBUSY);
+        assert_non_null(strstr(r.message, "loaded"));
+        r = (Reply) {};
+        catalog_remove(f->m, "acme/m", true, NULL, on_reply, &r);
+        run_until(f, &r.done);
+        assert_int_equal(r.error, 0);
+        assert_int_equal(rec.removed, 1);
+        assert_null(pool_find(&f->m->pool, "acme/m"));
+        /* A registration goes; the directory stays. */
+        snprintf(path, sizeof path, "%s/m/model.safetensors", outside);
+        assert_int_equal(access(path, F_OK), 0);
+
+        r = (Reply) {};
+        catalog_remove(f->m, "acme/m", false, NULL, on_reply, &r);
+        run_until(f, &r.done);
+        assert_int_equal(r.error, -ENOENT);
+
+        fixture_free(f);
+        snprintf(path, sizeof path, "rm -rf '%s'", outside);
+        assert_int_equal(system(path), 0);
+}
+
+static void test_catalog_remove_waits_for_users_and_refuses_loads(void **state) {
+        Fixture *f = fixture_new("1G", 2, 4);
+        PoolModel *alpha = load(f, "alpha");
+        ModelWeights *weights;
+        Reply r = {}, again = {};
+        Outcome o;
+        Request *req;
+
+        assert_int_equal(model_lease(f->m, alpha, &weights), 0);
+        catalog_remove(f->m, "alpha", true, NULL, on_reply, &r);
+        /* The unload waits for the user of the weights, and so does Remove. */
+        assert_false(r.done);
+        assert_int_equal(alpha->state, MODEL_UNLOADING);
+
+        req = submit(f, REQUEST_LOAD, "alpha", NULL, &o);
+        assert_true(o.completed);
+        assert_int_equal(o.error, -EBUSY);
+        request_unref(req);
+        catalog_remove(f->m, "alpha", true, NULL, on_reply, &again);
+        assert_true(again.done);
+        assert_int_equal(again.error, -EBUSY);
+        assert_true(exists(f, "alpha"));
+
+        model_unlease(f->m, alpha, weights);
+        run_until(f, &r.done);
+        assert_int_equal(r.error, 0);
+        assert_false(exists(f, "alpha"));
+        RUN_UNTIL(f, rec.removed == 1);
+        assert_null(pool_find(&f->m->pool, "alpha"));
+        assert_non_null(pool_find(&f->m->pool, "beta"));
+        fixture_free(f);
+}
+
+static void test_catalog_shutdown_answers_what_waits(void **state) {
+        Fixture *f = fixture_new("1G", 2, 4);
+        Reply r[4] = {};
+
+        /* Queued behind each other on the one worker; shutdown takes those
+         * not yet started off the queue, and each is answered once. */
+        catalog_remove(f->m, "alpha", false, NULL, on_reply, &r[0]);
+        catalog_remove(f->m, "beta", false, NULL, on_reply, &r[1]);
+        catalog_register(f->m, "x", "/nonexistent", on_reply, &r[2]);
+        manager_begin_shutdown(f->m);
+        catalog_remove(f->m, "alpha", false, NULL, on_reply, &r[3]);
+        assert_true(r[3].done);
+        assert_int_equal(r[3].error, -EBUSY);
+        for (unsigned i = 0; i < 3; i++)
+                run_until(f, &r[i].done);
+        fixture_free(f);
+}
+
+/* A model is admitted for what it will hold once loaded (each file in
+ * pages), never for less: the limit holds after the load too, and
+ * Inspect's memory_bytes, counted the same, says whether it fits. */
+static void test_admission_counts_pages(void **state) {
+        Fixture *f = fixture_new("1G", 2, 4);
+        uint64_t page = (uint64_t) sysconf(_SC_PAGESIZE), pages;
+        char path[128];
+        struct stat st;
+        Outcome o;
+        Request *req;
+
+        snprintf(path, sizeof path, "%s/alpha/model.safetensors", f->dir);
+        assert_int_equal(stat(path, &st), 0);
+        pages = ((uint64_t) st.st_size + page - 1) / page * page;
+        assert_true(pages > (uint64_t) st.st_size);   /* the header makes it uneven */
+
+        f->m->pool.memory_limit = (uint64_t) st.st_size;
+        req = submit(f, REQUEST_LOAD, "alpha", NULL, &o);
+        run_until(f, &o.completed);
+        assert_int_equal(o.error, -ENOSPC);
+        request_unref(req);
+
+        f->m->pool.memory_limit = pages;
+        assert_int_equal(load(f, "alpha")->memory_bytes, pages);
+        assert_true(pool_memory_used(&f->m->pool) <= f->m->pool.memory_limit);
+        fixture_free(f);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_load_and_unload),
@@ -691,6 +690,10 @@ int main(void) {
                 cmocka_unit_test(test_store_watch_announces_and_forgets),
                 cmocka_unit_test(test_store_watch_keeps_loaded_model_until_unloaded),
                 cmocka_unit_test(test_store_watch_model_back_before_unload_stays),
+                cmocka_unit_test(test_catalog_register_and_remove),
+                cmocka_unit_test(test_catalog_remove_waits_for_users_and_refuses_loads),
+                cmocka_unit_test(test_catalog_shutdown_answers_what_waits),
+                cmocka_unit_test(test_admission_counts_pages),
         };
 
         log_set_max_level(LOG_WARNING);

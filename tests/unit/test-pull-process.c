@@ -36,6 +36,11 @@ typedef struct Run {
         int error;
         char failure[64];
         char message[256];
+        /* An inspection's results, copied in finished. */
+        bool inspected;
+        char commit[41];
+        uint64_t total_bytes;
+        PullInspection inspection;
 } Run;
 
 static void on_ready(PullProcess *p, const PullPlan *plan, void *userdata) {
@@ -70,6 +75,15 @@ static void on_finished(PullProcess *p, int error, const char *failure, const ch
         run->error = error;
         snprintf(run->failure, sizeof run->failure, "%s", strempty(failure));
         snprintf(run->message, sizeof run->message, "%s", strempty(message));
+        if (error == 0 && pull_process_inspection(p)) {
+                const PullPlan *plan = pull_process_plan(p);
+
+                run->inspected = true;
+                run->n_files = plan->n_files;
+                memcpy(run->commit, plan->commit, sizeof run->commit);
+                run->total_bytes = plan->total_bytes;
+                run->inspection = *pull_process_inspection(p);
+        }
 }
 
 static const PullCallbacks callbacks = {
@@ -77,6 +91,19 @@ static const PullCallbacks callbacks = {
         .progress = on_progress,
         .finished = on_finished,
 };
+
+static void run_with(Run *run, const PullArguments *args, const PullCallbacks *cbs) {
+        uint64_t end = now_monotonic_usec() + WAIT_USEC;
+
+        assert_int_equal(sd_event_new(&run->event), 0);
+        assert_int_equal(pull_process_start(run->event, args, cbs, run, &run->process), 0);
+        while (!run->finished) {
+                assert_true(now_monotonic_usec() < end);
+                assert_true(sd_event_run(run->event, 100 * USEC_PER_MSEC) >= 0);
+        }
+        pull_process_free(run->process);
+        sd_event_unref(run->event);
+}
 
 static void run_helper(Run *run, const char *repo, int token_fd) {
         PullArguments args = {
@@ -87,16 +114,26 @@ static void run_helper(Run *run, const char *repo, int token_fd) {
                 .staging = "/nonexistent",
                 .token_fd = token_fd,
         };
-        uint64_t end = now_monotonic_usec() + WAIT_USEC;
 
-        assert_int_equal(sd_event_new(&run->event), 0);
-        assert_int_equal(pull_process_start(run->event, &args, &callbacks, run, &run->process), 0);
-        while (!run->finished) {
-                assert_true(now_monotonic_usec() < end);
-                assert_true(sd_event_run(run->event, 100 * USEC_PER_MSEC) >= 0);
-        }
-        pull_process_free(run->process);
-        sd_event_unref(run->event);
+        run_with(run, &args, &callbacks);
+}
+
+/* An inspection: no staging folder, no ready callback. */
+static const PullCallbacks inspect_callbacks = {
+        .finished = on_finished,
+};
+
+static void run_inspection(Run *run, const char *repo) {
+        PullArguments args = {
+                .helper = FAKE_HELPER,
+                .endpoint = "http://127.0.0.1:1",
+                .repo = repo,
+                .revision = "main",
+                .token_fd = -1,
+                .inspect = true,
+        };
+
+        run_with(run, &args, &inspect_callbacks);
 }
 
 static void test_download_done(void **state) {
@@ -286,6 +323,122 @@ static void test_line_parsing(void **state) {
         pull_plan_done(&plan);
 }
 
+static void test_inspection_done(void **state) {
+        Run run = {};
+
+        run_inspection(&run, "inspect-ok");
+        assert_int_equal(run.error, 0);
+        assert_true(run.inspected);
+        assert_string_equal(run.commit, "0123456789abcdef0123456789abcdef01234567");
+        assert_int_equal(run.n_files, 2);
+        assert_int_equal(run.total_bytes, 4196);
+        assert_int_equal(run.inspection.tensors, 3);
+        assert_int_equal(run.inspection.parameters, 1000);
+        assert_int_equal(run.inspection.n_dtypes, 2);
+        assert_string_equal(run.inspection.dtypes[0].name, "BF16");
+        assert_int_equal(run.inspection.dtypes[0].parameters, 600);
+        assert_string_equal(run.inspection.dtypes[1].name, "F32");
+        assert_int_equal(run.inspection.memory_bytes, 4096);
+        assert_int_equal(run.ready_calls, 0);
+}
+
+static void test_inspection_failed(void **state) {
+        Run run = {};
+
+        run_inspection(&run, "inspect-not-found");
+        assert_int_equal(run.error, -EIO);
+        assert_string_equal(run.failure, "not-found");
+        assert_false(run.inspected);
+}
+
+static void test_inspection_cancelled(void **state) {
+        Run run = {};
+        PullArguments args = {
+                .helper = FAKE_HELPER,
+                .endpoint = "http://127.0.0.1:1",
+                .repo = "inspect-hang",
+                .revision = "main",
+                .token_fd = -1,
+                .inspect = true,
+        };
+        uint64_t end = now_monotonic_usec() + WAIT_USEC;
+
+        assert_int_equal(sd_event_new(&run.event), 0);
+        assert_int_equal(pull_process_start(run.event, &args, &inspect_callbacks, &run, &run.process), 0);
+        pull_process_cancel(run.process);
+        while (!run.finished) {
+                assert_true(now_monotonic_usec() < end);
+                assert_true(sd_event_run(run.event, 100 * USEC_PER_MSEC) >= 0);
+        }
+        assert_int_equal(run.error, -ECANCELED);
+        assert_false(run.inspected);
+        pull_process_free(run.process);
+        sd_event_unref(run.event);
+}
+
+static void test_inspection_violations_stop_the_helper(void **state) {
+        static const char *const cases[] = {
+                "inspect-ready",        /* READY has no place in an inspection */
+                "inspect-early",        /* results before the plan is complete */
+                "inspect-no-memory",    /* DONE without MEMORY */
+                "inspect-unsorted",
+                "inspect-sum",          /* dtypes do not add up to PARAMETERS */
+                "inspect-dtype",        /* a dtype the daemon does not know */
+                "inspect-memory",       /* more memory than the plan's files */
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                Run run = {};
+
+                run_inspection(&run, cases[i]);
+                if (run.error != -EPROTO || strcmp(run.failure, "protocol") != 0)
+                        fail_msg("%s: error %d, failure \"%s\"", cases[i], run.error, run.failure);
+                assert_false(run.inspected);
+                assert_null(strstr(run.message, "rm_"));
+        }
+}
+
+static void test_inspection_lines_are_not_pull_lines(void **state) {
+        Run run = { .go = true };
+
+        /* A download's helper that says TENSORS breaks the protocol. */
+        run_helper(&run, "inspect-ok", -1);
+        assert_int_equal(run.error, -EPROTO);
+        assert_string_equal(run.failure, "protocol");
+        assert_int_equal(run.ready_calls, 1);
+}
+
+static void test_inspection_line_parsing(void **state) {
+        PullInspection in = {};
+        static const char *const bad_first[] = {
+                "PARAMETERS 5", "DTYPE F32 5", "MEMORY 5", "TENSORS", "TENSORS -1", "TENSORS 1 2", "TENSORS x",
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(bad_first); i++)
+                if (pull_inspection_line_parse(bad_first[i], &in, 1 << 20) != -EBADMSG)
+                        fail_msg("accepted first: \"%s\"", bad_first[i]);
+        assert_int_equal(pull_inspection_line_parse("COMMIT 0123", &in, 1 << 20), -ENOMSG);
+        assert_int_equal(pull_inspection_line_parse("TENSORS 2", &in, 1 << 20), PULL_LINE_TENSORS);
+        assert_int_equal(pull_inspection_line_parse("TENSORS 2", &in, 1 << 20), -EBADMSG);
+        assert_int_equal(pull_inspection_line_parse("PARAMETERS 10", &in, 1 << 20), PULL_LINE_PARAMETERS);
+        assert_int_equal(pull_inspection_line_parse("DTYPE F32 11", &in, 1 << 20), -EBADMSG);
+        assert_int_equal(pull_inspection_line_parse("DTYPE F32\t4", &in, 1 << 20), -EBADMSG);
+        assert_int_equal(pull_inspection_line_parse("DTYPE FLOAT 4", &in, 1 << 20), -EBADMSG);
+        assert_int_equal(pull_inspection_line_parse("DTYPE BF16 4", &in, 1 << 20), PULL_LINE_DTYPE);
+        assert_int_equal(pull_inspection_line_parse("DTYPE BF16 1", &in, 1 << 20), -EBADMSG);
+        assert_int_equal(pull_inspection_line_parse("DTYPE F32 7", &in, 1 << 20), -EBADMSG);
+        /* Not all parameters have a dtype yet. */
+        assert_int_equal(pull_inspection_line_parse("MEMORY 4096", &in, 1 << 20), -EBADMSG);
+        assert_int_equal(pull_inspection_line_parse("DTYPE F32 6", &in, 1 << 20), PULL_LINE_DTYPE);
+        /* Two tensors, two dtypes: a third cannot be. */
+        assert_int_equal(pull_inspection_line_parse("DTYPE I8 0", &in, 1 << 20), -EBADMSG);
+        assert_int_equal(pull_inspection_line_parse("MEMORY 4097", &in, 4096), -EBADMSG);
+        assert_int_equal(pull_inspection_line_parse("MEMORY 4096", &in, 4096), PULL_LINE_MEMORY);
+        assert_int_equal(in.stage, PULL_INSPECTION_COMPLETE);
+        assert_int_equal(in.memory_bytes, 4096);
+        assert_int_equal(pull_inspection_line_parse("MEMORY 4096", &in, 4096), -EBADMSG);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_line_parsing),
@@ -297,6 +450,12 @@ int main(void) {
                 cmocka_unit_test(test_done_needs_a_clean_exit),
                 cmocka_unit_test(test_protocol_violations_stop_the_helper),
                 cmocka_unit_test(test_descriptors_handed_on),
+                cmocka_unit_test(test_inspection_line_parsing),
+                cmocka_unit_test(test_inspection_done),
+                cmocka_unit_test(test_inspection_failed),
+                cmocka_unit_test(test_inspection_cancelled),
+                cmocka_unit_test(test_inspection_violations_stop_the_helper),
+                cmocka_unit_test(test_inspection_lines_are_not_pull_lines),
                 cmocka_unit_test(test_environment_is_cleared),
         };
 

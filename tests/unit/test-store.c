@@ -191,7 +191,7 @@ static void test_single_file(void **state) {
         assert_string_equal(l->weight_paths[0], path_printf("%s/tiny/model.safetensors", f->models));
         assert_null(l->weight_paths[1]);
         assert_fd_is(l->weight_fds[0], l->weight_paths[0]);
-        assert_false(l->from_hf_cache);
+        assert_int_equal(l->source, MODEL_SOURCE_STORE);
 }
 
 static void test_sharded(void **state) {
@@ -773,7 +773,7 @@ static void test_hf_cache(void **state) {
         assert_int_equal(l->n_weights, 1);
         assert_string_equal(l->weight_paths[0], path_printf("%s/model.safetensors", snapshot));
         assert_fd_is(l->weight_fds[0], l->weight_paths[0]);
-        assert_true(l->from_hf_cache);
+        assert_int_equal(l->source, MODEL_SOURCE_HF_CACHE);
 
         make_hf_model(f, "models--acme--sharded",
                       (const char *const[]) {
@@ -788,7 +788,7 @@ static void test_hf_cache(void **state) {
         assert_string_equal(sharded->weight_paths[0],
                             path_printf("%s/models--acme--sharded/snapshots/" COMMIT
                                         "/model-00001-of-00002.safetensors", f->hub));
-        assert_true(sharded->from_hf_cache);
+        assert_int_equal(sharded->source, MODEL_SOURCE_HF_CACHE);
 }
 
 static void test_hf_one_segment_name(void **state) {
@@ -800,7 +800,7 @@ static void test_hf_one_segment_name(void **state) {
         assert_int_equal(store_resolve(f->models, f->hub, "gpt2", &l, NULL), 0);
         assert_string_equal(l->name, "gpt2");
         assert_string_equal(l->directory, path_printf("%s/models--gpt2/snapshots/" COMMIT, f->hub));
-        assert_true(l->from_hf_cache);
+        assert_int_equal(l->source, MODEL_SOURCE_HF_CACHE);
 
         /* Names Hugging Face cannot hold do not map onto its directories. */
         assert_resolve_fails(f, "gpt2-", -ENOENT, "not found");
@@ -977,14 +977,14 @@ static void test_model_dir_precedence(void **state) {
         make_hf_model(f, "models--acme--tiny", (const char *const[]) { "model.safetensors", "w", NULL });
 
         assert_int_equal(store_resolve(f->models, f->hub, "acme/tiny", &l, NULL), 0);
-        assert_false(l->from_hf_cache);
+        assert_int_equal(l->source, MODEL_SOURCE_STORE);
         assert_string_equal(l->directory, path_printf("%s/acme/tiny", f->models));
 
         /* A ModelDir directory without weights does not hide the cache's model. */
         write_file(path_printf("%s/acme/other/README", f->models), "");
         make_hf_model(f, "models--acme--other", (const char *const[]) { "model.safetensors", "w", NULL });
         assert_int_equal(store_resolve(f->models, f->hub, "acme/other", &hf, NULL), 0);
-        assert_true(hf->from_hf_cache);
+        assert_int_equal(hf->source, MODEL_SOURCE_HF_CACHE);
 }
 
 static void test_list(void **state) {
@@ -1056,6 +1056,240 @@ static void test_list_bounded(void **state) {
                 assert_true(strcmp(names[i - 1], names[i]) < 0);
 }
 
+/* ---- where models come from, and registered models ---- */
+
+#define COMMIT2 "fedcba9876543210fedcba9876543210fedcba98"
+
+static void assert_source(const Fixture *f, const char *name, ModelSource source, const char *revision) {
+        _cleanup_(model_location_freep) ModelLocation *l = NULL;
+        _cleanup_free_ char *error = NULL;
+
+        if (store_resolve(f->models, f->hub, name, &l, &error) < 0)
+                fail_msg("%s: %s", name, error);
+        assert_int_equal(l->source, source);
+        assert_string_equal(l->revision, revision);
+}
+
+static void test_source_and_revision(void **state) {
+        Fixture *f = *state;
+
+        write_weights(path_printf("%s/copied/model.safetensors", f->models));
+        assert_source(f, "copied", MODEL_SOURCE_STORE, "");
+
+        write_weights(path_printf("%s/acme/pulled/model.safetensors", f->models));
+        write_file(path_printf("%s/acme/pulled/" STORE_PULL_METADATA_FILE, f->models),
+                   "{\"repo\": \"acme/pulled\", \"revision\": \"main\", \"commit\": \"" COMMIT2 "\", "
+                   "\"files\": [{\"name\": \"model.safetensors\", \"commit\": \"x\"}], \"time\": 1}");
+        assert_source(f, "acme/pulled", MODEL_SOURCE_HUB, COMMIT2);
+
+        /* Ours, but unreadable as such: pulled, at an unknown commit. */
+        write_weights(path_printf("%s/acme/broken/model.safetensors", f->models));
+        write_file(path_printf("%s/acme/broken/" STORE_PULL_METADATA_FILE, f->models), "{\"commit\": ");
+        assert_source(f, "acme/broken", MODEL_SOURCE_HUB, "");
+        write_weights(path_printf("%s/acme/nohash/model.safetensors", f->models));
+        write_file(path_printf("%s/acme/nohash/" STORE_PULL_METADATA_FILE, f->models), "{\"commit\": \"../etc\"}");
+        assert_source(f, "acme/nohash", MODEL_SOURCE_HUB, "");
+
+        make_hf_model(f, "models--acme--cached", (const char *const[]) { "model.safetensors", "w", NULL });
+        assert_source(f, "acme/cached", MODEL_SOURCE_HF_CACHE, COMMIT);
+
+        assert_string_equal(model_source_to_string(MODEL_SOURCE_STORE), "store");
+        assert_string_equal(model_source_to_string(MODEL_SOURCE_HUB), "hub");
+        assert_string_equal(model_source_to_string(MODEL_SOURCE_LOCAL), "local");
+        assert_string_equal(model_source_to_string(MODEL_SOURCE_HF_CACHE), "hf-cache");
+}
+
+static void test_registry_entry_names(void **state) {
+        static const char *const names[] = { "tiny", "acme/llm-7b", "a.b/c_d" };
+        static const char *const not_names[] = { ".tmp-x", "a--b--c", "bad name", "a---b", "--a", "a--" };
+
+        for (size_t i = 0; i < ELEMENTSOF(names); i++) {
+                _cleanup_free_ char *entry = NULL, *back = NULL;
+
+                assert_int_equal(store_registry_entry_name(names[i], &entry), 0);
+                assert_null(strchr(entry, '/'));
+                assert_int_equal(store_registry_model_name(entry, &back), 1);
+                assert_string_equal(back, names[i]);
+        }
+        for (size_t i = 0; i < ELEMENTSOF(not_names); i++) {
+                char *back = NULL;
+
+                assert_int_equal(store_registry_model_name(not_names[i], &back), 0);
+                assert_null(back);
+        }
+}
+
+static void test_registered_path_is_valid(void **state) {
+        char long_path[STORE_REGISTERED_PATH_MAX + 2];
+
+        assert_true(store_registered_path_is_valid("/"));
+        assert_true(store_registered_path_is_valid("/srv/models/llm"));
+        assert_true(store_registered_path_is_valid("/home/jos\xc3\xa9/m..odel/.x"));
+        assert_false(store_registered_path_is_valid(""));
+        assert_false(store_registered_path_is_valid("relative/dir"));
+        assert_false(store_registered_path_is_valid("/srv/"));
+        assert_false(store_registered_path_is_valid("/srv//x"));
+        assert_false(store_registered_path_is_valid("/srv/./x"));
+        assert_false(store_registered_path_is_valid("/srv/../x"));
+        assert_false(store_registered_path_is_valid("/srv/.."));
+        assert_false(store_registered_path_is_valid("/srv/."));
+        assert_false(store_registered_path_is_valid("/srv/a\nb"));
+        assert_false(store_registered_path_is_valid("/srv/\xc3("));
+        assert_false(store_registered_path_is_valid("/srv/\x7f"));
+
+        memset(long_path, 'a', sizeof long_path - 1);
+        long_path[0] = '/';
+        long_path[STORE_REGISTERED_PATH_MAX] = 0;
+        assert_true(store_registered_path_is_valid(long_path));
+        long_path[STORE_REGISTERED_PATH_MAX] = 'a';
+        long_path[STORE_REGISTERED_PATH_MAX + 1] = 0;
+        assert_false(store_registered_path_is_valid(long_path));
+}
+
+static void register_by_hand(const Fixture *f, const char *entry, const char *contents) {
+        write_file(path_printf("%s/" STORE_REGISTRY_DIR "/%s", f->models, entry), contents);
+}
+
+static void test_registered(void **state) {
+        Fixture *f = *state;
+        _cleanup_(model_location_freep) ModelLocation *l = NULL, *shadow = NULL;
+        _cleanup_strv_free_ char **names = NULL;
+        char elsewhere[PATH_MAX];
+
+        strcpy(elsewhere, path_printf("%s/elsewhere/llm", f->root));
+        write_weights(path_printf("%s/model.safetensors", elsewhere));
+        register_by_hand(f, "acme--llm", path_printf("%s\n", elsewhere));
+
+        assert_int_equal(store_resolve(f->models, f->hub, "acme/llm", &l, NULL), 0);
+        assert_int_equal(l->source, MODEL_SOURCE_LOCAL);
+        assert_string_equal(l->revision, "");
+        assert_string_equal(l->directory, elsewhere);
+        assert_string_equal(l->weight_paths[0], path_printf("%s/model.safetensors", elsewhere));
+        assert_fd_is(l->weight_fds[0], l->weight_paths[0]);
+
+        /* A registration hides a folder of the same name added since. */
+        write_weights(path_printf("%s/acme/llm/model.safetensors", f->models));
+        assert_int_equal(store_resolve(f->models, f->hub, "acme/llm", &shadow, NULL), 0);
+        assert_string_equal(shadow->directory, elsewhere);
+
+        /* Listed by its entry, whatever the entry holds; hidden files and
+         * names of no model are not. */
+        register_by_hand(f, "gone", "/nonexistent/mpool-test\n");
+        register_by_hand(f, ".tmp-writing", "/x\n");
+        register_by_hand(f, "not a name", "/x\n");
+        assert_int_equal(store_list(f->models, f->hub, &names), 0);
+        assert_int_equal(strv_length(names), 2);
+        assert_string_equal(names[0], "acme/llm");
+        assert_string_equal(names[1], "gone");
+
+        assert_resolve_fails(f, "gone", -ENOENT, "registered");
+        assert_resolve_fails(f, "gone", -ENOENT, "/nonexistent/mpool-test, which does not exist any more");
+}
+
+static void test_registered_damaged_or_escaping(void **state) {
+        Fixture *f = *state;
+        char secret[PATH_MAX], linked[PATH_MAX];
+
+        strcpy(secret, write_secret(f));
+        register_by_hand(f, "relative", "elsewhere/llm\n");
+        assert_resolve_fails(f, "relative", -EBADMSG, "is damaged: it holds no absolute path");
+        register_by_hand(f, "twolines", "/a\n/b\n");
+        assert_resolve_fails(f, "twolines", -EBADMSG, "is damaged");
+        register_by_hand(f, "empty", "");
+        assert_resolve_fails(f, "empty", -EBADMSG, "is damaged");
+        make_directories(path_printf("%s/" STORE_REGISTRY_DIR "/adir", f->models));
+        assert_resolve_fails(f, "adir", -EBADMSG, "is damaged: not a small regular file");
+        make_symlink(secret, path_printf("%s/" STORE_REGISTRY_DIR "/alink", f->models));
+        assert_resolve_fails_without(f, "alink", -EBADMSG, "is damaged", SECRET);
+
+        /* A file, not a directory; a model with nothing in it. */
+        register_by_hand(f, "file", path_printf("%s\n", secret));
+        assert_resolve_fails(f, "file", -ENOTDIR, "is not a directory");
+        make_directories(path_printf("%s/empty-model", f->root));
+        register_by_hand(f, "nothing", path_printf("%s/empty-model\n", f->root));
+        assert_resolve_fails(f, "nothing", -EBADMSG, "has neither model.safetensors nor");
+
+        /* The registered directory is its root: a symlink out of it is refused. */
+        make_symlink("../secret", path_printf("%s/escaping/model.safetensors", f->root));
+        register_by_hand(f, "escaping", path_printf("%s/escaping\n", f->root));
+        assert_resolve_fails_without(f, "escaping", -EBADMSG, "a symlink on the way is absolute or leads out of",
+                                     SECRET);
+
+        /* Stored resolved: a symlink on the way now is refused. */
+        write_weights(path_printf("%s/real/model.safetensors", f->root));
+        strcpy(linked, path_printf("%s/link", f->root));
+        make_symlink("real", linked);
+        register_by_hand(f, "throughlink", path_printf("%s\n", linked));
+        assert_resolve_fails(f, "throughlink", -EBADMSG, "a symlink is on its way now");
+}
+
+static void test_resolve_directory(void **state) {
+        Fixture *f = *state;
+        _cleanup_(model_location_freep) ModelLocation *l = NULL;
+        char directory[PATH_MAX];
+
+        strcpy(directory, path_printf("%s/dir", f->root));
+        write_file(path_printf("%s/dir/model.safetensors.index.json", f->root),
+                   "{\"weight_map\": {\"a\": \"s1.safetensors\", \"b\": \"s2.safetensors\"}}");
+        write_weights(path_printf("%s/dir/s1.safetensors", f->root));
+        write_weights(path_printf("%s/dir/s2.safetensors", f->root));
+
+        assert_int_equal(store_resolve_directory(directory, "x", NULL, NULL, &l, NULL), 0);
+        assert_int_equal(l->source, MODEL_SOURCE_LOCAL);
+        assert_int_equal(l->n_weights, 2);
+        assert_string_equal(l->name, "x");
+
+        {
+                _cleanup_free_ char *error = NULL;
+                ModelLocation *none = NULL;
+
+                assert_int_equal(store_resolve_directory("dir", "x", NULL, NULL, &none, &error), -EINVAL);
+                assert_non_null(strstr(error, "absolute"));
+                assert_null(none);
+        }
+        {
+                _cleanup_free_ char *error = NULL;
+                ModelLocation *none = NULL;
+
+                assert_int_equal(store_resolve_directory(path_printf("%s/missing", f->root), "x", NULL, NULL, &none,
+                                                         &error), -ENOENT);
+                assert_non_null(strstr(error, "does not exist"));
+        }
+        {
+                _cleanup_free_ char *error = NULL;
+                ModelLocation *none = NULL;
+
+                assert_int_equal(store_resolve_directory(path_printf("%s/dir/s1.safetensors", f->root), "x", NULL,
+                                                         NULL, &none, &error), -ENOTDIR);
+                assert_non_null(strstr(error, "is not a directory"));
+        }
+}
+
+static void test_locate(void **state) {
+        Fixture *f = *state;
+        ModelSource source;
+
+        write_weights(path_printf("%s/copied/model.safetensors", f->models));
+        write_weights(path_printf("%s/acme/pulled/model.safetensors", f->models));
+        write_file(path_printf("%s/acme/pulled/" STORE_PULL_METADATA_FILE, f->models), "{}");
+        write_file(path_printf("%s/acme/config-only/config.json", f->models), "{}");
+        register_by_hand(f, "acme--reg", "/anything\n");
+        write_weights(path_printf("%s/acme/reg/model.safetensors", f->models));
+        make_directories(path_printf("%s/models--acme--cached/blobs", f->hub));
+
+        assert_int_equal(store_locate(f->models, f->hub, "copied", &source), 1);
+        assert_int_equal(source, MODEL_SOURCE_STORE);
+        assert_int_equal(store_locate(f->models, f->hub, "acme/pulled", &source), 1);
+        assert_int_equal(source, MODEL_SOURCE_HUB);
+        assert_int_equal(store_locate(f->models, f->hub, "acme/reg", &source), 1);
+        assert_int_equal(source, MODEL_SOURCE_LOCAL);
+        assert_int_equal(store_locate(f->models, f->hub, "acme/cached", &source), 1);
+        assert_int_equal(source, MODEL_SOURCE_HF_CACHE);
+        assert_int_equal(store_locate(f->models, f->hub, "acme/config-only", &source), 0);
+        assert_int_equal(store_locate(f->models, f->hub, "nothing", &source), 0);
+        assert_int_equal(store_locate(NULL, NULL, "copied", &source), 0);
+}
+
 static void test_strv(void **state) {
         _cleanup_strv_free_ char **l = NULL;
 
@@ -1109,6 +1343,13 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_list, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_list_missing_roots, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_list_bounded, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_source_and_revision, setup, teardown),
+                cmocka_unit_test(test_registry_entry_names),
+                cmocka_unit_test(test_registered_path_is_valid),
+                cmocka_unit_test_setup_teardown(test_registered, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_registered_damaged_or_escaping, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_resolve_directory, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_locate, setup, teardown),
                 cmocka_unit_test(test_strv),
         };
 

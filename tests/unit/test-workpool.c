@@ -26,6 +26,7 @@ typedef struct TestItem {
         bool saw_cancel;
         unsigned progress_reports;
         unsigned order;
+        void *ran_with;          /* the worker's state */
 } TestItem;
 
 static unsigned done_counter;
@@ -34,6 +35,7 @@ static void run(WorkItem *item) {
         TestItem *t = (TestItem *) item;
         char byte;
 
+        t->ran_with = item->worker_state;
         work_item_progress(item, 1, 2);
         /* Held until released, checking for cancellation as a loader does. */
         while (!work_item_cancelled(item)) {
@@ -174,10 +176,108 @@ static void test_threads_run_at_once(void **state) {
         sd_event_unref(e);
 }
 
+typedef struct Retired {
+        void *states[8];
+        unsigned n;
+} Retired;
+
+static void on_retired(void *state, void *userdata) {
+        Retired *r = userdata;
+
+        assert_true(r->n < ELEMENTSOF(r->states));
+        r->states[r->n++] = state;
+}
+
+static void run_item(sd_event *e, WorkPool *p, TestItem *t) {
+        item_init(t);
+        assert_int_equal(workpool_submit(p, &t->item), 0);
+        release(t);
+        run_until(e, &t->done);
+        assert_true(t->ran);
+        item_done(t);
+}
+
+/* Workers added with state of their own, each item run with its worker's
+ * state; the one idle the longest retires first and its state comes back. */
+static void test_elastic_workers(void **state) {
+        int first = 1, second = 2;
+        sd_event *e = NULL;
+        WorkPool *p = NULL;
+        Retired retired = {};
+        TestItem busy[2], waiting, later;
+
+        done_counter = 0;
+        assert_int_equal(sd_event_new(&e), 0);
+        assert_int_equal(workpool_new(e, "elastic", 0, 4, &p), 0);
+        workpool_set_retired(p, on_retired, &retired);
+        assert_int_equal(workpool_threads(p), 0);
+        assert_int_equal(workpool_retire_worker(p), -EAGAIN);
+
+        /* Without workers, an item waits. */
+        item_init(&busy[0]);
+        assert_int_equal(workpool_submit(p, &busy[0].item), 0);
+        assert_int_equal(workpool_waiting(p), 1);
+        assert_int_equal(workpool_add_worker(p, &first), 0);
+        assert_int_equal(workpool_waiting(p), 0);
+        while (busy[0].progress_reports == 0)
+                assert_true(sd_event_run(e, 100 * USEC_PER_MSEC) >= 0);
+        assert_ptr_equal(busy[0].ran_with, &first);
+
+        /* All busy: a second item waits until a second worker comes. */
+        item_init(&busy[1]);
+        assert_int_equal(workpool_submit(p, &busy[1].item), 0);
+        assert_int_equal(workpool_waiting(p), 1);
+        assert_int_equal(workpool_retire_worker(p), -EAGAIN);
+        assert_int_equal(workpool_add_worker(p, &second), 0);
+        while (busy[1].progress_reports == 0)
+                assert_true(sd_event_run(e, 100 * USEC_PER_MSEC) >= 0);
+        assert_ptr_equal(busy[1].ran_with, &second);
+        assert_int_equal(workpool_threads(p), 2);
+
+        /* The second finishes first, then the first: the second has been
+         * idle the longest and goes first. */
+        release(&busy[1]);
+        run_until(e, &busy[1].done);
+        usleep(2000);
+        release(&busy[0]);
+        run_until(e, &busy[0].done);
+        item_done(&busy[0]);
+        item_done(&busy[1]);
+
+        assert_int_equal(workpool_retire_worker(p), 0);
+        assert_int_equal(workpool_threads(p), 1);
+        while (retired.n < 1)
+                assert_true(sd_event_run(e, 100 * USEC_PER_MSEC) >= 0);
+        assert_ptr_equal(retired.states[0], &second);
+
+        /* The one left serves on. */
+        run_item(e, p, &waiting);
+        assert_ptr_equal(waiting.ran_with, &first);
+
+        assert_int_equal(workpool_retire_worker(p), 0);
+        assert_int_equal(workpool_threads(p), 0);
+        assert_int_equal(workpool_retire_worker(p), -EAGAIN);
+        while (retired.n < 2)
+                assert_true(sd_event_run(e, 100 * USEC_PER_MSEC) >= 0);
+        assert_ptr_equal(retired.states[1], &first);
+
+        /* And a worker added again after cooling down to none. */
+        assert_int_equal(workpool_add_worker(p, &second), 0);
+        run_item(e, p, &later);
+        assert_ptr_equal(later.ran_with, &second);
+
+        /* Freeing the pool gives back the states of the workers left. */
+        workpool_free(p);
+        assert_int_equal(retired.n, 3);
+        assert_ptr_equal(retired.states[2], &second);
+        sd_event_unref(e);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_queue_bound_and_cancellation),
                 cmocka_unit_test(test_threads_run_at_once),
+                cmocka_unit_test(test_elastic_workers),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
