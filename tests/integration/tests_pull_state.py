@@ -75,6 +75,7 @@ def test_pull_state_first_pull_is_a_downloading_object(ctx):
                    "the .part to reach the stall")
         model = wait_progress(d, "org/tiny", cut)
         assert model["state"] == "downloading" and model["memory_bytes"] == 0, model
+        assert model["source"] == "hub" and model["revision"] == "", model
         total = model["download_total"]
         assert total >= 4 * MiB and model["download_done"] <= total, model
         props = d.py.get_all(model_path("org/tiny"), MODEL_IFACE)
@@ -124,6 +125,7 @@ def test_pull_state_first_pull_is_a_downloading_object(ctx):
         model = d.model("org/tiny")
         assert model["state"] == "available" and model["size_bytes"] == weights_size(source), model
         assert model["download_done"] == model["download_total"] == 0, model
+        assert model["source"] == "hub" and model["revision"] == hub.commit("org/tiny"), model
         signals = ctx.monitor.signals(iface=None)
         assert index_of(signals, state_changed_to("org/tiny", "available"), "State available") < \
                 index_of(signals, finished_signal("org/tiny", "done"), "DownloadFinished done")
