@@ -177,6 +177,7 @@ typedef enum ErrorClass {
         ERROR_NO_STORAGE,
         ERROR_NOTHING_TO_CANCEL,
         ERROR_EXISTS,
+        ERROR_MODEL_NOT_SUPPORTED,
 } ErrorClass;
 
 static ErrorClass classify(const sd_bus_error *error, int r) {
@@ -197,6 +198,7 @@ static ErrorClass classify(const sd_bus_error *error, int r) {
                 { MPOOL_ERROR_INSUFFICIENT_STORAGE,                     ERROR_NO_STORAGE },
                 { MPOOL_ERROR_NOTHING_TO_CANCEL,                        ERROR_NOTHING_TO_CANCEL },
                 { MPOOL_ERROR_MODEL_EXISTS,                             ERROR_EXISTS },
+                { MPOOL_ERROR_NOT_SUPPORTED,                            ERROR_MODEL_NOT_SUPPORTED },
                 { SD_BUS_ERROR_UNKNOWN_OBJECT,                          ERROR_NOT_FOUND },
                 { SD_BUS_ERROR_ACCESS_DENIED,                           ERROR_ACCESS_DENIED },
                 { SD_BUS_ERROR_AUTH_FAILED,                             ERROR_ACCESS_DENIED },
@@ -246,6 +248,8 @@ int bus_error_exit_status(const sd_bus_error *error, int r) {
                 return MPOOL_EXIT_NO_STORAGE;
         case ERROR_EXISTS:
                 return MPOOL_EXIT_EXISTS;
+        case ERROR_MODEL_NOT_SUPPORTED:
+                return MPOOL_EXIT_NOT_SUPPORTED;
         case ERROR_INVALID_MODEL:
                 return MPOOL_EXIT_INVALID_MODEL;
         case ERROR_NO_MEMORY:
@@ -303,6 +307,10 @@ int report_bus_error(const sd_bus_error *error, int r, const char *action, const
         case ERROR_NOTHING_TO_CANCEL:
         case ERROR_EXISTS:
                 print_error("Cannot %s: %s", what, text);
+                break;
+        case ERROR_MODEL_NOT_SUPPORTED:
+                /* The model is valid, but not one mpoold computes with. */
+                print_error("Cannot %s: mpoold cannot run this model: %s", what, text);
                 break;
         case ERROR_NO_MEMORY:
                 print_error("Not enough memory for model %s: %s", strempty(model), text);

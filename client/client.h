@@ -23,6 +23,7 @@ enum {
         MPOOL_EXIT_DOWNLOAD_FAILED = 11,
         MPOOL_EXIT_NO_STORAGE = 12,
         MPOOL_EXIT_EXISTS = 13,
+        MPOOL_EXIT_NOT_SUPPORTED = 14,  /* embed: a model mpoold cannot run */
         MPOOL_EXIT_INTERRUPTED = 130,   /* 128 + SIGINT, as shells report it */
 };
 
@@ -59,6 +60,15 @@ extern bool arg_files;
 extern bool arg_keep_alive_set;
 extern int64_t arg_keep_alive_sec;     /* -1: never unload for idleness */
 extern const char *arg_revision;       /* pull, inspect: NULL for the daemon's default */
+extern const char *arg_precision;      /* load: NULL for the daemon's default */
+extern uint32_t arg_max_workers;       /* load: 0 for the daemon's default */
+extern bool arg_normalize_set;         /* embed: --normalize or --no-normalize given */
+extern bool arg_normalize;
+extern bool arg_no_truncate;           /* embed */
+extern const char *arg_truncation_direction; /* embed: NULL for the daemon's default */
+extern const char *arg_prompt_name;    /* embed: NULL for the model's default prompt */
+extern uint32_t arg_dimensions;        /* embed: 0 for all */
+extern bool arg_null;                  /* embed: texts on stdin are NUL-separated */
 
 /* Verbs: argv[0] is the verb. They return 0, an exit status, or a negative
  * errno (already reported). */
@@ -75,3 +85,4 @@ int verb_inspect(int argc, char *argv[]);
 int verb_cancel(int argc, char *argv[]);
 int verb_register(int argc, char *argv[]);
 int verb_remove(int argc, char *argv[]);
+int verb_embed(int argc, char *argv[]);

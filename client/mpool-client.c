@@ -11,6 +11,7 @@
 #include "macro.h"
 #include "mpool-bus.h"
 #include "parse-util.h"
+#include "strv.h"
 #include "terminal.h"
 
 BusTransport arg_transport = TRANSPORT_SYSTEM;
@@ -31,8 +32,23 @@ bool arg_keep_alive_set = false;
 int64_t arg_keep_alive_sec = 0;
 const char *arg_revision = NULL;
 static bool arg_revision_set = false;
+const char *arg_precision = NULL;
+uint32_t arg_max_workers = 0;
+bool arg_normalize_set = false;
+bool arg_normalize = false;
+bool arg_no_truncate = false;
+const char *arg_truncation_direction = NULL;
+const char *arg_prompt_name = NULL;
+uint32_t arg_dimensions = 0;
+bool arg_null = false;
+/* For the check that options go with their verbs. */
+static bool arg_precision_set = false, arg_max_workers_set = false, arg_truncation_direction_set = false,
+        arg_prompt_name_set = false, arg_dimensions_set = false;
 
 #define VERB_ANY ((unsigned) -1)
+
+/* s is one of the strings listed. */
+#define ONE_OF(s, ...) strv_contains((char **) (const char *[]) { __VA_ARGS__, NULL }, (s))
 
 typedef struct Verb {
         const char *name;
@@ -58,6 +74,7 @@ static void help(void) {
                "  cancel NAME                Cancel the download, or else the load, of a model\n"
                "  register NAME PATH         Add the model in directory PATH to the store\n"
                "  rm NAME                    Remove a model from the store\n"
+               "  embed NAME TEXT...|-       Text embeddings computed by the model (from stdin with -)\n"
                "\nOptions:\n"
                "  -h --help                  Show this help\n"
                "     --version               Show the version\n"
@@ -75,11 +92,24 @@ static void help(void) {
                "     --no-ask-password       Do not ask for authorization interactively\n"
                "     --keep-alive=DURATION   load: unload after this long unused, or infinity\n"
                "     --pin                   load: never unload for idleness or memory\n"
+               "     --precision=f32|f16|q8|q4\n"
+               "                             load: keep the weights in this precision\n"
+               "     --max-workers=N         load: compute with at most N workers at once\n"
                "     --files                 hold: hand COMMAND the weights files (fds from 3,\n"
                "                             $MPOOL_FDS, $MPOOL_FDNAMES, $MPOOL_FDS_PID)\n"
                "     --force                 unload: unload pinned models too; rm: unload first\n"
                "     --all                   unload: unload every model\n"
                "     --revision=REV          pull, inspect: branch, tag or commit (default: main)\n"
+               "     --normalize, --no-normalize\n"
+               "                             embed: scale vectors to length 1, or not (default:\n"
+               "                             as the model's files say)\n"
+               "     --no-truncate           embed: refuse texts longer than the model takes\n"
+               "     --truncation-direction=right|left\n"
+               "                             embed: which end of a long text is kept (right:\n"
+               "                             the start, the default)\n"
+               "     --prompt-name=NAME      embed: put the model's prompt NAME before each text\n"
+               "     --dimensions=N          embed: keep the first N components of each vector\n"
+               "     --null                  embed -: texts on stdin end with NUL, not newline\n"
                "\nSee the mpool-client(1) man page for details.\n",
                program_invocation_short_name, ansi(ANSI_BOLD), ansi(ANSI_NORMAL));
 }
@@ -101,6 +131,15 @@ static int parse_argv(int argc, char *argv[]) {
                 ARG_FORCE,
                 ARG_ALL,
                 ARG_REVISION,
+                ARG_PRECISION,
+                ARG_MAX_WORKERS,
+                ARG_NORMALIZE,
+                ARG_NO_NORMALIZE,
+                ARG_NO_TRUNCATE,
+                ARG_TRUNCATION_DIRECTION,
+                ARG_PROMPT_NAME,
+                ARG_DIMENSIONS,
+                ARG_NULL,
         };
         static const struct option options[] = {
                 { "help",            no_argument,       NULL, 'h'                 },
@@ -121,6 +160,15 @@ static int parse_argv(int argc, char *argv[]) {
                 { "force",           no_argument,       NULL, ARG_FORCE           },
                 { "all",             no_argument,       NULL, ARG_ALL             },
                 { "revision",        required_argument, NULL, ARG_REVISION        },
+                { "precision",       required_argument, NULL, ARG_PRECISION       },
+                { "max-workers",     required_argument, NULL, ARG_MAX_WORKERS     },
+                { "normalize",       no_argument,       NULL, ARG_NORMALIZE       },
+                { "no-normalize",    no_argument,       NULL, ARG_NO_NORMALIZE    },
+                { "no-truncate",     no_argument,       NULL, ARG_NO_TRUNCATE     },
+                { "truncation-direction", required_argument, NULL, ARG_TRUNCATION_DIRECTION },
+                { "prompt-name",     required_argument, NULL, ARG_PROMPT_NAME     },
+                { "dimensions",      required_argument, NULL, ARG_DIMENSIONS      },
+                { "null",            no_argument,       NULL, ARG_NULL            },
                 {}
         };
         int c, r;
@@ -222,6 +270,63 @@ static int parse_argv(int argc, char *argv[]) {
                         arg_revision = optarg;
                         arg_revision_set = true;
                         break;
+                case ARG_PRECISION:
+                        if (!ONE_OF(optarg, "f32", "f16", "q8", "q4")) {
+                                print_error("Invalid --precision= '%s': use f32, f16, q8 or q4.", optarg);
+                                return -EINVAL;
+                        }
+                        arg_precision = optarg;
+                        arg_precision_set = true;
+                        break;
+                case ARG_MAX_WORKERS: {
+                        unsigned n;
+
+                        if (parse_unsigned(optarg, 1, UINT32_MAX, &n) < 0) {
+                                print_error("Invalid --max-workers= '%s': expected a number of at least 1.", optarg);
+                                return -EINVAL;
+                        }
+                        arg_max_workers = n;
+                        arg_max_workers_set = true;
+                        break;
+                }
+                case ARG_NORMALIZE:
+                case ARG_NO_NORMALIZE:
+                        arg_normalize = c == ARG_NORMALIZE;
+                        arg_normalize_set = true;
+                        break;
+                case ARG_NO_TRUNCATE:
+                        arg_no_truncate = true;
+                        break;
+                case ARG_TRUNCATION_DIRECTION:
+                        if (!ONE_OF(optarg, "right", "left")) {
+                                print_error("Invalid --truncation-direction= '%s': use right or left.", optarg);
+                                return -EINVAL;
+                        }
+                        arg_truncation_direction = optarg;
+                        arg_truncation_direction_set = true;
+                        break;
+                case ARG_PROMPT_NAME:
+                        if (!*optarg) {
+                                print_error("--prompt-name= needs the name of one of the model's prompts.");
+                                return -EINVAL;
+                        }
+                        arg_prompt_name = optarg;
+                        arg_prompt_name_set = true;
+                        break;
+                case ARG_DIMENSIONS: {
+                        unsigned n;
+
+                        if (parse_unsigned(optarg, 1, UINT32_MAX, &n) < 0) {
+                                print_error("Invalid --dimensions= '%s': expected a number of at least 1.", optarg);
+                                return -EINVAL;
+                        }
+                        arg_dimensions = n;
+                        arg_dimensions_set = true;
+                        break;
+                }
+                case ARG_NULL:
+                        arg_null = true;
+                        break;
                 case '?':
                         return -EINVAL;
                 default:
@@ -245,12 +350,13 @@ static const Verb verbs[] = {
         { "cancel",  2, 2,        verb_cancel  },
         { "register", 3, 3,       verb_register },
         { "rm",      2, 2,        verb_remove  },
+        { "embed",   3, VERB_ANY, verb_embed   },
 };
 
 /* Options that only mean something to one verb are refused elsewhere, rather
  * than silently ignored. */
 static int check_verb_options(const char *verb) {
-        static const struct {
+        const struct {
                 bool *set;
                 const char *option;
                 const char *verbs[2];
@@ -261,6 +367,14 @@ static int check_verb_options(const char *verb) {
                 { &arg_force,          "--force",      { "unload", "rm" }    },
                 { &arg_all,            "--all",        { "unload" }          },
                 { &arg_revision_set,   "--revision",   { "pull", "inspect" } },
+                { &arg_precision_set,  "--precision",  { "load" }            },
+                { &arg_max_workers_set, "--max-workers", { "load" }          },
+                { &arg_normalize_set,  arg_normalize ? "--normalize" : "--no-normalize", { "embed" } },
+                { &arg_no_truncate,    "--no-truncate", { "embed" }          },
+                { &arg_truncation_direction_set, "--truncation-direction", { "embed" } },
+                { &arg_prompt_name_set, "--prompt-name", { "embed" }         },
+                { &arg_dimensions_set, "--dimensions", { "embed" }           },
+                { &arg_null,           "--null",       { "embed" }           },
         };
 
         for (size_t i = 0; i < ELEMENTSOF(table); i++) {

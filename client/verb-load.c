@@ -228,6 +228,16 @@ static int start_load(Follow *f) {
                 if (r < 0)
                         return r;
         }
+        if (arg_precision) {
+                r = sd_bus_message_append(m, "{sv}", "precision", "s", arg_precision);
+                if (r < 0)
+                        return r;
+        }
+        if (arg_max_workers > 0) {
+                r = sd_bus_message_append(m, "{sv}", "max_workers", "u", arg_max_workers);
+                if (r < 0)
+                        return r;
+        }
         r = sd_bus_message_close_container(m);
         if (r < 0)
                 return r;

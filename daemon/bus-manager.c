@@ -52,6 +52,8 @@ const char *bus_error_name(int error) {
                 return MPOOL_ERROR_LIMITS_EXCEEDED;
         case -EPERM:
                 return MPOOL_ERROR_MODEL_PINNED;
+        case -EOPNOTSUPP:
+                return SD_BUS_ERROR_NOT_SUPPORTED;
         case -ENOMEM:
                 return SD_BUS_ERROR_NO_MEMORY;
         default:
@@ -169,6 +171,7 @@ static int submit(Manager *m, sd_bus_message *message, RequestKind kind, const c
                 return r;
         if (options) {
                 req->keep_alive_sec = options->keep_alive_sec;
+                req->precision = options->precision;
                 req->pin = options->pin;
                 req->force = options->force;
         }
@@ -485,10 +488,14 @@ static double percent(uint64_t part, uint64_t whole) {
 static int append_model_status(sd_bus_message *reply, Manager *m, PoolModel *model) {
         uint64_t deadline = pool_model_deadline(&m->pool, model), download_done = 0, download_total = 0;
         const ModelRuntime *rt = model->userdata;
+        int r;
 
         (void) download_find(m, model->name, &download_done, &download_total);
-        return sd_bus_message_append(
-                        reply, "a{sv}", 17,
+        r = sd_bus_message_open_container(reply, 'a', "{sv}");
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append(
+                        reply, "{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}",
                         "name", "s", model->name,
                         "state", "s", model_state_to_string(model->state),
                         "size_bytes", "t", model->size_bytes,
@@ -505,8 +512,32 @@ static int append_model_status(sd_bus_message *reply, Manager *m, PoolModel *mod
                         "error", "s", strempty(model->error),
                         "source", "s", model_source_to_string(rt->source),
                         "revision", "s", strempty(rt->revision),
+                        "kind", "s", model_kind_to_string(model_kind(model, NULL, NULL)),
+                        "precision", "s", strempty(precision_to_string(model_precision(model))),
                         "download_done", "t", download_done,
                         "download_total", "t", download_total);
+        if (r < 0)
+                return r;
+
+        r = sd_bus_message_open_container(reply, 'e', "sv");
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append(reply, "s", "memory_by_precision");
+        if (r < 0)
+                return r;
+        r = sd_bus_message_open_container(reply, 'v', "a{st}");
+        if (r < 0)
+                return r;
+        r = bus_model_append_memory_by_precision(reply, model);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return r;
+        return sd_bus_message_close_container(reply);
 }
 
 static int method_status(sd_bus_message *message, void *userdata, sd_bus_error *error) {

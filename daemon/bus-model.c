@@ -35,7 +35,30 @@ static int property_get_model(sd_bus *bus, const char *path, const char *interfa
                 return sd_bus_message_append(reply, "s", model_source_to_string(rt->source));
         if (strcmp(property, "Revision") == 0)
                 return sd_bus_message_append(reply, "s", strempty(rt->revision));
+        if (strcmp(property, "Kind") == 0)
+                return sd_bus_message_append(reply, "s", model_kind_to_string(model_kind(model, NULL, NULL)));
+        if (strcmp(property, "Precision") == 0)
+                return sd_bus_message_append(reply, "s", strempty(precision_to_string(model_precision(model))));
+        if (strcmp(property, "MemoryByPrecision") == 0)
+                return bus_model_append_memory_by_precision(reply, model);
         return -EINVAL;
+}
+
+int bus_model_append_memory_by_precision(sd_bus_message *reply, const PoolModel *model) {
+        const ModelRuntime *rt = model->userdata;
+        int r;
+
+        r = sd_bus_message_open_container(reply, 'a', "{st}");
+        if (r < 0)
+                return r;
+        if (rt && rt->profile.kind == MODEL_KIND_EMBEDDING)
+                for (Precision p = 0; p < _PRECISION_MAX; p++) {
+                        r = sd_bus_message_append(reply, "{st}", precision_to_string(p),
+                                                  model_profile_memory_bytes(&rt->profile, p));
+                        if (r < 0)
+                                return r;
+                }
+        return sd_bus_message_close_container(reply);
 }
 
 /* A pull's progress, as Status gives it. No PropertiesChanged: it would
@@ -80,6 +103,9 @@ static const sd_bus_vtable model_vtable[] = {
         SD_BUS_PROPERTY("RequestsTotal", "t", property_get_model, 0, 0),
         SD_BUS_PROPERTY("Source", "s", property_get_model, 0, 0),
         SD_BUS_PROPERTY("Revision", "s", property_get_model, 0, 0),
+        SD_BUS_PROPERTY("Kind", "s", property_get_model, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("Precision", "s", property_get_model, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("MemoryByPrecision", "a{st}", property_get_model, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("DownloadDone", "t", property_get_model_download, 0, 0),
         SD_BUS_PROPERTY("DownloadTotal", "t", property_get_model_download, 0, 0),
         SD_BUS_VTABLE_END
@@ -144,6 +170,9 @@ void bus_model_emit_changed(Manager *m, PoolModel *model, ModelChange what) {
                 { MODEL_CHANGED_MEMORY, "MemoryBytes" },
                 { MODEL_CHANGED_HOLDS, "Holds" },
                 { MODEL_CHANGED_EXPIRES, "ExpiresAt" },
+                { MODEL_CHANGED_KIND, "Kind" },
+                { MODEL_CHANGED_KIND, "Precision" },
+                { MODEL_CHANGED_KIND, "MemoryByPrecision" },
         };
         _cleanup_free_ char *path = NULL;
 

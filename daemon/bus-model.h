@@ -13,3 +13,7 @@ int bus_model_path(const char *name, char **ret);
 void bus_model_emit_added(Manager *m, PoolModel *model);
 void bus_model_emit_removed(Manager *m, PoolModel *model);
 void bus_model_emit_changed(Manager *m, PoolModel *model, ModelChange what);
+
+/* The model's memory in each precision, as an a{st} ("f32" → bytes…),
+ * empty for a model that cannot be run: for Status and the property. */
+int bus_model_append_memory_by_precision(sd_bus_message *reply, const PoolModel *model);

@@ -15,6 +15,7 @@ const BusOption request_options_load[] = {
         { "keep_alive_sec", BUS_OPTION_INT64, offsetof(RequestOptions, keep_alive_sec),
           .int64 = { .min = 1, .max = KEEP_ALIVE_SEC_MAX, .minus_one = "never unload", .unit = "seconds" } },
         { "pin", BUS_OPTION_BOOLEAN, offsetof(RequestOptions, pin) },
+        { "precision", BUS_OPTION_STRING, offsetof(RequestOptions, precision_name), .string.max_length = 16 },
         {}
 };
 
@@ -247,12 +248,18 @@ int bus_options_read(sd_bus_message *message, const BusOption *table, void *opti
 
 int request_options_read(sd_bus_message *message, const BusOption *table, RequestOptions *ret,
                          sd_bus_error *error) {
-        RequestOptions options = { .keep_alive_sec = KEEP_ALIVE_DEFAULT };
+        RequestOptions options = { .keep_alive_sec = KEEP_ALIVE_DEFAULT, .precision = _PRECISION_INVALID };
         int r;
 
         r = bus_options_read(message, table, &options, error);
         if (r < 0)
                 return r;
+        if (options.precision_name) {
+                options.precision = precision_from_string(options.precision_name);
+                if (options.precision == _PRECISION_INVALID)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                                 "Option 'precision' must be one of f32, f16, q8 and q4.");
+        }
 
         *ret = options;
         return 0;

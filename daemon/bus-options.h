@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <systemd/sd-bus.h>
 
+#include "precision.h"
+
 /* Method options given as a D-Bus a{sv}, read by a table that names each
  * option, what it holds and where in the caller's struct it goes.
  *
@@ -66,9 +68,11 @@ typedef struct RequestOptions {
         int64_t keep_alive_sec;   /* KEEP_ALIVE_DEFAULT when not given */
         bool pin;
         bool force;
+        const char *precision_name;   /* as given, pointing into the message */
+        Precision precision;      /* _PRECISION_INVALID when not given */
 } RequestOptions;
 
-/* Load: keep_alive_sec, pin. */
+/* Load: keep_alive_sec, pin, precision (s: "f32", "f16", "q8", "q4"). */
 extern const BusOption request_options_load[];
 /* Unload, UnloadAll: force. */
 extern const BusOption request_options_unload[];

@@ -45,6 +45,7 @@ typedef struct CatalogJob {
         char *message;
         char *resolved;               /* register: the directory registered */
         uint64_t size_bytes;
+        ModelProfile profile;         /* register */
         ModelSource source;           /* remove: what was removed */
 } CatalogJob;
 
@@ -65,6 +66,7 @@ static CatalogJob *catalog_job_free(CatalogJob *j) {
         free(j->hf_cache);
         free(j->message);
         free(j->resolved);
+        model_profile_done(&j->profile);
         free(j);
         return NULL;
 }
@@ -180,6 +182,13 @@ static void run_register(CatalogJob *j) {
                 if (fstat(location->weight_fds[i], &st) >= 0)
                         total += (uint64_t) st.st_size;
         }
+
+        r = model_profile_read(&location->folder, j->name, location->weight_fds, location->weight_paths,
+                               location->n_weights, job_cancelled, j, &j->profile);
+        if (r == -ECANCELED)
+                return job_fail(j, r, "Registering %s was cancelled.", j->name);
+        if (r < 0)
+                return job_fail(j, r, "Out of memory.");
 
         r = registry_add(j->model_dir, j->name, resolved);
         if (r == -ENOENT)
@@ -432,7 +441,8 @@ static void register_done(Manager *m, CatalogJob *j) {
 
         log_info("Registered model %s at %s.", j->name, j->resolved);
         if (!m->shutting_down)
-                (void) model_found(m, j->name, 0, j->size_bytes, MODEL_SOURCE_LOCAL, NULL, NULL);   /* logged */
+                (void) model_found(m, j->name, 0, j->size_bytes, MODEL_SOURCE_LOCAL, NULL, NULL,
+                                   &j->profile);   /* logged */
         j->reply(0, NULL, j->userdata);
 }
 

@@ -69,6 +69,7 @@ struct DownloadJob {
         uint64_t size_bytes;
         ModelSource source;           /* MEASURE */
         char *revision;               /* MEASURE */
+        ModelProfile profile;         /* MEASURE */
         char *error;
 };
 
@@ -333,6 +334,7 @@ static DownloadJob *job_free(DownloadJob *j) {
         free(j->name);
         strv_free(j->keep);
         free(j->revision);
+        model_profile_done(&j->profile);
         free(j->error);
         free(j);
         return NULL;
@@ -367,7 +369,7 @@ static void job_run(WorkItem *item) {
                 if (fd >= 0 && fsync(fd) < 0)
                         log_warning_errno(errno, "Cannot sync %s: %m", j->path);
                 j->result = store_measure(j->model_dir, j->hf_cache, j->name, &j->size_bytes, &j->source,
-                                          &j->revision, &j->error);
+                                          &j->revision, &j->profile, &j->error);
                 return;
         case JOB_REMOVE:
                 j->result = remove_tree_at(AT_FDCWD, j->path, REMOVE_DEPTH_MAX);
@@ -598,7 +600,7 @@ static void download_end(Download *d, int error, const char *result, const char 
         Manager *m = d->manager;
 
         download_unlink(m, d);
-        model_download_end(m, d->repo, false, 0, 0, MODEL_SOURCE_HUB, NULL, NULL);
+        model_download_end(m, d->repo, false, 0, 0, MODEL_SOURCE_HUB, NULL, NULL, NULL);
         download_reply_all(d, error, message ?: "Out of memory.");
         download_finish(d, result, message ?: "Out of memory.");
         remove_empty_staging(d);
@@ -615,11 +617,11 @@ static void install_failed(Download *d, const char *text) {
  * is there for callers (available, or error saying why not) before
  * DownloadFinished says so. */
 static void measured(Download *d, int r, uint64_t size_bytes, ModelSource source, const char *revision,
-                     const char *error) {
+                     ModelProfile *profile, const char *error) {
         Manager *m = d->manager;
 
         download_unlink(m, d);
-        model_download_end(m, d->repo, true, r, size_bytes, source, revision, error);
+        model_download_end(m, d->repo, true, r, size_bytes, source, revision, profile, error);
         if (!d->up_to_date)
                 log_info("Pulled %s into the store.", d->repo);
         download_finish(d, "done", "");
@@ -648,7 +650,7 @@ static void install_measure(Download *d) {
                 log_warning_errno(r, "Cannot measure %s, just pulled: %m", d->repo);
                 job_free(j);
                 /* The files are there: the model is, with the plan's size. */
-                return measured(d, 0, d->total, MODEL_SOURCE_HUB, NULL, NULL);
+                return measured(d, 0, d->total, MODEL_SOURCE_HUB, NULL, NULL, NULL);
         }
 }
 
@@ -785,7 +787,7 @@ static void job_done(WorkItem *item, bool ran) {
                         metadata_written(d, r);
                         break;
                 case JOB_MEASURE:
-                        measured(d, r, j->size_bytes, j->source, j->revision, j->error);
+                        measured(d, r, j->size_bytes, j->source, j->revision, &j->profile, j->error);
                         break;
                 case JOB_REMOVE:
                         if (r < 0 && r != -ECANCELED)
@@ -1150,7 +1152,7 @@ void downloads_stop_all(Manager *m) {
                 /* One with a step on the worker is freed when it comes
                  * back (cancelled below, if it has not begun). */
                 if (!d->job) {
-                        model_download_end(m, d->repo, false, 0, 0, MODEL_SOURCE_HUB, NULL, NULL);
+                        model_download_end(m, d->repo, false, 0, 0, MODEL_SOURCE_HUB, NULL, NULL, NULL);
                         download_free(d);
                 }
         }

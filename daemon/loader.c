@@ -19,6 +19,7 @@
 #include "macro.h"
 #include "safetensors.h"
 #include "store.h"
+#include "tensor-list.h"
 #include "test-hooks.h"
 #include "time-util.h"
 
@@ -66,7 +67,12 @@ LoaderJob *loader_job_free(LoaderJob *j) {
         free(j->error_message);
         free(j->revision);
         loader_files_free(j->files, j->n_files);
+        /* It points into the mappings. */
+        embedding_model_free(j->embedding);
+        free(j->embedding_message);
         loader_mappings_release(j->mappings, j->n_mappings);
+        model_folder_done(&j->folder);
+        model_profile_done(&j->profile);
         free(j);
         return NULL;
 }
@@ -89,6 +95,8 @@ int loader_job_new_probe(const char *name, const char *model_dir, const char *hu
         j->kind = LOADER_JOB_PROBE;
         j->item.run = run;
         j->userdata = userdata;
+        j->precision = PRECISION_F32;
+        j->folder = MODEL_FOLDER_NULL;
         j->name = strdup(name);
         j->model_dir = strdup(model_dir);
         if (!j->name || !j->model_dir)
@@ -121,9 +129,14 @@ int loader_job_new_map(LoaderJob *probe, LoaderJob **ret) {
                 .progress = probe->item.progress,
         };
         j->userdata = probe->userdata;
+        j->folder = MODEL_FOLDER_NULL;
         j->name = strdup(probe->name);
         if (!j->name)
                 return -ENOMEM;
+        j->precision = probe->precision;
+        j->precision_asked = probe->precision_asked;
+        j->runnable = probe->runnable;
+        model_folder_move(&j->folder, &probe->folder);
         j->total_bytes = probe->total_bytes;
         j->files = TAKE_PTR(probe->files);
         j->n_files = probe->n_files;
@@ -186,6 +199,30 @@ static bool probe_cancelled(void *userdata) {
         return work_item_cancelled(&j->item);
 }
 
+/* What kind of model the files hold: read again at every load, since
+ * files may have come or gone since the store was listed. */
+static void read_profile(LoaderJob *j, ModelLocation *location) {
+        _cleanup_free_ int *fds = NULL;
+        _cleanup_free_ char **paths = NULL;
+        int r;
+
+        fds = calloc(j->n_files ?: 1, sizeof *fds);
+        paths = calloc(j->n_files ?: 1, sizeof *paths);
+        if (!fds || !paths)
+                return job_fail(j, ENOMEM, "Out of memory.");
+        for (size_t i = 0; i < j->n_files; i++) {
+                fds[i] = j->files[i].fd;
+                paths[i] = j->files[i].path;
+        }
+        r = model_profile_read(&location->folder, j->name, fds, paths, j->n_files, probe_cancelled, j, &j->profile);
+        if (r == -ECANCELED)
+                return job_fail(j, ECANCELED, "The load was cancelled.");
+        if (r < 0)
+                return job_fail(j, r, "Out of memory.");
+        model_folder_move(&j->folder, &location->folder);
+        j->runnable = j->profile.kind == MODEL_KIND_EMBEDDING;
+}
+
 static void probe(LoaderJob *j) {
         _cleanup_(model_location_freep) ModelLocation *location = NULL;
         _cleanup_free_ char *error = NULL;
@@ -238,6 +275,8 @@ static void probe(LoaderJob *j) {
                 if (__builtin_add_overflow(j->total_bytes, files[i].size, &j->total_bytes))
                         return job_fail(j, EBADMSG, "The model's files are larger than any memory.");
         }
+
+        read_profile(j, location);
 }
 
 /* Brings [offset, offset + length) of the file into the page cache by
@@ -374,6 +413,79 @@ int loader_mappings_measure(LoaderMapping *mappings, size_t n, uint64_t *ret_res
         return changed;
 }
 
+/* The model's small files, read beneath its root (EmbeddingSource). */
+static int folder_read_file(const char *path, uint64_t max_size, char **ret_text, size_t *ret_length, void *userdata,
+                            char **ret_error) {
+        return store_read_model_file(userdata, path, max_size, ret_text, ret_length, ret_error);
+}
+
+static int folder_open_file(const char *path, void *userdata, char **ret_error) {
+        return store_open_model_file(userdata, path, TOKENIZER_FILE_SIZE_MAX, NULL, ret_error);
+}
+
+/* What could not be made runnable loads as weights when no precision was
+ * asked, with the reason kept for whoever asks it to run. */
+static void runnable_failed(LoaderJob *j, int r, char **message) {
+        if (r == -ECANCELED)
+                return job_fail(j, ECANCELED, "The load was cancelled.");
+        if (r == -ENOMEM)
+                return job_fail(j, r, "Out of memory.");
+
+        /* Why, for the model's kind either way. */
+        j->embedding_error = r;
+        j->embedding_message = TAKE_PTR(*message);
+        if (j->precision_asked)
+                return job_fail(j, r, "%s", j->embedding_message ?: "Out of memory.");
+        log_warning("Model %s cannot be run, it loads as weights only: %s", j->name, strempty(j->embedding_message));
+}
+
+/* Makes the mapped model runnable, in its precision, and lets the
+ * mappings go when nothing reads them any more. */
+static void make_runnable(LoaderJob *j) {
+        _cleanup_(tensor_list_done) TensorList tensors = {};
+        _cleanup_free_ char *message = NULL;
+        EmbeddingSource source;
+        int r;
+
+        for (size_t i = 0; i < j->n_mappings; i++) {
+                LoaderMapping *m = &j->mappings[i];
+
+                if (!m->address)   /* an empty file, which no valid model has */
+                        continue;
+                r = tensor_list_add_mapped(&tensors, m->address, m->length, j->files[i].path, probe_cancelled, j,
+                                           &message);
+                if (r < 0)
+                        return runnable_failed(j, r, &message);
+        }
+
+        source = (EmbeddingSource) {
+                .name = j->name,
+                .read_file = folder_read_file,
+                .open_file = folder_open_file,
+                .userdata = &j->folder,
+                .tensors = tensors.tensors,
+                .n_tensors = tensors.n_tensors,
+        };
+        r = embedding_model_new(&source, j->precision, probe_cancelled, j, &j->embedding, &message);
+        if (r < 0)
+                return runnable_failed(j, r, &message);
+        if (embedding_model_needs_mappings(j->embedding))
+                return;
+
+        /* Every weight was converted: the files' pages need not be held.
+         * The descriptors stay, for OpenFiles and for telling changes. */
+        j->resident_bytes = 0;
+        for (size_t i = 0; i < j->n_mappings; i++) {
+                LoaderMapping *m = &j->mappings[i];
+
+                if (m->address && munmap(m->address, m->length) < 0)
+                        log_warning_errno(errno, "Cannot unmap %s, converted: %m", j->files[i].path);
+                m->address = NULL;
+                m->length = 0;
+                m->resident_bytes = 0;
+        }
+}
+
 static void map(LoaderJob *j) {
         uint64_t done = 0, last_post = 0;
         bool lock = true;
@@ -463,6 +575,12 @@ static void map(LoaderJob *j) {
                 j->resident_bytes += m->resident_bytes;
         }
         j->locked = lock;
+
+        if (j->runnable) {
+                make_runnable(j);
+                if (j->result < 0)
+                        return;
+        }
         work_item_progress(&j->item, j->total_bytes, j->total_bytes);
 }
 

@@ -7,14 +7,23 @@
 #include <systemd/sd-event.h>
 #include <time.h>
 
+#include "embedding-model.h"
+#include "model-profile.h"
+#include "precision.h"
 #include "store.h"
 #include "workpool.h"
 
 /* The two jobs a load is made of, run on a WorkPool: a probe (find the
- * files, validate every header, learn the size) and, once the pool has
- * admitted that size, a map (bring the weights into memory and keep them
- * there). Inputs are fixed before the job is submitted; the worker writes
- * only the results. */
+ * files, validate every header, learn the size, and read what kind of
+ * model they hold: model-profile.h) and, once the pool has admitted that
+ * size, a map (bring the weights into memory and keep them there, and make
+ * a runnable model an EmbeddingModel in the load's precision). Inputs are
+ * fixed before the job is submitted; the worker writes only the results.
+ *
+ * When the EmbeddingModel needs no mapping (every weight converted: f16,
+ * q8, q4, or f32 over files without F32 tensors), the map job unmaps the
+ * files once it is made: their pages are no longer held, and the mappings
+ * keep only their descriptors (address NULL), for OpenFiles. */
 
 typedef enum LoaderJobKind {
         LOADER_JOB_PROBE,
@@ -51,6 +60,9 @@ typedef struct LoaderJob {
         char *name;
         char *model_dir;          /* probe */
         char *huggingface_cache;  /* probe, may be NULL */
+        Precision precision;      /* of a runnable model: what the load asked, or PRECISION_F32 */
+        bool precision_asked;     /* asked: a model that cannot be made runnable then fails to load */
+        bool runnable;            /* the probe found the model runnable: the map makes the EmbeddingModel */
         void *userdata;
 
         /* Results, read by the loop once the job is posted back done. The
@@ -67,6 +79,12 @@ typedef struct LoaderJob {
         uint64_t duration_usec;
         ModelSource source;       /* probe: where the files were found */
         char *revision;           /* probe: the model's commit, or "" */
+        ModelFolder folder;       /* probe, then map: where the model's other files are */
+        ModelProfile profile;     /* probe: what kind of model, what it takes */
+        EmbeddingModel *embedding;     /* map: the model made runnable (points into the mappings) */
+        int embedding_error;      /* map: why it could not be made runnable (the load fails too if a
+                                   * precision was asked) */
+        char *embedding_message;
 } LoaderJob;
 
 int loader_job_new_probe(const char *name, const char *model_dir, const char *huggingface_cache,
@@ -76,11 +94,13 @@ int loader_job_new_probe(const char *name, const char *model_dir, const char *hu
  * this, so that a loaded model never holds more than it was admitted for;
  * mpool-pull --inspect counts the same (pull/PROTOCOL.md). */
 uint64_t loader_job_memory_bytes(const LoaderJob *probe);
-/* Moves the probe's files into a new map job, with the probe's callbacks. */
+/* Moves the probe's files and folder into a new map job, with the probe's
+ * callbacks and precision. */
 int loader_job_new_map(LoaderJob *probe, LoaderJob **ret);
 LoaderJob *loader_job_free(LoaderJob *j);
 /* Takes the job's mappings (the caller now owns them and unmaps with
- * loader_mappings_release). */
+ * loader_mappings_release, after freeing the EmbeddingModel made over
+ * them, which it takes with TAKE_PTR(j->embedding)). */
 LoaderMapping *loader_job_steal_mappings(LoaderJob *j, size_t *ret_n);
 void loader_mappings_release(LoaderMapping *mappings, size_t n);
 /* Follows what a loaded model really holds when its files change under it:

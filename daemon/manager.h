@@ -45,7 +45,8 @@ typedef enum ModelChange {
         MODEL_CHANGED_MEMORY = 1 << 1,
         MODEL_CHANGED_HOLDS = 1 << 2,
         MODEL_CHANGED_EXPIRES = 1 << 3,
-        MODEL_CHANGED_ALL = (1 << 4) - 1,
+        MODEL_CHANGED_KIND = 1 << 4,   /* kind, precision, memory by precision */
+        MODEL_CHANGED_ALL = (1 << 5) - 1,
 } ModelChange;
 
 typedef struct ManagerEvents {

@@ -31,6 +31,8 @@ ModelRuntime *model_runtime(Manager *m, PoolModel *model) {
                         return NULL;
                 rt->manager = m;
                 rt->keep_alive_requested = KEEP_ALIVE_DEFAULT;
+                rt->precision_requested = _PRECISION_INVALID;
+                rt->profile = MODEL_PROFILE_NULL;
                 model->userdata = rt;
         }
         return rt;
@@ -71,7 +73,7 @@ int model_set_source(PoolModel *model, ModelSource source, const char *revision)
 }
 
 int model_found(Manager *m, const char *name, int resolved, uint64_t size_bytes, ModelSource source,
-                const char *revision, const char *error) {
+                const char *revision, const char *error, ModelProfile *profile) {
         PoolModel *model = pool_find(&m->pool, name);
         bool added = false;
         int r;
@@ -98,6 +100,12 @@ int model_found(Manager *m, const char *name, int resolved, uint64_t size_bytes,
                         model->error = strdup(error ?: "Out of memory.");
                 } else
                         model->size_bytes = size_bytes;
+        }
+        /* What a load found last stands while it holds what it found. */
+        if (profile && (model->state == MODEL_AVAILABLE || model->state == MODEL_ERROR)) {
+                model_profile_move(&((ModelRuntime *) model->userdata)->profile, profile);
+                if (!added)
+                        manager_emit_model_changed(m, model, MODEL_CHANGED_KIND);
         }
         model_announce(m, model);
         return 0;
@@ -134,6 +142,7 @@ void model_runtime_free(ModelRuntime *rt) {
         model_weights_unref(rt->weights);
         free(rt->unload_reason);
         free(rt->revision);
+        model_profile_done(&rt->profile);
         free(rt);
 }
 
@@ -506,7 +515,7 @@ int model_download_begin(Manager *m, const char *name) {
 }
 
 void model_download_end(Manager *m, const char *name, bool installed, int r, uint64_t size_bytes,
-                        ModelSource source, const char *revision, const char *error) {
+                        ModelSource source, const char *revision, ModelProfile *profile, const char *error) {
         PoolModel *model = pool_find(&m->pool, name);
         ModelRuntime *rt;
 
@@ -542,13 +551,17 @@ void model_download_end(Manager *m, const char *name, bool installed, int r, uin
                 model->error = strdup(error ?: "Out of memory.");
         } else
                 model->state = MODEL_AVAILABLE;
+        if (profile)
+                model_profile_move(&rt->profile, profile);
         rt->left_store = false;
-        manager_emit_model_changed(m, model, MODEL_CHANGED_STATE);
+        manager_emit_model_changed(m, model, MODEL_CHANGED_STATE | (profile ? MODEL_CHANGED_KIND : 0));
 }
 
 static void record_requests(ModelRuntime *rt, const Request *req) {
         if (req->keep_alive_sec != KEEP_ALIVE_DEFAULT)
                 rt->keep_alive_requested = req->keep_alive_sec;
+        if (req->precision != _PRECISION_INVALID)
+                rt->precision_requested = req->precision;
         if (req->pin)
                 rt->pin_requested = true;
 }
@@ -560,6 +573,8 @@ static void apply_requests(PoolModel *model, ModelRuntime *rt) {
                 model->pinned = true;
         rt->keep_alive_requested = KEEP_ALIVE_DEFAULT;
         rt->pin_requested = false;
+        /* The load it was for is done. */
+        rt->precision_requested = _PRECISION_INVALID;
 }
 
 /* Returns true when the model was forgotten (a name that never existed). */
@@ -591,13 +606,14 @@ static bool load_failed(Manager *m, PoolModel *model, int r, const char *message
         else {
                 rt->pin_requested = false;
                 rt->keep_alive_requested = KEEP_ALIVE_DEFAULT;
+                rt->precision_requested = _PRECISION_INVALID;
                 answer_unloads(m, model, false);
                 answer_loads(m, model, r, message);
         }
 
         if (forget_if_unannounced(m, model))
                 return true;
-        manager_emit_model_changed(m, model, MODEL_CHANGED_STATE);
+        manager_emit_model_changed(m, model, MODEL_CHANGED_STATE | MODEL_CHANGED_KIND);
         forget_later(m, model);
         return false;
 }
@@ -632,12 +648,19 @@ static int start_probe(Manager *m, PoolModel *model) {
         r = loader_job_new_probe(model->name, m->config.model_dir, m->config.huggingface_cache, model, &job);
         if (r < 0)
                 return r;
+        /* The load's precision is fixed now: later requests that ask
+         * another are told so (precision_conflict()). */
+        if (rt->precision_requested != _PRECISION_INVALID) {
+                job->precision = rt->precision_requested;
+                job->precision_asked = true;
+        }
         r = submit_job(m, model, job);
         if (r < 0) {
                 loader_job_free(job);
                 return r;
         }
 
+        rt->precision_requested = _PRECISION_INVALID;
         rt->load_started_usec = now_monotonic_usec();
         rt->progress_started = false;
         rt->progress_emitted_bytes = 0;
@@ -670,9 +693,17 @@ static void restart_if_wanted(Manager *m, PoolModel *model) {
 
 static void admit(Manager *m, PoolModel *model, LoaderJob *probe) {
         _cleanup_free_ PoolModel **victims = pool_victims_new(&m->pool);
+        const ModelProfile *profile = &((ModelRuntime *) model->userdata)->profile;
         uint64_t needed = loader_job_memory_bytes(probe), available;
         LoaderJob *map;
         int n, r;
+
+        /* A runnable model's conversion is made while the mappings are
+         * there: room for both, and for its tokenizer. */
+        if (profile->kind == MODEL_KIND_EMBEDDING &&
+            __builtin_add_overflow(needed, model_profile_load_bytes(profile, probe->precision) - profile->files_bytes,
+                                   &needed))
+                needed = UINT64_MAX;
 
         if (!victims) {
                 (void) load_failed(m, model, -ENOMEM, "Out of memory.");
@@ -684,9 +715,11 @@ static void admit(Manager *m, PoolModel *model, LoaderJob *probe) {
                 _cleanup_free_ char *message = NULL;
 
                 if (asprintf(&message,
-                             "Model %s needs %" PRIu64 " bytes, but only %" PRIu64 " of the memory limit of %"
+                             "Model %s needs %" PRIu64 " bytes%s%s, but only %" PRIu64 " of the memory limit of %"
                              PRIu64 " bytes can be made available%s.",
-                             model->name, needed, available, m->pool.memory_limit,
+                             model->name, needed, profile->kind == MODEL_KIND_EMBEDDING ? " to load in " : "",
+                             profile->kind == MODEL_KIND_EMBEDDING ? precision_to_string(probe->precision) : "",
+                             available, m->pool.memory_limit,
                              m->pool.max_loaded_models > 0 ? " (or MaxLoadedModels is reached)" : "") < 0)
                         (void) load_failed(m, model, -ENOMEM, "Out of memory.");
                 else
@@ -717,20 +750,67 @@ static void admit(Manager *m, PoolModel *model, LoaderJob *probe) {
         model->reserved_bytes = needed;
 }
 
+/* What a runnable model holds of its own can exceed what was reserved for
+ * it (a tokenizer larger than its file, F32 files that were not all F32):
+ * room is made for it now, as admission makes it, before the model counts
+ * as loaded. Returns false when the load failed (told already). */
+static bool fits_as_made(Manager *m, PoolModel *model, LoaderJob *job, uint64_t held) {
+        _cleanup_free_ PoolModel **victims = NULL;
+        uint64_t available;
+        int n;
+
+        if (held <= model->reserved_bytes)
+                return true;
+        victims = pool_victims_new(&m->pool);
+        if (!victims) {
+                (void) load_failed(m, model, -ENOMEM, "Out of memory.");
+                return false;
+        }
+        n = pool_plan_admission(&m->pool, model, held, victims, pool_size(&m->pool), &available);
+        if (n == -ENOSPC) {
+                _cleanup_free_ char *message = NULL;
+
+                if (asprintf(&message, "Model %s holds %" PRIu64 " bytes once made runnable in %s, but only %" PRIu64
+                             " of the memory limit of %" PRIu64 " bytes can be made available.", model->name, held,
+                             precision_to_string(job->precision), available, m->pool.memory_limit) < 0)
+                        (void) load_failed(m, model, -ENOMEM, "Out of memory.");
+                else
+                        (void) load_failed(m, model, -ENOSPC, message);
+                return false;
+        }
+        if (n < 0) {
+                (void) load_failed(m, model, n, "Out of memory.");
+                return false;
+        }
+        for (int i = 0; i < n; i++)
+                model_unload(m, victims[i], MPOOL_REASON_MEMORY_LIMIT);
+        if (n > 0)
+                manager_reschedule_idle(m);
+        return true;
+}
+
 static void loaded(Manager *m, PoolModel *model, LoaderJob *job) {
         ModelRuntime *rt = model->userdata;
-        uint64_t now = now_monotonic_usec();
+        uint64_t now = now_monotonic_usec(), own = job->embedding ? embedding_model_bytes(job->embedding) : 0;
         LoaderMapping *mappings;
         size_t n_mappings;
 
+        if (!fits_as_made(m, model, job, job->resident_bytes + own))
+                return;
+
+        if (job->embedding_error < 0 &&
+            model_profile_set_weights(&rt->profile, job->embedding_error, "%s", strempty(job->embedding_message)) < 0)
+                log_oom();
+
         mappings = loader_job_steal_mappings(job, &n_mappings);
-        rt->weights = model_weights_new(mappings, n_mappings, job->locked);
+        rt->weights = model_weights_new(mappings, n_mappings, job->locked, TAKE_PTR(job->embedding));
         if (!rt->weights) {
                 (void) load_failed(m, model, -ENOMEM, "Out of memory.");
                 return;
         }
-        model->memory_bytes = job->resident_bytes;
-        model->charged_bytes = 0;
+        /* Converted weights and the tokenizer are the model's own memory. */
+        model->memory_bytes = job->resident_bytes + own;
+        model->charged_bytes = own;
         model->reserved_bytes = 0;
         model->state = MODEL_LOADED;
         model->loaded_at = now;
@@ -739,8 +819,11 @@ static void loaded(Manager *m, PoolModel *model, LoaderJob *job) {
         model->error = NULL;
 
         log_model_event(LOG_INFO, model->name, "loaded", NULL, model->memory_bytes, now - rt->load_started_usec,
-                        "Loaded %s: %" PRIu64 " bytes in %" PRIu64 " ms%s.", model->name, model->memory_bytes,
+                        "Loaded %s: %" PRIu64 " bytes in %" PRIu64 " ms%s%s%s.", model->name, model->memory_bytes,
                         (now - rt->load_started_usec) / USEC_PER_MSEC,
+                        rt->weights->embedding ? ", runnable in " : "",
+                        rt->weights->embedding ? precision_to_string(embedding_model_precision(rt->weights->embedding))
+                                               : "",
                         job->locked ? "" : " (not locked in memory: RLIMIT_MEMLOCK is too low)");
         if (m->events && m->events->model_loaded)
                 m->events->model_loaded(m, model);
@@ -790,6 +873,17 @@ static void on_job_progress(WorkItem *item, uint64_t done, uint64_t total) {
                 m->events->load_progress(m, model, done, total);
 }
 
+/* A precision was asked of a model that cannot be run. */
+static bool not_runnable(Manager *m, PoolModel *model) {
+        ModelRuntime *rt = model->userdata;
+        _cleanup_free_ char *message = NULL;
+
+        if (asprintf(&message, "Model %s cannot be run, so the precision option does not apply to it. %s",
+                     model->name, strempty(rt->profile.reason)) < 0)
+                return load_failed(m, model, -ENOMEM, "Out of memory.");
+        return load_failed(m, model, -EOPNOTSUPP, message);
+}
+
 static void on_job_done(WorkItem *item, bool ran) {
         LoaderJob *job = loader_job_from_item(item);
         PoolModel *model = job->userdata;
@@ -803,15 +897,25 @@ static void on_job_done(WorkItem *item, bool ran) {
 
         if (!ran)
                 removed = load_failed(m, model, -ECANCELED, "The load was cancelled.");
-        else if (job->result < 0)
+        else if (job->result < 0) {
+                /* Its files do not make it runnable: what it is from now on. */
+                if (job->embedding_error < 0 &&
+                    model_profile_set_weights(&rt->profile, job->embedding_error, "%s",
+                                              strempty(job->embedding_message)) < 0)
+                        log_oom();
                 removed = load_failed(m, model, job->result, strempty(job->error_message));
+        }
         else if (job->kind == LOADER_JOB_PROBE) {
                 model->size_bytes = job->total_bytes;
                 if (model_set_source(model, job->source, job->revision) < 0)
                         log_oom();
+                model_profile_move(&rt->profile, &job->profile);
+                manager_emit_model_changed(m, model, MODEL_CHANGED_KIND);
                 model_announce(m, model);
                 if (cancelled)
                         (void) load_failed(m, model, -ECANCELED, "The load was cancelled.");
+                else if (job->precision_asked && rt->profile.kind != MODEL_KIND_EMBEDDING)
+                        removed = not_runnable(m, model);
                 else
                         admit(m, model, job);
         } else
@@ -897,6 +1001,7 @@ void model_cancel_load(Manager *m, PoolModel *model) {
         /* What the cancelled requests asked for goes with them. */
         rt->pin_requested = false;
         rt->keep_alive_requested = KEEP_ALIVE_DEFAULT;
+        rt->precision_requested = _PRECISION_INVALID;
         workpool_cancel(m->loaders, &rt->job->item);
         if (asprintf(&message, "Loading %s was cancelled by an unload request.", model->name) < 0)
                 message = NULL;
@@ -906,6 +1011,45 @@ void model_cancel_load(Manager *m, PoolModel *model) {
 }
 
 /* --- Submitting -------------------------------------------------------- */
+
+/* A request that asks a precision the model is loaded (or being loaded)
+ * in already, or cannot be: completed here, and true returned. A model
+ * not loaded is left to its probe, which reads its files afresh. */
+static bool precision_refused(PoolModel *model, Request *req) {
+        ModelRuntime *rt = model->userdata;
+        const char *doing;
+        Precision have;
+
+        if (req->precision == _PRECISION_INVALID)
+                return false;
+
+        switch (model->state) {
+        case MODEL_LOADED:
+                if (!rt->weights->embedding) {
+                        request_complete(req, -EOPNOTSUPP, "Model %s cannot be run, so the precision option does "
+                                         "not apply to it. %s", model->name, strempty(rt->profile.reason));
+                        return true;
+                }
+                have = embedding_model_precision(rt->weights->embedding);
+                doing = "loaded";
+                break;
+        case MODEL_LOADING:
+                /* A cancelled load is followed by a fresh one, which takes
+                 * the precision recorded. */
+                if (rt->cancel_requested || !rt->job)
+                        return false;
+                have = rt->job->precision;
+                doing = "being loaded";
+                break;
+        default:
+                return false;
+        }
+        if (have == req->precision)
+                return false;
+        request_complete(req, -EBUSY, "Model %s is %s in %s; unload it first to load it in %s.", model->name, doing,
+                         precision_to_string(have), precision_to_string(req->precision));
+        return true;
+}
 
 static void submit_load(Manager *m, Request *req) {
         PoolModel *model;
@@ -938,6 +1082,8 @@ static void submit_load(Manager *m, Request *req) {
                         (void) forget_if_unannounced(m, model);
                 return request_complete(req, -ENOMEM, "Out of memory.");
         }
+        if (precision_refused(model, req))
+                return;
 
         switch (model->state) {
 
@@ -976,8 +1122,12 @@ static void submit_load(Manager *m, Request *req) {
                         (void) waiter_error(m, req, r);
                         return;
                 }
+                /* The load's precision is fixed when it starts. */
+                if (req->precision != _PRECISION_INVALID)
+                        rt->precision_requested = req->precision;
                 r = start_probe(m, model);
                 if (r < 0) {
+                        rt->precision_requested = _PRECISION_INVALID;
                         log_error_errno(r, "Cannot start loading %s: %m", model->name);
                         answer_loads(m, model, r, start_error_message(r));
                         if (added)
@@ -1210,6 +1360,31 @@ void model_unlease(Manager *m, PoolModel *model, ModelWeights *weights) {
         else
                 manager_reschedule_idle(m);
         manager_work_done(m);
+}
+
+EmbeddingModel *model_embedding(PoolModel *model) {
+        const ModelRuntime *rt = model->userdata;
+
+        if (model->state != MODEL_LOADED || !rt || !rt->weights)
+                return NULL;
+        return rt->weights->embedding;
+}
+
+ModelKind model_kind(const PoolModel *model, int *ret_error, const char **ret_reason) {
+        const ModelRuntime *rt = model->userdata;
+        const ModelProfile *p = rt ? &rt->profile : NULL;
+
+        if (ret_error)
+                *ret_error = p && p->kind == MODEL_KIND_WEIGHTS ? p->error : 0;
+        if (ret_reason)
+                *ret_reason = p && p->kind == MODEL_KIND_WEIGHTS ? p->reason : NULL;
+        return p ? p->kind : MODEL_KIND_UNKNOWN;
+}
+
+Precision model_precision(const PoolModel *model) {
+        EmbeddingModel *e = model_embedding((PoolModel *) model);
+
+        return e ? embedding_model_precision(e) : _PRECISION_INVALID;
 }
 
 int model_charge(Manager *m, PoolModel *model, uint64_t bytes) {

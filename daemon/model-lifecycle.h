@@ -4,8 +4,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "embedding-model.h"
 #include "loader.h"
 #include "manager.h"
+#include "model-profile.h"
 #include "request.h"
 #include "store.h"
 #include "weights.h"
@@ -36,10 +38,15 @@ typedef struct ModelRuntime {
          * when the load succeeds, dropped when it fails. */
         bool pin_requested;
         int64_t keep_alive_requested; /* KEEP_ALIVE_DEFAULT: nothing asked */
+        Precision precision_requested; /* for the next load; _PRECISION_INVALID: nothing asked */
         /* Where its files are, as last resolved (listed, loaded). */
         ModelSource source;
         char *revision;               /* NULL: "" */
         bool removing;                /* Remove is under way: loads are refused */
+        /* What kind of model its files hold and what each precision
+         * takes, as last read (listed, loaded); a load that finds it cannot
+         * be run after all makes it WEIGHTS with the reason. */
+        ModelProfile profile;
 } ModelRuntime;
 
 /* Bounds on what callers can make the daemon keep. */
@@ -70,6 +77,21 @@ void models_drop_requests_of(Manager *m, const char *owner);
 int model_lease(Manager *m, PoolModel *model, ModelWeights **ret);
 void model_unlease(Manager *m, PoolModel *model, ModelWeights *weights);
 
+/* A loaded model made runnable: what Embed's workers run (under a lease,
+ * which keeps it alive). NULL when the model is not loaded, or cannot be
+ * run: model_kind() says why. */
+EmbeddingModel *model_embedding(PoolModel *model);
+/* What kind of model it is, as far as it is known (model-profile.h). For
+ * one that cannot be run (MODEL_KIND_WEIGHTS), why: *ret_error -EOPNOTSUPP
+ * (a model of another kind: NotSupported) or -EBADMSG (invalid files:
+ * InvalidModel), or the errno of a file that could not be read, and
+ * *ret_reason a message naming the model ("NAME: there is no
+ * tokenizer.json…"), valid until the model changes. Each may be NULL. */
+ModelKind model_kind(const PoolModel *model, int *ret_error, const char **ret_reason);
+/* The precision a loaded runnable model computes in; _PRECISION_INVALID
+ * for any other. */
+Precision model_precision(const PoolModel *model);
+
 /* Memory a loaded model holds besides its mappings, counted against the
  * limit: idle models are evicted to make room, or -ENOSPC. */
 int model_charge(Manager *m, PoolModel *model, uint64_t bytes);
@@ -88,12 +110,14 @@ int model_set_source(PoolModel *model, ModelSource source, const char *revision)
 /* A model the store lists (at start-up, noticed later, or registered),
  * resolved off the loop: available with the size of its files
  * (resolved >= 0), or in error saying why it cannot be used (error), and
- * from source at revision (NULL: none) either way. Announced only then, so
- * that its object appears with its state. A name the pool knows already (a
- * load found it first, or it left the store and is back) keeps its state.
- * Fails (logged) only for lack of memory or room in the pool. */
+ * from source at revision (NULL: none) either way; profile (NULL: not
+ * known) says what kind of model it is, taken over unless the model is
+ * loaded or on its way. Announced only then, so that its object appears
+ * with its state. A name the pool knows already (a load found it first, or
+ * it left the store and is back) keeps its state. Fails (logged) only for
+ * lack of memory or room in the pool. */
 int model_found(Manager *m, const char *name, int resolved, uint64_t size_bytes, ModelSource source,
-                const char *revision, const char *error);
+                const char *revision, const char *error, ModelProfile *profile);
 /* The model's files are no longer in the store. A model that holds nothing
  * and that nothing waits for is forgotten at once (model_removed first,
  * then the PoolModel is freed); one that is loaded, loading, held or waited
@@ -111,15 +135,15 @@ void model_left_store(Manager *m, PoolModel *model);
  * -E2BIG or -ENOMEM. */
 int model_download_begin(Manager *m, const char *name);
 /* The pull of name ended. installed: its files are now in the store, and
- * r, size_bytes, source, revision and error are what store_measure() found
- * there: a model that was only downloading becomes available (or error)
- * without being announced again, and a model that was there and is not
- * loaded takes the new files' size, state and revision. Not installed
- * (source, revision and error unused): a model that was only downloading
- * goes (model_removed, then forgotten); one that was in the store stays as
- * it is. */
+ * r, size_bytes, source, revision, profile (taken; may be NULL) and error
+ * are what store_measure() found there: a model that was only downloading
+ * becomes available (or error) without being announced again, and a
+ * model that was there and is not loaded takes the new files' size, state,
+ * revision and profile. Not installed (the rest unused): a model that was
+ * only downloading goes (model_removed, then forgotten); one that was in
+ * the store stays as it is. */
 void model_download_end(Manager *m, const char *name, bool installed, int r, uint64_t size_bytes,
-                        ModelSource source, const char *revision, const char *error);
+                        ModelSource source, const char *revision, ModelProfile *profile, const char *error);
 
 /* A file truncated under a loaded model takes its pages with it, locked or
  * not: what the models hold follows what is really resident. Cheap (one

@@ -28,6 +28,7 @@ int request_new(RequestKind kind, const char *model, const char *owner, request_
                 .n_ref = 1,
                 .kind = kind,
                 .keep_alive_sec = KEEP_ALIVE_DEFAULT,
+                .precision = _PRECISION_INVALID,
                 .on_complete = on_complete,
                 .userdata = userdata,
         };
@@ -121,6 +122,8 @@ const char *request_error_reason(int error) {
                 return "limits-exceeded";
         case -EPERM:
                 return "pinned";
+        case -EOPNOTSUPP:
+                return "not-supported";
         case -ENOMEM:
                 return "no-memory";
         default:

@@ -4,6 +4,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "precision.h"
+
 /* What somebody asked of the model core, and how it ended. The core never
  * sees who asked or how to answer: it completes the request once, and the
  * completion callback (the bus layer's reply, Preload's log line, a test's
@@ -14,6 +16,7 @@
  *   -ENOSPC     the memory limit         -ECANCELED cancelled (by Unload, shutdown)
  *   -EBUSY      a queue is full          -EUSERS   a per-caller or pool bound
  *   -EPERM      pinned (Unload without force)
+ *   -EOPNOTSUPP a precision asked of a model that cannot be run
  *   -ENOMEM     out of memory            others    reading the model failed
  */
 
@@ -51,6 +54,7 @@ struct Request {
         char *model;              /* NULL for REQUEST_UNLOAD_ALL */
         char *owner;              /* who holds and is bounded: a bus peer; NULL for the daemon */
         int64_t keep_alive_sec;   /* KEEP_ALIVE_DEFAULT: as it is */
+        Precision precision;      /* a runnable model's, for its load; _PRECISION_INVALID: not asked */
         bool pin;
         bool force;
 

@@ -90,12 +90,13 @@ int manager_scan_store(Manager *m) {
 
         for (char **name = names; name && *name; name++) {
                 _cleanup_free_ char *error = NULL, *revision = NULL;
+                _cleanup_(model_profile_done) ModelProfile profile = MODEL_PROFILE_NULL;
                 ModelSource source = MODEL_SOURCE_STORE;
                 uint64_t size_bytes = 0;
 
                 r = store_measure(m->config.model_dir, m->config.huggingface_cache, *name, &size_bytes, &source,
-                                  &revision, &error);
-                r = model_found(m, *name, r, size_bytes, source, revision, error);
+                                  &revision, &profile, &error);
+                r = model_found(m, *name, r, size_bytes, source, revision, error, &profile);
                 if (r < 0)
                         return r;
         }
@@ -171,11 +172,11 @@ static void on_store_listed(char **names, void *userdata) {
 }
 
 static void on_store_resolved(const char *name, int r, uint64_t size_bytes, ModelSource source, const char *revision,
-                              const char *error, void *userdata) {
+                              const char *error, ModelProfile *profile, void *userdata) {
         Manager *m = userdata;
 
         if (r != -ECANCELED && !m->shutting_down)
-                (void) model_found(m, name, r, size_bytes, source, revision, error);   /* logged */
+                (void) model_found(m, name, r, size_bytes, source, revision, error, profile);   /* logged */
         manager_work_done(m);
 }
 

@@ -52,6 +52,7 @@ typedef struct ResolveJob {
         ModelSource source;
         char *revision;
         char *error;
+        ModelProfile profile;
         UT_hash_handle hh;
 } ResolveJob;
 
@@ -79,7 +80,7 @@ struct StoreWatch {
 };
 
 int store_measure(const char *model_dir, const char *hf_cache, const char *name, uint64_t *ret_size_bytes,
-                  ModelSource *ret_source, char **ret_revision, char **ret_error) {
+                  ModelSource *ret_source, char **ret_revision, ModelProfile *ret_profile, char **ret_error) {
         _cleanup_(model_location_freep) ModelLocation *location = NULL;
         uint64_t total = 0;
         int r;
@@ -97,6 +98,10 @@ int store_measure(const char *model_dir, const char *hf_cache, const char *name,
                 if (fstat(location->weight_fds[i], &st) >= 0)
                         total += (uint64_t) st.st_size;
         }
+        r = model_profile_read(&location->folder, name, location->weight_fds, location->weight_paths,
+                               location->n_weights, NULL, NULL, ret_profile);
+        if (r < 0)
+                log_warning_errno(r, "Cannot tell what kind of model %s is: %m", name);
         *ret_size_bytes = total;
         *ret_source = location->source;
         *ret_revision = TAKE_PTR(location->revision);
@@ -111,6 +116,7 @@ static ResolveJob *resolve_job_free(ResolveJob *j) {
         free(j->name);
         free(j->revision);
         free(j->error);
+        model_profile_done(&j->profile);
         free(j);
         return NULL;
 }
@@ -123,7 +129,7 @@ static void resolve_run(WorkItem *item) {
                 return;
         }
         j->result = store_measure(j->watch->model_dir, j->watch->hf_cache, j->name, &j->size_bytes, &j->source,
-                                  &j->revision, &j->error);
+                                  &j->revision, &j->profile, &j->error);
 }
 
 static bool is_listed(const StoreWatch *w, const char *name) {
@@ -153,7 +159,8 @@ static void resolve_done(WorkItem *item, bool ran) {
          * told the owner already. */
         if (w->stopped || !is_listed(w, j->name))
                 r = -ECANCELED;
-        w->callbacks->resolved(j->name, r, j->size_bytes, j->source, j->revision, j->error, w->userdata);
+        w->callbacks->resolved(j->name, r, j->size_bytes, j->source, j->revision, j->error, &j->profile,
+                               w->userdata);
         resolve_job_free(j);
 }
 

@@ -6,6 +6,7 @@
 #include <systemd/sd-event.h>
 
 #include "macro.h"
+#include "model-profile.h"
 #include "pool.h"
 #include "store.h"
 
@@ -50,12 +51,13 @@ typedef struct StoreWatchCallbacks {
         void (*listed)(char **names, void *userdata);
         /* Each name passed to store_watch_resolve() comes back here once,
          * with r and error as store_measure() gives them, the size of its
-         * weights, its source and revision (NULL when r < 0). r is
+         * weights, its source and revision (NULL when r < 0) and its
+         * profile (the callee may take it with model_profile_move()). r is
          * -ECANCELED (and the result to be dropped) when the watch was
          * stopped, or when the name was gone from the store's last listing
          * by the time it was resolved. */
         void (*resolved)(const char *name, int r, uint64_t size_bytes, ModelSource source, const char *revision,
-                         const char *error, void *userdata);
+                         const char *error, ModelProfile *profile, void *userdata);
 } StoreWatchCallbacks;
 
 /* Starts watching and looks at the store once soon (something may have
@@ -84,9 +86,12 @@ int store_watch_resolve(StoreWatch *w, const char *name);
 void store_watch_look_soon(StoreWatch *w);
 
 /* What the scan at start-up and the watch learn of one listed model: 0, the
- * size of its weights files and its revision (store.h), or store_resolve()'s
- * error and message (*ret_error, NULL only if even that allocation
- * failed). Its source either way (where it was found; STORE if nowhere).
- * Opens files: on the loop only before it serves. */
+ * size of its weights files, its revision (store.h) and its profile
+ * (model-profile.h: its config.json, whether it has a tokenizer.json, and
+ * a BERT's headers; left empty, kind unknown, if even that cannot be
+ * read), or store_resolve()'s error and message (*ret_error, NULL only if
+ * even that allocation failed). Its source either way (where it was
+ * found; STORE if nowhere). Opens files: on the loop only before it
+ * serves. */
 int store_measure(const char *model_dir, const char *hf_cache, const char *name, uint64_t *ret_size_bytes,
-                  ModelSource *ret_source, char **ret_revision, char **ret_error);
+                  ModelSource *ret_source, char **ret_revision, ModelProfile *ret_profile, char **ret_error);

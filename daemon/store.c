@@ -73,6 +73,21 @@ const char *model_source_to_string(ModelSource s) {
         return model_source_table[s];
 }
 
+void model_folder_done(ModelFolder *f) {
+        if (f->root_fd >= 0)
+                close(f->root_fd);
+        free(f->root);
+        free(f->subdir);
+        free(f->directory);
+        *f = MODEL_FOLDER_NULL;
+}
+
+void model_folder_move(ModelFolder *dst, ModelFolder *src) {
+        assert(dst->root_fd < 0 && !dst->root && !dst->subdir && !dst->directory);
+        *dst = *src;
+        *src = MODEL_FOLDER_NULL;
+}
+
 ModelLocation *model_location_free(ModelLocation *l) {
         if (!l)
                 return NULL;
@@ -85,6 +100,7 @@ ModelLocation *model_location_free(ModelLocation *l) {
                 if (l->weight_fds[i] >= 0)
                         close(l->weight_fds[i]);
         free(l->weight_fds);
+        model_folder_done(&l->folder);
         free(l);
         return NULL;
 }
@@ -312,6 +328,101 @@ static int read_file_beneath(int root_fd, const char *path, uint64_t max_size, c
         *ret_contents = TAKE_PTR(contents);
         if (ret_size)
                 *ret_size = size;
+        return 0;
+}
+
+/* Records where the model's other files are: takes root_fd. */
+static int folder_set(ModelFolder *f, int *root_fd, const char *root, const char *subdir, const char *directory) {
+        char *r = strdup(root), *s = strdup(subdir), *d = strdup(directory);
+
+        if (!r || !s || !d) {
+                free(r);
+                free(s);
+                free(d);
+                return -ENOMEM;
+        }
+        model_folder_done(f);
+        *f = (ModelFolder) { .root_fd = TAKE_FD(*root_fd), .root = r, .subdir = s, .directory = d };
+        return 0;
+}
+
+/* A path inside a model's folder, as the callers name files there: plain
+ * names separated by single slashes, none "." or "..". */
+static bool model_file_path_is_valid(const char *path) {
+        size_t n = strlen(path), segment = 0;
+
+        if (n == 0 || n >= PATH_MAX)
+                return false;
+        for (size_t i = 0; i <= n; i++) {
+                if (path[i] != '/' && path[i] != 0) {
+                        segment++;
+                        continue;
+                }
+                if (segment == 0 || (segment == 1 && path[i - 1] == '.') ||
+                    (segment == 2 && path[i - 1] == '.' && path[i - 2] == '.'))
+                        return false;
+                segment = 0;
+        }
+        return true;
+}
+
+int store_open_model_file(const ModelFolder *folder, const char *path, uint64_t max_size, uint64_t *ret_size,
+                          char **ret_error) {
+        _cleanup_free_ char *relative = NULL;
+        size_t size = 0;
+        int fd;
+
+        assert(folder);
+        assert(path);
+
+        if (folder->root_fd < 0 || !folder->root || !folder->subdir || !folder->directory)
+                return set_error(ret_error, -EBADF, "The model's folder is not known.");
+        if (!model_file_path_is_valid(path))
+                return set_error(ret_error, -EINVAL, "%s: a file of the model must be named by a relative path "
+                                 "without \".\" or \"..\".", folder->directory);
+
+        relative = path_join(folder->subdir, path);
+        if (!relative)
+                return -ENOMEM;
+        fd = open_regular_beneath(folder->root_fd, relative, max_size, &size);
+        if (fd == -ENOENT || fd == -EFBIG)
+                return fd;
+        if (fd == -EBADFD)
+                return set_error(ret_error, -EBADMSG, "%s/%s is not a regular file.", folder->directory, path);
+        if (fd == -ENOTDIR)   /* a file where a folder on the way should be: nothing of that name */
+                return -ENOENT;
+        if (fd < 0)
+                return set_open_error(ret_error, fd, folder->directory, path, folder->root);
+
+        if (ret_size)
+                *ret_size = size;
+        return fd;
+}
+
+int store_read_model_file(const ModelFolder *folder, const char *path, uint64_t max_size, char **ret_text,
+                          size_t *ret_length, char **ret_error) {
+        _cleanup_free_ char *text = NULL;
+        _cleanup_close_ int fd = -1;
+        uint64_t size = 0;
+        size_t done = 0;
+        int r;
+
+        assert(ret_text);
+
+        fd = store_open_model_file(folder, path, max_size, &size, ret_error);
+        if (fd < 0)
+                return fd;
+        text = malloc(size + 1);
+        if (!text)
+                return -ENOMEM;
+        r = read_full(fd, text, size, NULL, NULL, &done);
+        if (r < 0)
+                return set_error(ret_error, r, "Cannot read %s/%s: %m", folder->directory, path);
+        text[done] = 0;
+
+        *ret_text = TAKE_PTR(text);
+        if (ret_length)
+                *ret_length = done;
         return 0;
 }
 
@@ -875,7 +986,7 @@ static int read_source(int root_fd, const char *subdir, ModelSource *ret_source,
 
 static int lookup_in_model_dir(const char *root, const char *name, store_cancel_t cancel, void *userdata,
                                char **ret_directory, Weights *w, ModelSource *ret_source, char **ret_revision,
-                               char **ret_error) {
+                               ModelFolder *ret_folder, char **ret_error) {
         _cleanup_close_ int root_fd = -1, dir_fd = -1;
         _cleanup_free_ char *directory = NULL;
         int r;
@@ -908,6 +1019,9 @@ static int lookup_in_model_dir(const char *root, const char *name, store_cancel_
         if (r != LOOKUP_FOUND)
                 return r;
         r = read_source(root_fd, name, ret_source, ret_revision);
+        if (r < 0)
+                return r;
+        r = folder_set(ret_folder, &root_fd, root, name, directory);
         if (r < 0)
                 return r;
 
@@ -1020,7 +1134,8 @@ static int hf_open_snapshot(int repo_fd, const char *repo_path, int *ret_fd, cha
 }
 
 static int lookup_in_hf_cache(const char *root, const char *name, store_cancel_t cancel, void *userdata,
-                              char **ret_directory, Weights *w, char **ret_revision, char **ret_error) {
+                              char **ret_directory, Weights *w, char **ret_revision, ModelFolder *ret_folder,
+                              char **ret_error) {
         _cleanup_close_ int root_fd = -1, repo_fd = -1, snapshot_fd = -1;
         _cleanup_free_ char *repo = NULL, *repo_path = NULL, *snapshot = NULL, *snapshot_path = NULL;
         int r;
@@ -1066,6 +1181,11 @@ static int lookup_in_hf_cache(const char *root, const char *name, store_cancel_t
                 return set_error(ret_error, -EBADMSG, "%s has neither %s nor %s.", snapshot_path,
                                  STORE_SINGLE_WEIGHTS_FILE, STORE_INDEX_FILE);
 
+        /* Its other files are symlinks into blobs/ as well. */
+        r = folder_set(ret_folder, &repo_fd, repo_path, snapshot, snapshot_path);
+        if (r < 0)
+                return r;
+
         /* "snapshots/REV": the commit refs/main names. */
         *ret_revision = strdup(strchr(snapshot, '/') + 1);
         if (!*ret_revision)
@@ -1076,7 +1196,7 @@ static int lookup_in_hf_cache(const char *root, const char *name, store_cancel_t
 
 /* Takes directory, the weights and the revision (NULL: "") on success. */
 static int build_location(const char *name, char **directory, Weights *w, ModelSource source, char **revision,
-                          ModelLocation **ret) {
+                          ModelFolder *folder, ModelLocation **ret) {
         _cleanup_free_ char *copy = NULL;
         ModelLocation *l;
 
@@ -1098,6 +1218,8 @@ static int build_location(const char *name, char **directory, Weights *w, ModelS
         l->n_weights = w->n;
         l->source = source;
         w->n = 0;
+        l->folder = MODEL_FOLDER_NULL;
+        model_folder_move(&l->folder, folder);
 
         *ret = l;
         return 0;
@@ -1177,7 +1299,8 @@ static int open_registered_root(const char *path) {
  * at once. registered_as: the registry entry, for messages, or NULL when
  * the directory is being registered. */
 static int lookup_in_directory(const char *path, const char *name, const char *registered_as, store_cancel_t cancel,
-                               void *userdata, char **ret_directory, Weights *w, char **ret_error) {
+                               void *userdata, char **ret_directory, Weights *w, ModelFolder *ret_folder,
+                               char **ret_error) {
         _cleanup_close_ int fd = -1;
         _cleanup_free_ char *directory = NULL;
         int r;
@@ -1217,6 +1340,9 @@ static int lookup_in_directory(const char *path, const char *name, const char *r
         if (r == LOOKUP_NOT_A_MODEL)
                 return set_error(ret_error, -EBADMSG, "%s has neither %s nor %s.", path, STORE_SINGLE_WEIGHTS_FILE,
                                  STORE_INDEX_FILE);
+        r = folder_set(ret_folder, &fd, path, ".", path);
+        if (r < 0)
+                return r;
 
         *ret_directory = TAKE_PTR(directory);
         return LOOKUP_FOUND;
@@ -1226,7 +1352,7 @@ static int lookup_in_directory(const char *path, const char *name, const char *r
  * none; otherwise what the registered directory holds, which a damaged or
  * dangling entry does not let fall through to ModelDir. */
 static int lookup_registered(const char *root, const char *name, store_cancel_t cancel, void *userdata,
-                             char **ret_directory, Weights *w, char **ret_error) {
+                             char **ret_directory, Weights *w, ModelFolder *ret_folder, char **ret_error) {
         _cleanup_free_ char *entry = NULL, *relative = NULL, *registered_as = NULL, *path = NULL;
         _cleanup_close_ int root_fd = -1;
         size_t n = 0;
@@ -1264,12 +1390,14 @@ static int lookup_registered(const char *root, const char *name, store_cancel_t 
                 return set_error(ret_error, -EBADMSG, "The registration of model '%s' (%s) is damaged: it holds "
                                  "no absolute path. Remove the model and register it again.", name, registered_as);
 
-        return lookup_in_directory(path, name, registered_as, cancel, userdata, ret_directory, w, ret_error);
+        return lookup_in_directory(path, name, registered_as, cancel, userdata, ret_directory, w, ret_folder,
+                                   ret_error);
 }
 
 int store_resolve_directory(const char *path, const char *name, store_cancel_t cancel, void *userdata,
                             ModelLocation **ret, char **ret_error) {
         _cleanup_(weights_done) Weights weights = {};
+        _cleanup_(model_folder_done) ModelFolder folder = MODEL_FOLDER_NULL;
         _cleanup_free_ char *error = NULL, *directory = NULL;
         int r;
 
@@ -1282,10 +1410,10 @@ int store_resolve_directory(const char *path, const char *name, store_cancel_t c
                               "\".\" or \"..\" in it, in UTF-8, of at most %u bytes.", STORE_REGISTERED_PATH_MAX);
                 goto fail;
         }
-        r = lookup_in_directory(path, name, NULL, cancel, userdata, &directory, &weights, &error);
+        r = lookup_in_directory(path, name, NULL, cancel, userdata, &directory, &weights, &folder, &error);
         if (r < 0)
                 goto fail;
-        r = build_location(name, &directory, &weights, MODEL_SOURCE_LOCAL, NULL, ret);
+        r = build_location(name, &directory, &weights, MODEL_SOURCE_LOCAL, NULL, &folder, ret);
         if (r < 0)
                 goto fail;
         return 0;
@@ -1327,6 +1455,7 @@ int store_resolve_full(const char *model_dir, const char *hf_cache, const char *
         _cleanup_free_ char *error = NULL, *model_dir_absolute = NULL, *hf_cache_absolute = NULL,
                             *directory = NULL, *revision = NULL;
         _cleanup_(weights_done) Weights weights = {};
+        _cleanup_(model_folder_done) ModelFolder folder = MODEL_FOLDER_NULL;
         int r, registered = LOOKUP_ABSENT, in_model_dir = LOOKUP_ABSENT, in_hf_cache = LOOKUP_ABSENT;
         ModelSource source = MODEL_SOURCE_STORE;
 
@@ -1343,14 +1472,15 @@ int store_resolve_full(const char *model_dir, const char *hf_cache, const char *
                 /* A registration wins over everything, even when it is broken:
                  * it says why, rather than another model answering instead. */
                 r = registered = lookup_registered(model_dir_absolute, name, cancel, userdata, &directory, &weights,
-                                                   &error);
+                                                   &folder, &error);
                 if (r < 0)
                         goto fail;
                 if (registered == LOOKUP_FOUND)
                         source = MODEL_SOURCE_LOCAL;
                 else {
                         r = in_model_dir = lookup_in_model_dir(model_dir_absolute, name, cancel, userdata,
-                                                               &directory, &weights, &source, &revision, &error);
+                                                               &directory, &weights, &source, &revision, &folder,
+                                                               &error);
                         if (r < 0)
                                 goto fail;
                 }
@@ -1367,7 +1497,7 @@ int store_resolve_full(const char *model_dir, const char *hf_cache, const char *
                 }
 
                 r = in_hf_cache = lookup_in_hf_cache(hf_cache_absolute, name, cancel, userdata, &directory,
-                                                     &weights, &revision, &error);
+                                                     &weights, &revision, &folder, &error);
                 if (r < 0)
                         goto fail;
                 source = MODEL_SOURCE_HF_CACHE;
@@ -1382,7 +1512,7 @@ int store_resolve_full(const char *model_dir, const char *hf_cache, const char *
                 goto fail;
         }
 
-        r = build_location(name, &directory, &weights, source, &revision, ret);
+        r = build_location(name, &directory, &weights, source, &revision, &folder, ret);
         if (r < 0)
                 goto fail;
         return 0;

@@ -81,6 +81,23 @@ typedef enum ModelSource {
 /* "store", "hub", "local", "hf-cache". */
 const char *model_source_to_string(ModelSource s);
 
+/* A model's folder, to open files of it other than its weights
+ * (config.json, tokenizer.json, sentence-transformers' files) as the
+ * weights were opened: beneath the model's root (ModelDir, the models--*
+ * folder of a cached model, a registered directory). */
+typedef struct ModelFolder {
+        int root_fd;             /* the root, or -1 */
+        char *root;              /* its absolute path, for messages */
+        char *subdir;            /* the model's folder relative to it: "org/name", "snapshots/REV", "." */
+        char *directory;         /* its absolute path, for messages */
+} ModelFolder;
+
+#define MODEL_FOLDER_NULL ((ModelFolder) { .root_fd = -1 })
+
+void model_folder_done(ModelFolder *f);
+/* Hands *src over to *dst (which must be empty); *src is left empty. */
+void model_folder_move(ModelFolder *dst, ModelFolder *src);
+
 typedef struct ModelLocation {
         char *name;
         char *directory;         /* absolute; the snapshot directory for the HF cache */
@@ -93,6 +110,7 @@ typedef struct ModelLocation {
         size_t n_weights;
         ModelSource source;
         char *revision;          /* the commit of a pulled or cached model; "" otherwise, never NULL */
+        ModelFolder folder;      /* for the model's other files */
 } ModelLocation;
 
 /* Returns NULL. */
@@ -131,6 +149,29 @@ static inline int store_resolve(const char *model_dir, const char *hf_cache, con
                                 char **ret_error) {
         return store_resolve_full(model_dir, hf_cache, name, NULL, NULL, ret, ret_error);
 }
+
+/* Opens the file at path in the model's folder (relative to it: plain
+ * names separated by single slashes, none "." or "..") for reading,
+ * beneath the model's root as its weights were opened: a symlink is
+ * followed only when it is relative and stays beneath the root. Returns the
+ * descriptor (O_RDONLY, O_CLOEXEC) with the file's size in *ret_size (may be
+ * NULL), or
+ *   -ENOENT   no such file (a dangling symlink too),
+ *   -EFBIG    it is larger than max_size,
+ *   -EBADMSG  it is not a regular file, or a symlink on its way leads out
+ *             of the root,
+ *   -EINVAL   path is not a relative path as above (a programming error
+ *             or a file's doing: the caller decides),
+ *   another negative errno when it cannot be opened.
+ * Except for -ENOENT and -EFBIG, *ret_error (may be NULL) receives a
+ * message naming the file by its place in the store. */
+int store_open_model_file(const ModelFolder *folder, const char *path, uint64_t max_size, uint64_t *ret_size,
+                          char **ret_error);
+
+/* The same, reading the whole file: a malloc'd copy in *ret_text (one NUL
+ * after its *ret_length bytes). For small files. */
+int store_read_model_file(const ModelFolder *folder, const char *path, uint64_t max_size, char **ret_text,
+                          size_t *ret_length, char **ret_error);
 
 /* Reads the text of a model.safetensors.index.json (length bytes, need not
  * be NUL-terminated) as store_resolve() does: a JSON object whose

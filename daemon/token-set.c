@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "macro.h"
 #include "token-set.h"
@@ -10,6 +11,17 @@
 void token_set_done(TokenSet *s) {
         json_buffer_free(&s->bytes);
         json_buffer_free(&s->entries);
+}
+
+static uint64_t pages(uint64_t n) {
+        uint64_t page = (uint64_t) sysconf(_SC_PAGESIZE);
+
+        return (n + page - 1) / page * page;
+}
+
+uint64_t token_set_memory_bytes(const TokenSet *s) {
+        /* The buffers grow by doubling; only the pages written are held. */
+        return pages(s->n_bytes) + pages((uint64_t) s->n * sizeof(TokenEntry));
 }
 
 /* Makes room for size bytes, doubling from a page. */

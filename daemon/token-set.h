@@ -39,6 +39,9 @@ static inline const uint8_t *token_set_bytes(const TokenSet *s, size_t i) {
 
 void token_set_done(TokenSet *s);
 
+/* Memory the set holds: the pages its members and entries take. */
+uint64_t token_set_memory_bytes(const TokenSet *s);
+
 /* Adds a member (not yet sorted); -E2BIG past 4 GiB of members. */
 int token_set_add(TokenSet *s, const void *bytes, size_t length, uint32_t id);
 

@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 
 #include <assert.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
 #include <unicode/uchar.h>
 #include <unicode/unorm2.h>
 #include <unicode/ustring.h>
@@ -186,4 +189,101 @@ size_t tu_utf8_put(int32_t c, uint8_t out[static 4]) {
 
         U8_APPEND_UNSAFE(out, n, c);
         return (size_t) n;
+}
+
+/* Python's str.isspace(): bidirectional class WS, B or S, or category Zs. */
+static bool python_whitespace(int32_t c) {
+        return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+                (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
+                c == 0x3000;
+}
+
+int tu_python_strip_lower(const uint8_t *s, size_t n, bool lower, char **ret, size_t *ret_n) {
+        size_t begin = n, end = 0;
+        bool ascii = true;
+        UChar *source = NULL, *lowered = NULL;
+        int32_t source_length = 0, length;
+        UErrorCode error = U_ZERO_ERROR;
+        char *out;
+        size_t k = 0;
+
+        assert(s || n == 0);
+        assert(ret);
+        assert(ret_n);
+
+        if (n >= ((size_t) 1 << 28))
+                return -EFBIG;
+
+        /* The first and the last character that is no whitespace. */
+        for (size_t i = 0; i < n;) {
+                size_t at = i;
+                int32_t c = tu_utf8_next(s, &i, n);
+
+                if (c >= 0x80)
+                        ascii = false;
+                if (python_whitespace(c))
+                        continue;
+                if (begin == n)
+                        begin = at;
+                end = i;
+        }
+        if (begin == n)
+                begin = end = 0;
+
+        if (!lower || ascii) {
+                out = malloc(end - begin + 1);
+                if (!out)
+                        return -ENOMEM;
+                for (size_t i = begin; i < end; i++)
+                        out[k++] = (char) (lower && s[i] >= 'A' && s[i] <= 'Z' ? s[i] + ('a' - 'A') : s[i]);
+                out[k] = 0;
+                *ret = out;
+                *ret_n = k;
+                return 0;
+        }
+
+        /* The whole text at once, so that context applies (final sigma),
+         * in the root locale, as Python has none. At most two UTF-16 units
+         * a byte: fits an int32_t below 2^28 bytes. */
+        source = malloc((end - begin) * 2 * sizeof *source + sizeof *source);
+        if (!source)
+                return -ENOMEM;
+        for (size_t i = begin; i < end;) {
+                int32_t c = tu_utf8_next(s, &i, end);
+
+                U16_APPEND_UNSAFE(source, source_length, c);
+        }
+        length = u_strToLower(NULL, 0, source, source_length, "", &error);
+        if (error != U_BUFFER_OVERFLOW_ERROR && U_FAILURE(error)) {
+                free(source);
+                return -ENOMEM;
+        }
+        error = U_ZERO_ERROR;
+        lowered = malloc(((size_t) length + 1) * sizeof *lowered);
+        /* Three bytes of UTF-8 at most per UTF-16 unit. */
+        out = malloc((size_t) length * 3 + 1);
+        if (!lowered || !out) {
+                free(source);
+                free(lowered);
+                free(out);
+                return -ENOMEM;
+        }
+        length = u_strToLower(lowered, length + 1, source, source_length, "", &error);
+        free(source);
+        if (U_FAILURE(error)) {
+                free(lowered);
+                free(out);
+                return -ENOMEM;
+        }
+        for (int32_t i = 0; i < length;) {
+                UChar32 c;
+
+                U16_NEXT(lowered, i, length, c);
+                k += tu_utf8_put(c, (uint8_t *) out + k);
+        }
+        free(lowered);
+        out[k] = 0;
+        *ret = out;
+        *ret_n = k;
+        return 0;
 }

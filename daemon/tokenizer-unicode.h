@@ -74,3 +74,13 @@ int32_t tu_utf8_next(const uint8_t *s, size_t *i, size_t n);
 
 /* Encodes c (a scalar value) as UTF-8 into out, returning its length. */
 size_t tu_utf8_put(int32_t c, uint8_t out[static 4]);
+
+/* What sentence-transformers does to a text before its tokenizer sees it:
+ * Python's str.strip() (whitespace as str.isspace() has it), then, when
+ * lower is true, Python's str.lower() (the full mappings with their
+ * context, so a final capital sigma becomes a final small sigma). The text
+ * (n bytes) is decoded as tu_utf8_next() decodes it; when nothing is
+ * lowercased the bytes kept are the text's own. Returns 0 with a new
+ * buffer in *ret (NUL-terminated, *ret_n bytes before the NUL), -ENOMEM,
+ * or -EFBIG for a text of 2^28 bytes or more. */
+int tu_python_strip_lower(const uint8_t *s, size_t n, bool lower, char **ret, size_t *ret_n);

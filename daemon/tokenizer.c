@@ -28,6 +28,12 @@ Tokenizer *tokenizer_free(Tokenizer *t) {
         return NULL;
 }
 
+uint64_t tokenizer_bytes(const Tokenizer *t) {
+        return sizeof *t + t->n_added * sizeof *t->added + token_set_memory_bytes(&t->vocab) +
+                token_set_memory_bytes(&t->added_contents) + token_set_memory_bytes(&t->added_raw) +
+                token_set_memory_bytes(&t->added_normalized);
+}
+
 size_t tokenizer_n_special_ids(const Tokenizer *t) {
         return t->n_before + t->n_after;
 }

@@ -110,6 +110,10 @@ typedef enum TokenizerTruncation {
 int tokenizer_encode(const Tokenizer *t, const char *text, size_t length, TokenizerTruncation truncation,
                      int32_t *ids, size_t max_ids, size_t *ret_n_ids);
 
+/* Memory the tokenizer holds (its vocabulary and added tokens), to be
+ * charged to the model. */
+uint64_t tokenizer_bytes(const Tokenizer *t);
+
 /* How many ids the post-processor adds around every text (2 for
  * [CLS] ... [SEP]). */
 size_t tokenizer_n_special_ids(const Tokenizer *t);

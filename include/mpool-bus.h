@@ -21,6 +21,7 @@
 #define MPOOL_ERROR_DOWNLOAD_FAILED      "org.mpool.Error.DownloadFailed"
 #define MPOOL_ERROR_NOTHING_TO_CANCEL    "org.mpool.Error.NothingToCancel"
 #define MPOOL_ERROR_MODEL_EXISTS         "org.mpool.Error.ModelExists"
+#define MPOOL_ERROR_NOT_SUPPORTED        "org.mpool.Error.NotSupported"
 
 /* A model name is one or two path segments ("org/name"), each at most this long. */
 #define MPOOL_NAME_SEGMENT_MAX 96

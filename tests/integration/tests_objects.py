@@ -13,6 +13,7 @@ MODEL_PROPERTY_KEYS = {
         "Name": "name", "State": "state", "SizeBytes": "size_bytes", "MemoryBytes": "memory_bytes",
         "Pinned": "pinned", "Holds": "holds", "LoadedAt": "loaded_at_usec", "LastUsed": "last_used_usec",
         "ExpiresAt": "expires_at_usec", "RequestsTotal": "requests_total", "Source": "source", "Revision": "revision",
+        "Kind": "kind", "Precision": "precision", "MemoryByPrecision": "memory_by_precision",
         "DownloadDone": "download_done", "DownloadTotal": "download_total",
 }
 

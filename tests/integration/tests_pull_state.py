@@ -75,7 +75,7 @@ def test_pull_state_first_pull_is_a_downloading_object(ctx):
                    "the .part to reach the stall")
         model = wait_progress(d, "org/tiny", cut)
         assert model["state"] == "downloading" and model["memory_bytes"] == 0, model
-        assert model["source"] == "hub" and model["revision"] == "", model
+        assert model["source"] == "hub" and model["revision"] == "" and model["kind"] == "", model
         total = model["download_total"]
         assert total >= 4 * MiB and model["download_done"] <= total, model
         props = d.py.get_all(model_path("org/tiny"), MODEL_IFACE)
@@ -126,6 +126,8 @@ def test_pull_state_first_pull_is_a_downloading_object(ctx):
         assert model["state"] == "available" and model["size_bytes"] == weights_size(source), model
         assert model["download_done"] == model["download_total"] == 0, model
         assert model["source"] == "hub" and model["revision"] == hub.commit("org/tiny"), model
+        # Its profile was read with its size, as for a model found in the store.
+        assert model["kind"] == "weights", model
         signals = ctx.monitor.signals(iface=None)
         assert index_of(signals, state_changed_to("org/tiny", "available"), "State available") < \
                 index_of(signals, finished_signal("org/tiny", "done"), "DownloadFinished done")

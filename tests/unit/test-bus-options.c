@@ -234,13 +234,13 @@ static void test_defaults_and_names(void **state) {
         m = new_call();
         assert_true(sd_bus_message_append(m, "a{sv}", 1, "bogus", "b", 1) >= 0);
         seal(m);
-        check_refused(m, request_options_load, "Unknown option 'bogus' (known: keep_alive_sec, pin).");
+        check_refused(m, request_options_load, "Unknown option 'bogus' (known: keep_alive_sec, pin, precision).");
 
         /* Options of another method are unknown here. */
         m = new_call();
         assert_true(sd_bus_message_append(m, "a{sv}", 1, "force", "b", 1) >= 0);
         seal(m);
-        check_refused(m, request_options_load, "Unknown option 'force' (known: keep_alive_sec, pin).");
+        check_refused(m, request_options_load, "Unknown option 'force' (known: keep_alive_sec, pin, precision).");
 
         m = new_call();
         assert_true(sd_bus_message_append(m, "a{sv}", 1, "pin", "b", 1) >= 0);
@@ -358,6 +358,57 @@ static void test_other_kinds(void **state) {
 }
 
 /* A Pull or Inspect call's options: revision and token, or what is given. */
+static void test_precision(void **state) {
+        static const struct {
+                const char *name;
+                Precision precision;
+        } ok[] = {
+                { "f32", PRECISION_F32 }, { "f16", PRECISION_F16 }, { "q8", PRECISION_Q8 }, { "q4", PRECISION_Q4 },
+        };
+        const char *refused = "Option 'precision' must be one of f32, f16, q8 and q4.";
+        RequestOptions options;
+        sd_bus_message *m;
+
+        /* Not given: not asked. */
+        m = new_call();
+        assert_true(sd_bus_message_append(m, "a{sv}", 0) >= 0);
+        seal(m);
+        assert_int_equal(read_load_options(m, &options, NULL), 0);
+        assert_int_equal(options.precision, _PRECISION_INVALID);
+        sd_bus_message_unref(m);
+
+        for (size_t i = 0; i < ELEMENTSOF(ok); i++) {
+                m = new_call();
+                assert_true(sd_bus_message_append(m, "a{sv}", 1, "precision", "s", ok[i].name) >= 0);
+                seal(m);
+                assert_int_equal(read_load_options(m, &options, NULL), 0);
+                assert_int_equal(options.precision, ok[i].precision);
+                sd_bus_message_unref(m);
+        }
+
+        static const char *const bad[] = { "F32", "q2", "", "f32 ", "fp16" };
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                m = new_call();
+                assert_true(sd_bus_message_append(m, "a{sv}", 1, "precision", "s", bad[i]) >= 0);
+                seal(m);
+                check_refused(m, request_options_load, refused);
+        }
+        m = new_call();
+        assert_true(sd_bus_message_append(m, "a{sv}", 1, "precision", "s",
+                                          "f32f32f32f32f32f32f32f32f32f32f32f32f32f32f32") >= 0);
+        seal(m);
+        check_refused(m, request_options_load, "Option 'precision' is longer than 16 bytes.");
+        m = new_call();
+        assert_true(sd_bus_message_append(m, "a{sv}", 1, "precision", "i", 32) >= 0);
+        seal(m);
+        check_refused(m, request_options_load, "Option 'precision' must be of type 's', not 'i'.");
+        /* Unload takes none. */
+        m = new_call();
+        assert_true(sd_bus_message_append(m, "a{sv}", 1, "precision", "s", "q8") >= 0);
+        seal(m);
+        check_refused(m, request_options_unload, "Unknown option 'precision' (known: force).");
+}
+
 static sd_bus_message *hub_call(const char *revision, const char *token) {
         sd_bus_message *m = new_call();
 
@@ -422,6 +473,7 @@ int main(void) {
                 cmocka_unit_test(test_booleans),
                 cmocka_unit_test(test_defaults_and_names),
                 cmocka_unit_test(test_other_kinds),
+                cmocka_unit_test(test_precision),
                 cmocka_unit_test(test_hub_options),
         };
 

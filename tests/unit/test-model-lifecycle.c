@@ -13,6 +13,9 @@
 
 #include <cmocka.h>
 
+#include "id-tokenizer.h"
+
+#include "blas.h"
 #include "catalog.h"
 #include "log.h"
 #include "macro.h"
@@ -672,6 +675,132 @@ static void test_admission_counts_pages(void **state) {
         fixture_free(f);
 }
 
+/* A fixture of tests/fixtures/bert copied into the store as name, with a
+ * tokenizer.json of ids within its vocabulary. */
+static void copy_bert(Fixture *f, const char *fixture, const char *name, unsigned vocab_size) {
+        _cleanup_free_ char *command = NULL, *path = NULL, *json = id_tokenizer_json(vocab_size);
+        FILE *out;
+
+        assert_true(asprintf(&command, "cp -r '" MPOOL_TESTS_DIR "/fixtures/bert/%s' '%s/%s'", fixture, f->dir,
+                             name) > 0);
+        assert_int_equal(system(command), 0);
+        assert_true(asprintf(&path, "%s/%s/tokenizer.json", f->dir, name) > 0);
+        out = fopen(path, "we");
+        assert_non_null(out);
+        assert_true(fputs(json, out) >= 0);
+        assert_int_equal(fclose(out), 0);
+}
+
+static int load_in(Fixture *f, const char *name, Precision precision) {
+        Outcome o;
+        Request *req;
+
+        memset(&o, 0, sizeof o);
+        assert_int_equal(request_new(REQUEST_LOAD, name, NULL, on_complete, &o, &req), 0);
+        req->precision = precision;
+        manager_submit(f->m, req);
+        run_until(f, &o.completed);
+        request_unref(req);
+        return o.error;
+}
+
+/* What a worker does with a lease: the model it runs. */
+static void run_leased(const EmbeddingModel *e) {
+        _cleanup_(embedding_scratch_freep) EmbeddingScratch *s = NULL;
+        _cleanup_free_ float *v = NULL;
+        EmbedOptions o = EMBED_OPTIONS_DEFAULT;
+        const char *text[] = { "t5 t7 t9" };
+        size_t lengths[] = { strlen(text[0]) }, dims, failed;
+        uint64_t tokens;
+
+        o.prompt_name = "";
+        assert_int_equal(embedding_scratch_new(e, &s), 0);
+        assert_int_equal(embedding_run(e, s, text, lengths, 1, &o, NULL, NULL, &v, &dims, &tokens, &failed, NULL), 0);
+        assert_int_equal(tokens, 3);
+        assert_int_equal(dims, embedding_model_dimensions(e));
+}
+
+/* A runnable model: made so by its load, in the precision asked, its own
+ * memory charged, its mappings let go once converted, and alive as long
+ * as its weights, past an unload while a worker holds a lease. */
+static void test_runnable_model(void **state) {
+        Fixture *f = fixture_new("1G", 1, 4);
+        PoolModel *bare, *bf16, *alpha;
+        ModelWeights *weights;
+        EmbeddingModel *e;
+        const char *reason;
+        Outcome o;
+        Request *req;
+        int error;
+
+        assert_int_equal(blas_init(NULL), 0);
+        copy_bert(f, "f32-bare", "bare", 300);
+        copy_bert(f, "bf16-mean-normalize-prompts", "bf16", 310);
+
+        /* F32 in f32: used where it is mapped. */
+        assert_int_equal(load_in(f, "bare", _PRECISION_INVALID), 0);
+        bare = pool_find(&f->m->pool, "bare");
+        e = model_embedding(bare);
+        assert_non_null(e);
+        assert_int_equal(model_kind(bare, NULL, NULL), MODEL_KIND_EMBEDDING);
+        assert_int_equal(model_precision(bare), PRECISION_F32);
+        assert_true(embedding_model_needs_mappings(e));
+        assert_int_equal(bare->charged_bytes, embedding_model_bytes(e));
+        assert_int_equal(bare->memory_bytes, 160 * 1024 + embedding_model_bytes(e));
+
+        /* Leased, unloaded: the model and its mappings stay until the
+         * lease goes. */
+        assert_int_equal(model_lease(f->m, bare, &weights), 0);
+        assert_ptr_equal(weights->embedding, e);
+        req = submit(f, REQUEST_UNLOAD, "bare", NULL, &o);
+        assert_false(o.completed);
+        assert_null(model_embedding(bare));
+        run_leased(weights->embedding);
+        model_unlease(f->m, bare, weights);
+        assert_true(o.completed);
+        assert_int_equal(bare->memory_bytes, 0);
+        assert_int_equal(model_precision(bare), _PRECISION_INVALID);
+        request_unref(req);
+
+        /* BF16 in q8: every weight converted, the file no longer mapped. */
+        assert_int_equal(load_in(f, "bf16", PRECISION_Q8), 0);
+        bf16 = pool_find(&f->m->pool, "bf16");
+        e = model_embedding(bf16);
+        assert_non_null(e);
+        assert_int_equal(model_precision(bf16), PRECISION_Q8);
+        assert_false(embedding_model_needs_mappings(e));
+        assert_int_equal(bf16->memory_bytes, embedding_model_bytes(e));
+        assert_int_equal(bf16->charged_bytes, embedding_model_bytes(e));
+        assert_int_equal(model_lease(f->m, bf16, &weights), 0);
+        assert_int_equal(weights->n_mappings, 1);
+        assert_null(weights->mappings[0].address);
+        assert_true(weights->mappings[0].fd >= 0);
+        /* The file's changes are still followed, at no cost. */
+        models_measure_resident(f->m);
+        assert_int_equal(bf16->memory_bytes, embedding_model_bytes(e));
+
+        /* Another precision while it is loaded: unload first. */
+        assert_int_equal(load_in(f, "bf16", PRECISION_F16), -EBUSY);
+        assert_int_equal(load_in(f, "bf16", PRECISION_Q8), 0);
+        assert_int_equal(load_in(f, "bf16", _PRECISION_INVALID), 0);
+        model_unload(f->m, bf16, MPOOL_REASON_REQUEST);
+        run_leased(weights->embedding);
+        model_unlease(f->m, bf16, weights);
+        assert_int_equal(bf16->state, MODEL_AVAILABLE);
+
+        /* No config.json: held as weights, and no precision applies. */
+        assert_int_equal(load_in(f, "alpha", PRECISION_Q8), -EOPNOTSUPP);
+        alpha = pool_find(&f->m->pool, "alpha");
+        assert_int_equal(model_kind(alpha, &error, &reason), MODEL_KIND_WEIGHTS);
+        assert_int_equal(error, -EOPNOTSUPP);
+        assert_non_null(strstr(reason, "alpha: there is no config.json"));
+        assert_int_equal(load_in(f, "alpha", _PRECISION_INVALID), 0);
+        assert_null(model_embedding(alpha));
+        assert_int_equal(alpha->charged_bytes, 0);
+
+        fixture_free(f);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_load_and_unload),
@@ -694,6 +823,7 @@ int main(void) {
                 cmocka_unit_test(test_catalog_remove_waits_for_users_and_refuses_loads),
                 cmocka_unit_test(test_catalog_shutdown_answers_what_waits),
                 cmocka_unit_test(test_admission_counts_pages),
+                cmocka_unit_test(test_runnable_model),
         };
 
         log_set_max_level(LOG_WARNING);

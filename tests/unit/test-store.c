@@ -791,6 +791,106 @@ static void test_hf_cache(void **state) {
         assert_int_equal(sharded->source, MODEL_SOURCE_HF_CACHE);
 }
 
+/* Reads a file of the model's folder, expected to be there with contents. */
+static void assert_model_file(const ModelLocation *l, const char *path, const char *contents) {
+        _cleanup_free_ char *text = NULL, *error = NULL;
+        size_t length = 0;
+        int r;
+
+        r = store_read_model_file(&l->folder, path, 1024, &text, &length, &error);
+        if (r < 0)
+                fail_msg("%s: %d %s", path, r, error ?: "(no message)");
+        assert_int_equal(length, strlen(contents));
+        assert_string_equal(text, contents);
+        assert_null(error);
+}
+
+static void assert_model_file_refused(const ModelLocation *l, const char *path, int expected, const char *fact) {
+        _cleanup_free_ char *text = NULL, *error = NULL;
+
+        assert_int_equal(store_read_model_file(&l->folder, path, 1024, &text, NULL, &error), expected);
+        assert_null(text);
+        if (fact) {
+                assert_non_null(error);
+                if (!strstr(error, fact))
+                        fail_msg("%s: message \"%s\" lacks \"%s\"", path, error, fact);
+        } else
+                assert_null(error);
+}
+
+/* A model's other files, read beneath its root as its weights are: in
+ * ModelDir, the cache (through the blobs) and a registered directory. */
+static void test_model_files(void **state) {
+        Fixture *f = *state;
+        _cleanup_(model_location_freep) ModelLocation *l = NULL, *hf = NULL, *registered = NULL;
+        _cleanup_free_ char *big = calloc(1, 2000);
+        char elsewhere[PATH_MAX];
+        uint64_t size = 0;
+        int fd;
+
+        write_weights(path_printf("%s/org/bert/model.safetensors", f->models));
+        write_file(path_printf("%s/org/bert/config.json", f->models), "{\"model_type\": \"bert\"}");
+        write_file(path_printf("%s/org/bert/1_Pooling/config.json", f->models), "{}");
+        write_file(path_printf("%s/org/other/secret.json", f->models), "secret");
+        write_file(path_printf("%s/outside.json", f->root), "outside");
+        make_symlink("../other/secret.json", path_printf("%s/org/bert/inside-store.json", f->models));
+        make_symlink(path_printf("%s/outside.json", f->root), path_printf("%s/org/bert/absolute.json", f->models));
+        make_symlink("../../../outside.json", path_printf("%s/org/bert/escaping.json", f->models));
+        make_symlink("nowhere.json", path_printf("%s/org/bert/dangling.json", f->models));
+        assert_int_equal(mkfifo(path_printf("%s/org/bert/fifo.json", f->models), 0600), 0);
+        memset(big, 'x', 1999);
+        write_file(path_printf("%s/org/bert/big.json", f->models), big);
+
+        assert_int_equal(store_resolve(f->models, NULL, "org/bert", &l, NULL), 0);
+        assert_true(l->folder.root_fd >= 0);
+        assert_string_equal(l->folder.subdir, "org/bert");
+        assert_string_equal(l->folder.directory, l->directory);
+        assert_model_file(l, "config.json", "{\"model_type\": \"bert\"}");
+        assert_model_file(l, "1_Pooling/config.json", "{}");
+        /* Relative symlinks that stay in the store are followed, as for
+         * weights. */
+        assert_model_file(l, "inside-store.json", "secret");
+
+        assert_model_file_refused(l, "missing.json", -ENOENT, NULL);
+        assert_model_file_refused(l, "dangling.json", -ENOENT, NULL);
+        assert_model_file_refused(l, "config.json/x", -ENOENT, NULL);
+        assert_model_file_refused(l, "big.json", -EFBIG, NULL);
+        assert_model_file_refused(l, "absolute.json", -EBADMSG, "org/bert/absolute.json: a symlink");
+        assert_model_file_refused(l, "escaping.json", -EBADMSG, "leads out of");
+        assert_model_file_refused(l, "fifo.json", -EBADMSG, "org/bert/fifo.json is not a regular file");
+        assert_model_file_refused(l, "1_Pooling", -EBADMSG, "is not a regular file");
+        /* Only paths inside the folder are asked for. */
+        assert_model_file_refused(l, "../other/secret.json", -EINVAL, "relative path");
+        assert_model_file_refused(l, "/etc/passwd", -EINVAL, "relative path");
+        assert_model_file_refused(l, "1_Pooling//config.json", -EINVAL, "relative path");
+        assert_model_file_refused(l, "./config.json", -EINVAL, "relative path");
+        assert_model_file_refused(l, "", -EINVAL, "relative path");
+
+        fd = store_open_model_file(&l->folder, "big.json", 4096, &size, NULL);
+        assert_true(fd >= 0);
+        assert_int_equal(size, 1999);
+        assert_true(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+        close(fd);
+
+        /* The cache: the snapshot's files are symlinks into the repo's blobs. */
+        make_hf_model(f, "models--acme--bert",
+                      (const char *const[]) { "model.safetensors", "w", "tokenizer.json", "{\"model\": {}}", NULL });
+        assert_int_equal(store_resolve(NULL, f->hub, "acme/bert", &hf, NULL), 0);
+        assert_string_equal(hf->folder.subdir, "snapshots/" COMMIT);
+        assert_model_file(hf, "tokenizer.json", "{\"model\": {}}");
+        assert_model_file_refused(hf, "config.json", -ENOENT, NULL);
+
+        /* A registered directory is its own root. */
+        strcpy(elsewhere, path_printf("%s/elsewhere", f->root));
+        write_weights(path_printf("%s/model.safetensors", elsewhere));
+        write_file(path_printf("%s/config.json", elsewhere), "{}");
+        make_symlink("../outside.json", path_printf("%s/up.json", elsewhere));
+        assert_int_equal(store_resolve_directory(elsewhere, "reg", NULL, NULL, &registered, NULL), 0);
+        assert_string_equal(registered->folder.subdir, ".");
+        assert_model_file(registered, "config.json", "{}");
+        assert_model_file_refused(registered, "up.json", -EBADMSG, "leads out of");
+}
+
 static void test_hf_one_segment_name(void **state) {
         Fixture *f = *state;
         _cleanup_(model_location_freep) ModelLocation *l = NULL;
@@ -1333,6 +1433,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_index_huge_ignored_array_cancellable, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_index_huge_weight_map_cancellable, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_hf_cache, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_model_files, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_hf_one_segment_name, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_hf_broken, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_symlinks_out_of_model_dir, setup, teardown),
