@@ -111,7 +111,7 @@ $(B)/mpoold: $(B)/daemon/mpoold.o $(B)/libmpoold.a $(B)/libmpool-base.a
 # daemon/test-hooks.h that let tests hold a load where they choose. The
 # hooked objects come before the library, so theirs are the ones linked.
 TEST_HOOK_OBJS := $(B)/test-hooks/daemon/loader.o $(B)/test-hooks/daemon/download.o \
-	$(B)/test-hooks/daemon/inspection.o $(B)/test-hooks/daemon/test-hooks.o
+	$(B)/test-hooks/daemon/inspection.o $(B)/test-hooks/daemon/embed.o $(B)/test-hooks/daemon/test-hooks.o
 $(B)/test-hooks/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) -Idaemon -DMPOOL_TEST_HOOKS $(CFLAGS) -c -o $@ $<

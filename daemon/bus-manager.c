@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bus-embed.h"
 #include "bus-inspect.h"
 #include "bus-manager.h"
 #include "bus-model.h"
@@ -19,6 +20,7 @@
 #include "macro.h"
 #include "mpool-bus.h"
 #include "parse-util.h"
+#include "model-compute.h"
 #include "model-lifecycle.h"
 #include "polkit.h"
 #include "time-util.h"
@@ -172,6 +174,7 @@ static int submit(Manager *m, sd_bus_message *message, RequestKind kind, const c
         if (options) {
                 req->keep_alive_sec = options->keep_alive_sec;
                 req->precision = options->precision;
+                req->max_workers = (unsigned) options->max_workers;
                 req->pin = options->pin;
                 req->force = options->force;
         }
@@ -490,12 +493,15 @@ static int append_model_status(sd_bus_message *reply, Manager *m, PoolModel *mod
         const ModelRuntime *rt = model->userdata;
         int r;
 
+        ComputeCounts compute;
+
+        model_compute_counts(model, &compute);
         (void) download_find(m, model->name, &download_done, &download_total);
         r = sd_bus_message_open_container(reply, 'a', "{sv}");
         if (r < 0)
                 return r;
         r = sd_bus_message_append(
-                        reply, "{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}",
+                        reply, "{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}",
                         "name", "s", model->name,
                         "state", "s", model_state_to_string(model->state),
                         "size_bytes", "t", model->size_bytes,
@@ -514,6 +520,10 @@ static int append_model_status(sd_bus_message *reply, Manager *m, PoolModel *mod
                         "revision", "s", strempty(rt->revision),
                         "kind", "s", model_kind_to_string(model_kind(model, NULL, NULL)),
                         "precision", "s", strempty(precision_to_string(model_precision(model))),
+                        "workers", "u", compute.workers,
+                        "active_requests", "u", compute.active,
+                        "queued_requests", "u", compute.queued,
+                        "tokens_total", "t", model->tokens_total,
                         "download_done", "t", download_done,
                         "download_total", "t", download_total);
         if (r < 0)
@@ -716,6 +726,10 @@ static const sd_bus_vtable manager_vtable[] = {
                                 SD_BUS_ARGS("s", name, "a{sv}", options),
                                 SD_BUS_NO_RESULT,
                                 method_remove, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Embed",
+                                SD_BUS_ARGS("s", name, "as", texts, "a{sv}", options),
+                                SD_BUS_RESULT("aad", embeddings),
+                                bus_method_embed, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Inspect",
                                 SD_BUS_ARGS("s", repo, "a{sv}", options),
                                 SD_BUS_RESULT("a{sv}", info),

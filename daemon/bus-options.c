@@ -7,6 +7,7 @@
 
 #include "bus-options.h"
 #include "download.h"
+#include "config.h"
 #include "hub-token.h"
 #include "macro.h"
 #include "pool.h"
@@ -16,6 +17,8 @@ const BusOption request_options_load[] = {
           .int64 = { .min = 1, .max = KEEP_ALIVE_SEC_MAX, .minus_one = "never unload", .unit = "seconds" } },
         { "pin", BUS_OPTION_BOOLEAN, offsetof(RequestOptions, pin) },
         { "precision", BUS_OPTION_STRING, offsetof(RequestOptions, precision_name), .string.max_length = 16 },
+        { "max_workers", BUS_OPTION_UINT64, offsetof(RequestOptions, max_workers),
+          .uint64 = { .min = 1, .max = CONFIG_MAX_WORKERS_MAX, .unit = "workers" } },
         {}
 };
 

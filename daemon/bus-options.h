@@ -70,9 +70,11 @@ typedef struct RequestOptions {
         bool force;
         const char *precision_name;   /* as given, pointing into the message */
         Precision precision;      /* _PRECISION_INVALID when not given */
+        uint64_t max_workers;     /* 0 when not given */
 } RequestOptions;
 
-/* Load: keep_alive_sec, pin, precision (s: "f32", "f16", "q8", "q4"). */
+/* Load: keep_alive_sec, pin, precision (s: "f32", "f16", "q8", "q4"),
+ * max_workers (any integer type, 1..CONFIG_MAX_WORKERS_MAX). */
 extern const BusOption request_options_load[];
 /* Unload, UnloadAll: force. */
 extern const BusOption request_options_unload[];

@@ -274,6 +274,8 @@ int model_compute_submit(Manager *m, PoolModel *model, const ComputeEngine *engi
         }
         c = rt->compute;
         assert(c->engine == engine && c->engine_data == engine_data);
+        /* A later Load may have asked for another bound. */
+        c->policy.max_workers = rt->max_workers > 0 ? rt->max_workers : default_max_workers(m);
 
         /* Would it have to wait, with every worker that may start started? */
         w = counts(c);

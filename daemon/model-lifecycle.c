@@ -353,6 +353,10 @@ static void serve(Manager *m, PoolModel *model, Request *req) {
                 manager_reschedule_idle(m);
         }
 
+        /* Kept until the model is unloaded; its workers follow at once. */
+        if (req->max_workers > 0)
+                ((ModelRuntime *) model->userdata)->max_workers = req->max_workers;
+
         pool_model_use(&m->pool, model, now_monotonic_usec());
         finish(m, req, 0, NULL);
 }

@@ -55,6 +55,7 @@ struct Request {
         char *owner;              /* who holds and is bounded: a bus peer; NULL for the daemon */
         int64_t keep_alive_sec;   /* KEEP_ALIVE_DEFAULT: as it is */
         Precision precision;      /* a runnable model's, for its load; _PRECISION_INVALID: not asked */
+        unsigned max_workers;     /* REQUEST_LOAD: the most workers the model may run; 0: not asked */
         bool pin;
         bool force;
 

@@ -20,8 +20,11 @@
 /* How often a held load looks at its cancellation flag. */
 #define GATE_POLL_MSEC 20
 
-void test_hook_load_gate(const char *model_name, WorkItem *item) {
-        const char *dir = getenv("MPOOL_TEST_LOAD_GATE");
+/* Waits while the FIFO named after the model in the directory $variable
+ * names exists, until a byte comes through it or the item is cancelled.
+ * what: "load", "request", for the log. */
+static void gate(const char *variable, const char *what, const char *model_name, WorkItem *item) {
+        const char *dir = getenv(variable);
         char path[PATH_MAX], *p;
         _cleanup_close_ int fd = -1;
         struct stat st;
@@ -39,10 +42,10 @@ void test_hook_load_gate(const char *model_name, WorkItem *item) {
         /* Non-blocking, so that opening does not wait for a writer. */
         fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
         if (fd < 0) {
-                log_warning_errno(errno, "Test hook: cannot open the load gate %s: %m", path);
+                log_warning_errno(errno, "Test hook: cannot open the %s gate %s: %m", what, path);
                 return;
         }
-        log_info("Test hook: the load of %s waits at its gate.", model_name);
+        log_info("Test hook: a %s of %s waits at its gate.", what, model_name);
 
         while (!work_item_cancelled(item)) {
                 struct pollfd pfd = { .fd = fd, .events = POLLIN };
@@ -56,7 +59,15 @@ void test_hook_load_gate(const char *model_name, WorkItem *item) {
                  * now returns at once; wait on without spinning. */
                 (void) poll(NULL, 0, GATE_POLL_MSEC);
         }
-        log_info("Test hook: the load of %s passed its gate.", model_name);
+        log_info("Test hook: a %s of %s passed its gate.", what, model_name);
+}
+
+void test_hook_load_gate(const char *model_name, WorkItem *item) {
+        gate("MPOOL_TEST_LOAD_GATE", "load", model_name, item);
+}
+
+void test_hook_compute_gate(const char *model_name, WorkItem *item) {
+        gate("MPOOL_TEST_COMPUTE_GATE", "request", model_name, item);
 }
 
 uint64_t test_hook_inspection_timeout_usec(uint64_t usec) {

@@ -13,6 +13,11 @@
  * load is cancelled. Cancellation and Busy tests thereby hold a load for
  * as long as they need, whatever the speed of the disk.
  *
+ * The compute gate: the same with $MPOOL_TEST_COMPUTE_GATE for the
+ * requests a model's workers run (Embed): each waits, on its worker, until
+ * a byte of its own comes through the FIFO. Tests of worker growth, queue
+ * bounds and unloads with requests in flight hold requests that way.
+ *
  * The inspection timeout: $MPOOL_TEST_INSPECTION_TIMEOUT_SEC replaces it,
  * so that a test of a hub that never answers need not wait minutes. */
 
@@ -20,9 +25,12 @@
 
 #ifdef MPOOL_TEST_HOOKS
 void test_hook_load_gate(const char *model_name, WorkItem *item);
+void test_hook_compute_gate(const char *model_name, WorkItem *item);
 uint64_t test_hook_inspection_timeout_usec(uint64_t usec);
 #else
 static inline void test_hook_load_gate(const char *model_name, WorkItem *item) {
+}
+static inline void test_hook_compute_gate(const char *model_name, WorkItem *item) {
 }
 static inline uint64_t test_hook_inspection_timeout_usec(uint64_t usec) {
         return usec;

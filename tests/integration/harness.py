@@ -583,6 +583,18 @@ class LoadGate:
                 finally:
                         os.close(fd)
 
+        def open_wide(self, waiting):
+                """Lets the waiting ones go on, one byte each, and every later
+                one pass: the gate is gone before the bytes are written, which
+                only those that hold it open can read (bytes nobody reads are
+                lost once the last reader closes it)."""
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+                try:
+                        os.unlink(self.path)
+                        os.write(fd, b"x" * waiting)
+                finally:
+                        os.close(fd)
+
 
 def ensure_service_user(source_root):
         """SERVICE_USER's passwd entry; if the user is missing it is created
@@ -628,6 +640,7 @@ class Daemon:
                 self.env = dict(os.environ, MPOOL_PULL_PATH=os.path.join(ctx.suite.build_dir, "mpool-pull"))
                 if gates:
                         self.env["MPOOL_TEST_LOAD_GATE"] = ctx.gate_dir()
+                        self.env["MPOOL_TEST_COMPUTE_GATE"] = ctx.gate_dir("compute-gates")
                         self.env["MPOOL_PULL_PATH"] = os.path.join(ctx.suite.build_dir, "mpool-pull-test")
                         self.env["MPOOL_TEST_PULL_BACKOFF_MSEC"] = "20"
                 self.config_path = config_path
@@ -837,9 +850,10 @@ class TestContext:
 
         # -- configuration and daemon --
 
-        def write_config(self, filename="mpoold.conf", store=None, hub=None, raw=None, **pool):
+        def write_config(self, filename="mpoold.conf", store=None, hub=None, raw=None, workers=None, **pool):
                 """Writes an INI config; pool keys override DEFAULT_POOL (None
-                drops a key). raw, if given, is written as it is instead."""
+                drops a key), workers (a dict) makes a [Workers] section. raw,
+                if given, is written as it is instead."""
                 path = os.path.join(self.dir, filename)
                 if raw is None:
                         values = dict(DEFAULT_POOL)
@@ -849,6 +863,8 @@ class TestContext:
                                 lines.append(f"HuggingFaceCache={hub}")
                         lines += ["", "[Pool]"]
                         lines += [f"{k}={v}" for k, v in values.items() if v is not None]
+                        if workers:
+                                lines += ["", "[Workers]"] + [f"{k}={v}" for k, v in workers.items()]
                         raw = "\n".join(lines) + "\n"
                 with open(path, "w") as f:
                         f.write(raw)
@@ -860,8 +876,8 @@ class TestContext:
                         self.monitor.start()
                 return self.monitor
 
-        def gate_dir(self):
-                path = os.path.join(self.dir, "gates")
+        def gate_dir(self, name="gates"):
+                path = os.path.join(self.dir, name)
                 os.makedirs(path, exist_ok=True)
                 return path
 
@@ -869,6 +885,11 @@ class TestContext:
                 """Holds the next load of model name (of a daemon started with
                 gates=True) after its first LoadProgress, until released."""
                 return LoadGate(os.path.join(self.gate_dir(), name.replace("/", "%")))
+
+        def compute_gate(self, name):
+                """Holds every request model name's workers run (of a daemon
+                started with gates=True) until released, one per byte."""
+                return LoadGate(os.path.join(self.gate_dir("compute-gates"), name.replace("/", "%")))
 
         def daemon(self, config=None, start=True, polkit=False, user=None, gates=False, **pool):
                 """A fresh mpoold on the private bus, with the monitor already

@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 import tests_callers  # noqa: E402
 import tests_client  # noqa: E402
+import tests_embed  # noqa: E402
 import tests_embed_client  # noqa: E402
 import tests_embedding_model  # noqa: E402
 import tests_errors  # noqa: E402
@@ -51,7 +52,8 @@ import tests_watch  # noqa: E402
 MODULES = [tests_load, tests_idle, tests_memory, tests_holds, tests_errors, tests_files, tests_objects,
            tests_lifecycle, tests_probe, tests_index, tests_queue, tests_client, tests_polkit, tests_callers,
            tests_names, tests_signals, tests_watch, tests_pull, tests_pull_daemon, tests_registry,
-           tests_openfiles, tests_inspect, tests_embed_client, tests_embedding_model, tests_pull_state]
+           tests_openfiles, tests_inspect, tests_embed_client, tests_embedding_model,
+           tests_embed, tests_pull_state]
 
 
 def collect(name_filter):

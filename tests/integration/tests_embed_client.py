@@ -607,27 +607,13 @@ def test_embed_client_completion(ctx):
 
 
 # ---------------------------------------------------------------------------
-# THE FULL PATH, against the real mpoold. These skip while mpoold lacks
-# Embed; once it has it, REMOVE the skip (daemon_has_embed) so that they
-# fail instead.
-
-
-def daemon_has_embed(d):
-        xml = d.py.bus.call_blocking("org.mpool.Manager", "/org/mpool/Manager",
-                                     "org.freedesktop.DBus.Introspectable", "Introspect", "", ())
-        if '<method name="Embed">' in xml:
-                return True
-        print("SKIP: mpoold's introspection has no Embed method yet; this test runs once it has "
-              "(then remove the skip)", flush=True)
-        return False
+# The full path, against the real mpoold.
 
 
 def test_embed_client_full_path_against_fixtures(ctx):
         for model in embed_fixtures.load()["models"]:
                 embed_fixtures.install_model(ctx.store, model)
         d = ctx.daemon()
-        if not daemon_has_embed(d):
-                return
         run_fixture_cases(ctx, d.address)
 
         # Texts from stdin, as lines and NUL-separated, give the same.
@@ -650,8 +636,6 @@ def test_embed_client_full_path_lazy_load_and_precision(ctx):
         model = "f32-mean-normalize"
         embed_fixtures.install_model(ctx.store, model)
         d = ctx.daemon()
-        if not daemon_has_embed(d):
-                return
         c = embed_fixtures.case(fixtures, f"{model}/default")
 
         # Not loaded: the call loads it, with LoadProgress, and the bar shows

@@ -442,6 +442,17 @@ def test_polkit_open_files(ctx):
         check_privileged(ctx, call_spec("OpenFiles", ["s"], ["alpha"]), ACTION_LOAD, verify=verify)
 
 
+def test_polkit_embed(ctx):
+        import embed_fixtures
+        embed_fixtures.install_model(ctx.store, "f32-mean-normalize", name="gamma")
+
+        def verify(d, result):
+                assert len(result) == 1 and len(result[0]) > 0, result
+                loaded(d, "gamma")
+        check_privileged(ctx, call_spec("Embed", ["s", "as", "a{sv}"], ["gamma", ["some text"], {}]), ACTION_LOAD,
+                         verify=verify)
+
+
 def test_polkit_unload(ctx):
         def verify(d, result):
                 assert result is True, result

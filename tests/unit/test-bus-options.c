@@ -234,13 +234,13 @@ static void test_defaults_and_names(void **state) {
         m = new_call();
         assert_true(sd_bus_message_append(m, "a{sv}", 1, "bogus", "b", 1) >= 0);
         seal(m);
-        check_refused(m, request_options_load, "Unknown option 'bogus' (known: keep_alive_sec, pin, precision).");
+        check_refused(m, request_options_load, "Unknown option 'bogus' (known: keep_alive_sec, pin, precision, max_workers).");
 
         /* Options of another method are unknown here. */
         m = new_call();
         assert_true(sd_bus_message_append(m, "a{sv}", 1, "force", "b", 1) >= 0);
         seal(m);
-        check_refused(m, request_options_load, "Unknown option 'force' (known: keep_alive_sec, pin, precision).");
+        check_refused(m, request_options_load, "Unknown option 'force' (known: keep_alive_sec, pin, precision, max_workers).");
 
         m = new_call();
         assert_true(sd_bus_message_append(m, "a{sv}", 1, "pin", "b", 1) >= 0);
@@ -358,6 +358,35 @@ static void test_other_kinds(void **state) {
 }
 
 /* A Pull or Inspect call's options: revision and token, or what is given. */
+static void test_max_workers(void **state) {
+        RequestOptions options;
+        sd_bus_message *m;
+
+        m = new_call();
+        assert_true(sd_bus_message_append(m, "a{sv}", 0) >= 0);
+        seal(m);
+        assert_int_equal(read_load_options(m, &options, NULL), 0);
+        assert_int_equal(options.max_workers, 0);
+        sd_bus_message_unref(m);
+
+        /* dbus-python's plain int is 'i'. */
+        m = new_call();
+        assert_true(sd_bus_message_append(m, "a{sv}", 1, "max_workers", "i", 2) >= 0);
+        seal(m);
+        assert_int_equal(read_load_options(m, &options, NULL), 0);
+        assert_int_equal(options.max_workers, 2);
+        sd_bus_message_unref(m);
+
+        m = new_call();
+        assert_true(sd_bus_message_append(m, "a{sv}", 1, "max_workers", "u", 0) >= 0);
+        seal(m);
+        check_refused(m, request_options_load, "Option 'max_workers' must be between 1 and 256 workers, not 0.");
+        m = new_call();
+        assert_true(sd_bus_message_append(m, "a{sv}", 1, "max_workers", "t", UINT64_C(257)) >= 0);
+        seal(m);
+        check_refused(m, request_options_load, "Option 'max_workers' must be between 1 and 256 workers, not 257.");
+}
+
 static void test_precision(void **state) {
         static const struct {
                 const char *name;
@@ -475,6 +504,7 @@ int main(void) {
                 cmocka_unit_test(test_other_kinds),
                 cmocka_unit_test(test_precision),
                 cmocka_unit_test(test_hub_options),
+                cmocka_unit_test(test_max_workers),
         };
 
         return cmocka_run_group_tests(tests, setup_bus, teardown_bus);
