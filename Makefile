@@ -111,8 +111,8 @@ $(B)/mpoold: $(B)/daemon/mpoold.o $(B)/libmpoold.a $(B)/libmpool-base.a
 # The test build of the daemon: the same code plus the hooks in
 # daemon/test-hooks.h that let tests hold a load where they choose. The
 # hooked objects come before the library, so theirs are the ones linked.
-TEST_HOOK_OBJS := $(B)/test-hooks/daemon/loader.o $(B)/test-hooks/daemon/inspection.o $(B)/test-hooks/daemon/embed.o \
-                  $(B)/test-hooks/daemon/test-hooks.o
+TEST_HOOK_OBJS := $(B)/test-hooks/daemon/loader.o $(B)/test-hooks/daemon/download.o \
+	$(B)/test-hooks/daemon/inspection.o $(B)/test-hooks/daemon/embed.o $(B)/test-hooks/daemon/test-hooks.o
 $(B)/test-hooks/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) -Idaemon -DMPOOL_TEST_HOOKS $(CFLAGS) -c -o $@ $<
@@ -129,6 +129,15 @@ $(B)/mpool-client: $(CLIENT_OBJS) $(B)/libmpool-base.a
 $(B)/pull/%.o: override CPPFLAGS += -Idaemon $(PULL_CFLAGS)
 
 $(B)/mpool-pull: $(PULL_OBJS) $(B)/libmpoold.a $(B)/libmpool-base.a
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(PULL_LIBS) $(LIBS)
+
+# The helper's test build, which mpoold-test starts: it also takes the
+# --test-* options that shorten its retry delays (the installed one refuses
+# them).
+$(B)/test-hooks/pull/%.o: override CPPFLAGS += $(PULL_CFLAGS)
+
+$(B)/mpool-pull-test: $(B)/test-hooks/pull/mpool-pull.o $(filter-out $(B)/pull/mpool-pull.o,$(PULL_OBJS)) \
+		$(B)/libmpoold.a $(B)/libmpool-base.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(PULL_LIBS) $(LIBS)
 
 $(B)/mpool-mkmodel: $(B)/tests/tools/mkmodel.o $(B)/libmpoold.a $(B)/libmpool-base.a
@@ -153,7 +162,7 @@ deps:
 		echo "  sudo apt-get install $$missing"; exit 1; \
 	fi
 
-check: all $(B)/mpoold-test $(UNIT_TESTS)
+check: all $(B)/mpoold-test $(B)/mpool-pull-test $(UNIT_TESTS)
 	@$(MAKE) --no-print-directory check-unit
 	@$(MAKE) --no-print-directory check-system
 	@$(MAKE) --no-print-directory check-integration
@@ -167,7 +176,7 @@ check-system: all
 	tests/tools/security-check.sh 2.0
 	tests/tools/install-check.sh
 
-check-integration: all $(B)/mpoold-test
+check-integration: all $(B)/mpoold-test $(B)/mpool-pull-test
 	/usr/bin/python3 tests/integration/run.py --build=$(B)
 
 bench: all

@@ -14,43 +14,53 @@
 #include "mpool-bus.h"
 #include "terminal.h"
 
-/* Load progress is reported at these percentages only. */
+/* Load and download progress is reported at these percentages only. */
 #define MILESTONE_STEP 25
 
-/* The last milestone reported per model, so each is printed once per load. */
+/* The last milestone reported per model, so each is printed once per load
+ * (or download). */
 typedef struct Milestone {
         char *name;
         int percent;    /* -1: none yet */
 } Milestone;
 
+typedef struct Milestones {
+        Milestone *items;
+        size_t n;
+} Milestones;
+
 typedef struct MonitorContext {
         sd_event *event;
         const char *filter;     /* only this model, or NULL */
-        Milestone *milestones;
-        size_t n_milestones;
+        Milestones loads, downloads;
 } MonitorContext;
 
-static Milestone *milestone_get(MonitorContext *c, const char *name) {
+static Milestone *milestone_get(Milestones *list, const char *name) {
         Milestone *array;
 
-        for (size_t i = 0; i < c->n_milestones; i++)
-                if (strcmp(c->milestones[i].name, name) == 0)
-                        return &c->milestones[i];
+        for (size_t i = 0; i < list->n; i++)
+                if (strcmp(list->items[i].name, name) == 0)
+                        return &list->items[i];
 
-        array = reallocarray(c->milestones, c->n_milestones + 1, sizeof *array);
+        array = reallocarray(list->items, list->n + 1, sizeof *array);
         if (!array)
                 return NULL;
-        c->milestones = array;
-        array[c->n_milestones] = (Milestone) { .name = strdup(name), .percent = -1 };
-        if (!array[c->n_milestones].name)
+        list->items = array;
+        array[list->n] = (Milestone) { .name = strdup(name), .percent = -1 };
+        if (!array[list->n].name)
                 return NULL;
-        return &array[c->n_milestones++];
+        return &array[list->n++];
 }
 
-static void milestones_free(MonitorContext *c) {
-        for (size_t i = 0; i < c->n_milestones; i++)
-                free(c->milestones[i].name);
-        free(c->milestones);
+static void milestones_reset(Milestones *list) {
+        for (size_t i = 0; i < list->n; i++)
+                list->items[i].percent = -1;
+}
+
+static void milestones_free(Milestones *list) {
+        for (size_t i = 0; i < list->n; i++)
+                free(list->items[i].name);
+        free(list->items);
 }
 
 /* Text lines start with the local time, to the millisecond. */
@@ -108,7 +118,7 @@ static int on_load_progress(MonitorContext *c, sd_bus_message *m, uint64_t now) 
         if (c->filter && strcmp(name, c->filter) != 0)
                 return 0;
 
-        milestone = milestone_get(c, name);
+        milestone = milestone_get(&c->loads, name);
         if (!milestone)
                 return print_oom();
 
@@ -205,6 +215,80 @@ static int on_model_unloaded(MonitorContext *c, sd_bus_message *m, uint64_t now)
         return flush_line();
 }
 
+static int on_download_progress(MonitorContext *c, sd_bus_message *m, uint64_t now) {
+        const char *name;
+        uint64_t done, total;
+        Milestone *milestone;
+        int percent, r;
+
+        r = sd_bus_message_read(m, "stt", &name, &done, &total);
+        if (r < 0)
+                return r;
+        if (c->filter && strcmp(name, c->filter) != 0)
+                return 0;
+
+        milestone = milestone_get(&c->downloads, name);
+        if (!milestone)
+                return print_oom();
+        /* A resumed download starts where the last one stopped: its first
+         * report says so, whatever the milestone. */
+        percent = total > 0 ? (int) (MIN(done, total) * 100 / total) : 100;
+        if (milestone->percent >= 0)
+                percent -= percent % MILESTONE_STEP;
+        if (percent <= milestone->percent)
+                return 0;
+        milestone->percent = percent;
+
+        if (arg_json != JSON_OFF) {
+                cJSON *j = json_event_new("download-progress", name);
+
+                return json_event_emit(j, j && json_add_u64(j, "bytes_done", done) &&
+                                                  json_add_u64(j, "bytes_total", total) &&
+                                                  cJSON_AddNumberToObject(j, "percent", percent), now);
+        }
+
+        print_time_prefix(now);
+        printf("%s: downloading, %d%% (%s of %s)\n", name, percent, FORMAT_BYTES(done), FORMAT_BYTES(total));
+        return flush_line();
+}
+
+static int on_download_finished(MonitorContext *c, sd_bus_message *m, uint64_t now) {
+        const char *name, *result, *message, *event, *color;
+        Milestone *milestone;
+        int r;
+
+        r = sd_bus_message_read(m, "sss", &name, &result, &message);
+        if (r < 0)
+                return r;
+        if (c->filter && strcmp(name, c->filter) != 0)
+                return 0;
+        milestone = milestone_get(&c->downloads, name);
+        if (milestone)
+                milestone->percent = -1;        /* the next pull starts over */
+
+        if (strcmp(result, "done") == 0)
+                event = "pulled", color = ANSI_GREEN;
+        else if (strcmp(result, "cancelled") == 0)
+                event = "download-cancelled", color = ANSI_YELLOW;
+        else
+                event = "download-failed", color = ANSI_RED;
+
+        if (arg_json != JSON_OFF) {
+                cJSON *j = json_event_new(event, name);
+
+                return json_event_emit(j, j && cJSON_AddStringToObject(j, "message", message), now);
+        }
+
+        print_time_prefix(now);
+        if (strcmp(result, "done") == 0)
+                printf("%s: %spulled%s into the store\n", name, ansi(color), ansi(ANSI_NORMAL));
+        else
+                printf("%s: %s%s%s: %s\n", name, ansi(color),
+                       strcmp(result, "cancelled") == 0 ? "download cancelled" : "download failed",
+                       ansi(ANSI_NORMAL), message);
+        return flush_line();
+}
+
 /* Output that cannot be written ends the monitor (said once, already):
  * with status 0 if the reader went away, as when it quits a pipe. */
 static int end_on_output_error(MonitorContext *c, int r) {
@@ -224,6 +308,8 @@ static int on_manager_signal(sd_bus_message *m, void *userdata, sd_bus_error *re
                 { "ModelLoaded",   on_model_loaded   },
                 { "LoadFailed",    on_load_failed    },
                 { "ModelUnloaded", on_model_unloaded },
+                { "DownloadProgress", on_download_progress },
+                { "DownloadFinished", on_download_finished },
         };
         MonitorContext *c = userdata;
         const char *member = sd_bus_message_get_member(m);
@@ -255,9 +341,10 @@ static int on_name_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error
                 event = "daemon-stopped";
         else
                 return 0;
-        /* Its models were all unloaded (or will be announced again). */
-        for (size_t i = 0; i < c->n_milestones; i++)
-                c->milestones[i].percent = -1;
+        /* Its models were all unloaded (or will be announced again), its
+         * downloads stopped. */
+        milestones_reset(&c->loads);
+        milestones_reset(&c->downloads);
 
         if (arg_json != JSON_OFF)
                 r = json_event_emit(json_event_new(event, NULL), true, now);
@@ -345,7 +432,8 @@ int verb_monitor(int argc, char *argv[]) {
                         strempty(c.filter));
 
         r = sd_event_loop(event);
-        milestones_free(&c);
+        milestones_free(&c.loads);
+        milestones_free(&c.downloads);
         if (r < 0)
                 return print_error_errno(r, "The event loop failed: %m");
         return r;

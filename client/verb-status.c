@@ -15,7 +15,7 @@
 static const char *state_color(const char *state) {
         if (strcmp(state, "loaded") == 0)
                 return ANSI_GREEN;
-        if (strcmp(state, "loading") == 0 || strcmp(state, "unloading") == 0)
+        if (strcmp(state, "loading") == 0 || strcmp(state, "unloading") == 0 || strcmp(state, "downloading") == 0)
                 return ANSI_YELLOW;
         if (strcmp(state, "error") == 0)
                 return ANSI_RED;
@@ -24,6 +24,33 @@ static const char *state_color(const char *state) {
 
 static bool model_is_loaded(const cJSON *model) {
         return strcmp(json_get_string(model, "state", ""), "loaded") == 0;
+}
+
+/* A pull of the model under way: a model pulled for the first time is
+ * "downloading"; one in the store that is pulled again keeps its state. */
+static bool model_is_pulled(const cJSON *model) {
+        return strcmp(json_get_string(model, "state", ""), "downloading") == 0 ||
+                json_get_u64(model, "download_total", 0) > 0;
+}
+
+static unsigned download_percent(const cJSON *model) {
+        uint64_t done = json_get_u64(model, "download_done", 0), total = json_get_u64(model, "download_total", 0);
+
+        return total > 0 ? (unsigned) (MIN(done, total) * 100 / total) : 0;
+}
+
+/* "loaded (pinned)", "downloading 42%", "available, pulling 42%". */
+static char *format_state(char *buf, size_t l, const cJSON *model, bool with_pinned) {
+        const char *state = json_get_string(model, "state", "unknown");
+        bool pinned = with_pinned && json_get_bool(model, "pinned", false);
+
+        if (strcmp(state, "downloading") == 0 && json_get_u64(model, "download_total", 0) > 0)
+                snprintf(buf, l, "%s %u%%", state, download_percent(model));
+        else if (model_is_pulled(model) && strcmp(state, "downloading") != 0)
+                snprintf(buf, l, "%s%s, pulling %u%%", state, pinned ? " (pinned)" : "", download_percent(model));
+        else
+                snprintf(buf, l, "%s%s", state, pinned ? " (pinned)" : "");
+        return buf;
 }
 
 /* When an idle unload is due, relative to now: "25s", "never" for a loaded
@@ -70,8 +97,15 @@ static void print_pool_summary(FILE *f, const cJSON *pool, const cJSON *models) 
                 FORMAT_PERCENT(limit_percent), FORMAT_BYTES(limit),
                 FORMAT_PERCENT(total_percent), FORMAT_BYTES(total),
                 FORMAT_BYTES(json_get_u64(pool, "memory_available", 0)));
-        fprintf(f, "     Models: %" PRIu64 " loaded, %d known\n", json_get_u64(pool, "models_loaded", 0),
-                cJSON_GetArraySize(models));
+        const cJSON *m;
+        unsigned pulled = 0;
+
+        cJSON_ArrayForEach(m, models)
+                pulled += model_is_pulled(m);
+        fprintf(f, "     Models: %" PRIu64 " loaded, ", json_get_u64(pool, "models_loaded", 0));
+        if (pulled > 0)
+                fprintf(f, "%u downloading, ", pulled);
+        fprintf(f, "%d known\n", cJSON_GetArraySize(models));
         fprintf(f, "Idle unload: after %s unused (%s)\n", FORMAT_SECONDS(json_get_i64(pool, "idle_timeout_sec", -1)),
                 json_get_string(pool, "idle_policy", "n/a"));
         fprintf(f, "     Uptime: %s\n", FORMAT_TIMESPAN(json_get_u64(pool, "uptime_usec", 0), USEC_PER_SEC));
@@ -95,11 +129,10 @@ static int print_models_table(FILE *f, const cJSON *models) {
         cJSON_ArrayForEach(m, models) {
                 const char *state = json_get_string(m, "state", "unknown");
                 bool loaded = model_is_loaded(m);
-                char expires[FORMAT_TIMESPAN_MAX];
+                char expires[FORMAT_TIMESPAN_MAX], state_text[128];
 
                 if ((r = table_add_cell(t, json_get_string(m, "name", "?"), NULL)) < 0 ||
-                    (r = table_add_cellf(t, state_color(state), "%s%s", state,
-                                         json_get_bool(m, "pinned", false) ? " (pinned)" : "")) < 0 ||
+                    (r = table_add_cell(t, format_state(state_text, sizeof state_text, m, true), state_color(state))) < 0 ||
                     (r = table_add_cell(t, loaded ? FORMAT_BYTES(json_get_u64(m, "memory_bytes", 0)) : "-",
                                         NULL)) < 0 ||
                     (r = table_add_cell(t, loaded ? FORMAT_PERCENT(json_get_double(m, "memory_percent", 0)) : "-",
@@ -158,6 +191,15 @@ static void print_model_details(FILE *f, const cJSON *m) {
                             json_get_string(m, "revision", ""));
         else
                 print_field(f, "Source", "%s", json_get_string(m, "source", "n/a"));
+        if (model_is_pulled(m)) {
+                uint64_t total = json_get_u64(m, "download_total", 0);
+
+                if (total > 0)
+                        print_field(f, "Download", "%s of %s (%u%%)", FORMAT_BYTES(json_get_u64(m, "download_done", 0)),
+                                    FORMAT_BYTES(total), download_percent(m));
+                else
+                        print_field(f, "Download", "waiting for its turn or the hub's file list");
+        }
         if (loaded)
                 print_field(f, "Memory", "%s (%s of total, %s of the limit)",
                             FORMAT_BYTES(json_get_u64(m, "memory_bytes", 0)),
@@ -311,9 +353,10 @@ int verb_list(int argc, char *argv[]) {
         table_set_align_right(t, 2);
         cJSON_ArrayForEach(m, models) {
                 const char *state = json_get_string(m, "state", "unknown");
+                char state_text[128];
 
                 if (table_add_cell(t, json_get_string(m, "name", "?"), NULL) < 0 ||
-                    table_add_cell(t, state, state_color(state)) < 0 ||
+                    table_add_cell(t, format_state(state_text, sizeof state_text, m, false), state_color(state)) < 0 ||
                     table_add_cell(t, FORMAT_BYTES(json_get_u64(m, "size_bytes", 0)), NULL) < 0 ||
                     table_add_cell(t, json_get_string(m, "source", "-"), NULL) < 0)
                         return print_oom();

@@ -299,7 +299,8 @@ static void draw_header(Top *t, Frame *fr) {
         uint64_t used = json_get_u64(t->pool, "memory_used", 0), limit = json_get_u64(t->pool, "memory_limit", 0),
                  total = json_get_u64(t->pool, "memory_total", 0);
         double limit_percent = limit > 0 ? 100.0 * (double) used / (double) limit : 0;
-        size_t loaded = 0, loading = 0;
+        size_t loaded = 0, loading = 0, downloading = 0;
+        uint64_t download_done = 0, download_total = 0;
         const cJSON *m;
 
         frame_printf(fr, "Memory: %s used of %s limit ", FORMAT_BYTES(used), FORMAT_BYTES(limit));
@@ -313,9 +314,18 @@ static void draw_header(Top *t, Frame *fr) {
 
                 loaded += strcmp(state, "loaded") == 0;
                 loading += strcmp(state, "loading") == 0;
+                /* First pulls, and pulls of models in the store. */
+                if (strcmp(state, "downloading") == 0 || json_get_u64(m, "download_total", 0) > 0) {
+                        downloading++;
+                        download_done += json_get_u64(m, "download_done", 0);
+                        download_total += json_get_u64(m, "download_total", 0);
+                }
         }
-        frame_printf(fr, "Models: %zu loaded, %zu loading, %d known;  idle unload after %s (%s)", loaded, loading,
-                     cJSON_GetArraySize(t->models),
+        frame_printf(fr, "Models: %zu loaded, %zu loading, ", loaded, loading);
+        if (downloading > 0)
+                frame_printf(fr, "%zu downloading (%s of %s), ", downloading, FORMAT_BYTES(download_done),
+                             FORMAT_BYTES(download_total));
+        frame_printf(fr, "%d known;  idle unload after %s (%s)", cJSON_GetArraySize(t->models),
                      FORMAT_SECONDS(json_get_i64(t->pool, "idle_timeout_sec", -1)),
                      json_get_string(t->pool, "idle_policy", "?"));
         frame_newline(fr);
@@ -512,6 +522,10 @@ static int on_manager_signal(sd_bus_message *m, void *userdata, sd_bus_error *re
                         redraw_or_quit(t);
                 return 0;
         }
+
+        /* Many a second, and in the next Status anyway. */
+        if (sd_bus_message_is_signal(m, MPOOL_MANAGER_INTERFACE, "DownloadProgress"))
+                return 0;
 
         request_refresh(t);
         return 0;

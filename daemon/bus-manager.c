@@ -490,18 +490,19 @@ static double percent(uint64_t part, uint64_t whole) {
 }
 
 static int append_model_status(sd_bus_message *reply, Manager *m, PoolModel *model) {
-        uint64_t deadline = pool_model_deadline(&m->pool, model);
+        uint64_t deadline = pool_model_deadline(&m->pool, model), download_done = 0, download_total = 0;
         const ModelRuntime *rt = model->userdata;
         int r;
 
         ComputeCounts compute;
 
         model_compute_counts(model, &compute);
+        (void) download_find(m, model->name, &download_done, &download_total);
         r = sd_bus_message_open_container(reply, 'a', "{sv}");
         if (r < 0)
                 return r;
         r = sd_bus_message_append(
-                        reply, "{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}",
+                        reply, "{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}",
                         "name", "s", model->name,
                         "state", "s", model_state_to_string(model->state),
                         "size_bytes", "t", model->size_bytes,
@@ -523,7 +524,9 @@ static int append_model_status(sd_bus_message *reply, Manager *m, PoolModel *mod
                         "workers", "u", compute.workers,
                         "active_requests", "u", compute.active,
                         "queued_requests", "u", compute.queued,
-                        "tokens_total", "t", model->tokens_total);
+                        "tokens_total", "t", model->tokens_total,
+                        "download_done", "t", download_done,
+                        "download_total", "t", download_total);
         if (r < 0)
                 return r;
 

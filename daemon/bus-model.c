@@ -6,6 +6,7 @@
 
 #include "bus-model.h"
 #include "bus-signal.h"
+#include "download.h"
 #include "log.h"
 #include "macro.h"
 #include "model-lifecycle.h"
@@ -60,6 +61,18 @@ int bus_model_append_memory_by_precision(sd_bus_message *reply, const PoolModel 
         return sd_bus_message_close_container(reply);
 }
 
+/* A pull's progress, as Status gives it. No PropertiesChanged: it would
+ * follow every DownloadProgress signal, which says the same. */
+static int property_get_model_download(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                       sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        PoolModel *model = userdata;
+        Manager *m = ((ModelRuntime *) model->userdata)->manager;
+        uint64_t done = 0, total = 0;
+
+        (void) download_find(m, model->name, &done, &total);
+        return sd_bus_message_append(reply, "t", strcmp(property, "DownloadDone") == 0 ? done : total);
+}
+
 /* Times need the manager (for the realtime clock), so they have getters of their own. */
 static int property_get_model_time(sd_bus *bus, const char *path, const char *interface, const char *property,
                                    sd_bus_message *reply, void *userdata, sd_bus_error *error) {
@@ -93,6 +106,8 @@ static const sd_bus_vtable model_vtable[] = {
         SD_BUS_PROPERTY("Kind", "s", property_get_model, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("Precision", "s", property_get_model, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("MemoryByPrecision", "a{st}", property_get_model, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("DownloadDone", "t", property_get_model_download, 0, 0),
+        SD_BUS_PROPERTY("DownloadTotal", "t", property_get_model_download, 0, 0),
         SD_BUS_VTABLE_END
 };
 

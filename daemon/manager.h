@@ -30,6 +30,7 @@ typedef struct Download Download;
 typedef struct ModelCompute ModelCompute;
 typedef struct Catalog Catalog;
 typedef struct Inspection Inspection;
+typedef struct DownloadJob DownloadJob;
 
 /* What changed, for the listeners of PropertiesChanged. */
 typedef enum ManagerChange {
@@ -84,6 +85,8 @@ struct Manager {
         Download *downloads;          /* running and queued pulls, oldest first (download.h) */
         Catalog *catalog;             /* Register and Remove (catalog.h) */
         Inspection *inspections;      /* running inspections (inspection.h) */
+        WorkPool *download_workers;   /* the downloads' disk work: metadata, measuring, removals */
+        DownloadJob *download_jobs;   /* handed to download_workers, until they come back */
         const char *pull_helper;      /* path of mpool-pull */
         const char *blas_core;        /* OpenBLAS's kernel set, NULL when it could not be loaded */
         sd_bus_slot *object_manager_slot;

@@ -483,6 +483,84 @@ void model_left_store(Manager *m, PoolModel *model) {
                  "waits for it.", model->name, model_state_to_string(model->state));
 }
 
+int model_download_begin(Manager *m, const char *name) {
+        PoolModel *model = pool_find(&m->pool, name);
+        ModelRuntime *rt;
+        bool added = false;
+        int r;
+
+        if (model && model->userdata && ((ModelRuntime *) model->userdata)->removing)
+                return -EBUSY;
+        if (model && model_is_announced(model))
+                return model->state == MODEL_DOWNLOADING ? 1 : 0;
+        if (model && !model_unused(model))
+                return -EBUSY;
+        if (!model) {
+                r = pool_add(&m->pool, name, &model);
+                if (r < 0)
+                        return r;
+                added = true;
+        }
+        rt = model_runtime(m, model);
+        if (!rt || model_set_source(model, MODEL_SOURCE_HUB, NULL) < 0) {
+                if (added) {
+                        model_runtime_free(model->userdata);
+                        model->userdata = NULL;
+                        (void) pool_remove(&m->pool, model);
+                }
+                return -ENOMEM;
+        }
+        model->state = MODEL_DOWNLOADING;
+        model->size_bytes = 0;
+        free(model->error);
+        model->error = NULL;
+        model_announce(m, model);
+        return 1;
+}
+
+void model_download_end(Manager *m, const char *name, bool installed, int r, uint64_t size_bytes,
+                        ModelSource source, const char *revision, ModelProfile *profile, const char *error) {
+        PoolModel *model = pool_find(&m->pool, name);
+        ModelRuntime *rt;
+
+        if (!model || !(rt = model->userdata))
+                return;
+
+        if (!installed) {
+                if (model->state != MODEL_DOWNLOADING)
+                        return;
+                /* Nothing of it is left: its object goes while it can
+                 * still be found, then the name. */
+                if (rt->announced && m->events && m->events->model_removed)
+                        m->events->model_removed(m, model);
+                rt->announced = false;
+                model->state = MODEL_AVAILABLE;
+                if (!forget_if_unannounced(m, model))
+                        log_error("Cannot forget %s, whose download ended.", name);
+                return;
+        }
+
+        /* Where it now comes from, whatever its state. */
+        if (model_set_source(model, source, revision) < 0)
+                log_oom();
+        /* A model that was loaded meanwhile measured its files itself. */
+        if (model->state != MODEL_DOWNLOADING && model->state != MODEL_AVAILABLE && model->state != MODEL_ERROR)
+                return;
+        model->size_bytes = r < 0 ? 0 : size_bytes;
+        free(model->error);
+        model->error = NULL;
+        if (r < 0) {
+                log_warning("Model %s, just pulled, is not usable: %s", name, strempty(error));
+                model->state = MODEL_ERROR;
+                model->error = strdup(error ?: "Out of memory.");
+        } else
+                model->state = MODEL_AVAILABLE;
+        if (profile)
+                model_profile_move(&rt->profile, profile);
+        rt->left_store = false;
+        manager_emit_model_changed(m, model, MODEL_CHANGED_STATE | (profile ? MODEL_CHANGED_KIND : 0));
+}
+
 static void record_requests(ModelRuntime *rt, const Request *req) {
         if (req->keep_alive_sec != KEEP_ALIVE_DEFAULT)
                 rt->keep_alive_requested = req->keep_alive_sec;
@@ -1033,6 +1111,11 @@ static void submit_load(Manager *m, Request *req) {
                 }
                 record_requests(rt, req);
                 return;
+
+        case MODEL_DOWNLOADING:
+                /* Never a half model: its files are not in the store yet. */
+                return request_complete(req, -EBUSY, "Model %s is being downloaded; load it once its download is "
+                                        "done.", req->model);
 
         case MODEL_AVAILABLE:
         case MODEL_ERROR:

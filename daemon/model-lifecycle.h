@@ -126,6 +126,25 @@ int model_found(Manager *m, const char *name, int resolved, uint64_t size_bytes,
  * store again before. Names callers never heard of are left alone. */
 void model_left_store(Manager *m, PoolModel *model);
 
+/* Pulls (download.h). A model pulled for the first time is known from the
+ * moment its Pull is accepted: added in state downloading and announced,
+ * so that its object and Status show its progress. Returns 1 when it was
+ * added so, 0 when a model of that name is in the store already (it keeps
+ * its state and stays usable while the new files download), -EBUSY when
+ * the name is busy otherwise (a load looking for it, a Remove under way),
+ * -E2BIG or -ENOMEM. */
+int model_download_begin(Manager *m, const char *name);
+/* The pull of name ended. installed: its files are now in the store, and
+ * r, size_bytes, source, revision, profile (taken; may be NULL) and error
+ * are what store_measure() found there: a model that was only downloading
+ * becomes available (or error) without being announced again, and a
+ * model that was there and is not loaded takes the new files' size, state,
+ * revision and profile. Not installed (the rest unused): a model that was
+ * only downloading goes (model_removed, then forgotten); one that was in
+ * the store stays as it is. */
+void model_download_end(Manager *m, const char *name, bool installed, int r, uint64_t size_bytes,
+                        ModelSource source, const char *revision, ModelProfile *profile, const char *error);
+
 /* A file truncated under a loaded model takes its pages with it, locked or
  * not: what the models hold follows what is really resident. Cheap (one
  * fstat() per file) unless a file changed. */

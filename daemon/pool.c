@@ -18,6 +18,7 @@ static const char *const model_state_table[_MODEL_STATE_MAX] = {
         [MODEL_LOADED] = "loaded",
         [MODEL_UNLOADING] = "unloading",
         [MODEL_ERROR] = "error",
+        [MODEL_DOWNLOADING] = "downloading",
 };
 
 const char *model_state_to_string(ModelState s) {

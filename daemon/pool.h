@@ -19,6 +19,10 @@ typedef enum ModelState {
         MODEL_LOADED,
         MODEL_UNLOADING,
         MODEL_ERROR,
+        /* Not in the store yet: known only as a pull under way, for its
+         * first time (download.h). Holds nothing and is never loaded,
+         * counted against MaxLoadedModels or evicted. */
+        MODEL_DOWNLOADING,
         _MODEL_STATE_MAX,
 } ModelState;
 

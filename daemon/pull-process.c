@@ -21,6 +21,21 @@
 /* The helper's token descriptor, as its command line names it. */
 #define TOKEN_FD 3
 
+/* All the helper gets of the daemon's environment: its log level, and the
+ * proxy settings libcurl reads (it ignores an upper-case HTTP_PROXY, which
+ * a CGI-style caller could set). An administrator sets those for the
+ * service (Environment= in a drop-in); anything else the daemon happened
+ * to inherit stays with it. A sanitizer build also passes on the
+ * sanitizers' options, so that the helper's reports land where the
+ * daemon's do. */
+static const char *const helper_environment[] = {
+        "MPOOL_LOG_LEVEL",
+        "http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY",
+#ifdef __SANITIZE_ADDRESS__
+        "ASAN_OPTIONS", "LSAN_OPTIONS", "UBSAN_OPTIONS",
+#endif
+};
+
 struct PullProcess {
         PullCallbacks callbacks;
         void *userdata;
@@ -470,9 +485,10 @@ static int on_helper_exit(sd_event_source *s, int fd, uint32_t revents, void *us
 }
 
 /* Between fork() and exec(): only async-signal-safe calls. */
-__attribute__((noreturn)) static void exec_helper(const PullArguments *args, int stdin_fd, int stdout_fd) {
+__attribute__((noreturn)) static void exec_helper(const PullArguments *args, int stdin_fd, int stdout_fd,
+                                                   char **envp) {
         char endpoint[PATH_MAX], repo[256], revision[256], staging[PATH_MAX];
-        char *argv[8] = { (char *) args->helper, endpoint, repo, revision };
+        char *argv[9] = { (char *) args->helper, endpoint, repo, revision };
         size_t n = 4;
         sigset_t none;
 
@@ -482,6 +498,8 @@ __attribute__((noreturn)) static void exec_helper(const PullArguments *args, int
                 argv[n++] = (char *) "--inspect";
         if (args->token_fd >= 0)
                 argv[n++] = (char *) "--token-fd=3";
+        if (args->test_argument)
+                argv[n++] = (char *) args->test_argument;
         argv[n] = NULL;
 
         /* The daemon blocks the signals its event loop takes: the helper
@@ -509,13 +527,33 @@ __attribute__((noreturn)) static void exec_helper(const PullArguments *args, int
             (args->staging &&
              snprintf(staging, sizeof staging, "--staging=%s", args->staging) >= (int) sizeof staging))
                 _exit(127);
-        execv(args->helper, argv);
+        execve(args->helper, argv, envp);
         _exit(127);
+}
+
+/* The entries of environ the helper keeps, as pointers into environ:
+ * nothing is allocated, and the child (a copy of this process) execs with
+ * them. */
+static void helper_envp(char *envp[static ELEMENTSOF(helper_environment) + 1]) {
+        size_t n = 0;
+
+        for (char **e = environ; e && *e; e++)
+                for (size_t i = 0; i < ELEMENTSOF(helper_environment); i++) {
+                        size_t length = strlen(helper_environment[i]);
+
+                        if (strncmp(*e, helper_environment[i], length) == 0 && (*e)[length] == '=') {
+                                if (n < ELEMENTSOF(helper_environment))
+                                        envp[n++] = *e;
+                                break;
+                        }
+                }
+        envp[n] = NULL;
 }
 
 int pull_process_start(sd_event *event, const PullArguments *args, const PullCallbacks *callbacks,
                        void *userdata, PullProcess **ret) {
         _cleanup_close_ int in_read = -1, in_write = -1, out_read = -1, out_write = -1;
+        char *envp[ELEMENTSOF(helper_environment) + 1];
         PullProcess *p;
         int fds[2], r;
 
@@ -546,6 +584,7 @@ int pull_process_start(sd_event *event, const PullArguments *args, const PullCal
         p->stdin_fd = -1;
         p->stdout_fd = -1;
 
+        helper_envp(envp);
         p->pid = fork();
         if (p->pid < 0) {
                 r = -errno;
@@ -553,7 +592,7 @@ int pull_process_start(sd_event *event, const PullArguments *args, const PullCal
                 return r;
         }
         if (p->pid == 0)
-                exec_helper(args, in_read, out_write);
+                exec_helper(args, in_read, out_write, envp);
 
         p->stdin_fd = TAKE_FD(in_write);
         p->stdout_fd = TAKE_FD(out_read);

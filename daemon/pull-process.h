@@ -75,7 +75,13 @@ typedef struct PullArguments {
         const char *staging;      /* NULL for an inspection */
         int token_fd;             /* -1: none; else handed to the helper as fd 3 */
         bool inspect;             /* --inspect: the plan and what the weights hold, nothing written */
+        const char *test_argument; /* one more option, from the test build only (test-hooks.h), or NULL */
 } PullArguments;
+
+/* The helper starts with a cleared environment: only MPOOL_LOG_LEVEL and
+ * libcurl's proxy variables (http_proxy, https_proxy, HTTPS_PROXY,
+ * all_proxy, ALL_PROXY, no_proxy, NO_PROXY) are passed on from the
+ * daemon's. */
 
 int pull_process_start(sd_event *event, const PullArguments *args, const PullCallbacks *callbacks,
                        void *userdata, PullProcess **ret);

@@ -35,6 +35,7 @@ Manager *manager_free(Manager *m) {
         model_compute_free_released(m);
         catalog_free(m->catalog);
         inspections_stop_all(m);
+        downloads_free(m);
         store_watch_free(m->store_watch);
         sd_event_source_disable_unref(m->forget_source);
         polkit_registry_free(m->polkit);
@@ -138,7 +139,10 @@ static void on_store_listed(char **names, void *userdata) {
         POOL_FOREACH(model, &m->pool) {
                 const ModelRuntime *rt = model->userdata;
 
-                if (!model_is_announced(model) || rt->left_store || names_contain(names, n, model->name))
+                /* A model being pulled for the first time is not in the
+                 * store yet: it has not left it. */
+                if (!model_is_announced(model) || rt->left_store || model->state == MODEL_DOWNLOADING ||
+                    names_contain(names, n, model->name))
                         continue;
                 r = strv_extend(&left, model->name);
                 if (r < 0) {
@@ -272,7 +276,8 @@ static void on_memory(MemoryMonitor *monitor, const MemoryInfo *info, bool stall
 static void maybe_exit(Manager *m) {
         int r;
 
-        if (!m->shutting_down || !models_settled(m) || store_watch_busy(m->store_watch) || catalog_busy(m->catalog))
+        if (!m->shutting_down || !models_settled(m) || store_watch_busy(m->store_watch) || catalog_busy(m->catalog) ||
+            downloads_busy(m))
                 return;
         r = sd_event_exit(m->event, 0);
         if (r < 0)

@@ -79,4 +79,15 @@ uint64_t test_hook_inspection_timeout_usec(uint64_t usec) {
         return usec;
 }
 
+const char *test_hook_pull_argument(void) {
+        static char argument[64];
+        const char *v = getenv("MPOOL_TEST_PULL_BACKOFF_MSEC");
+        unsigned msec;
+
+        if (!v || parse_unsigned(v, 1, 60000, &msec) < 0)
+                return NULL;
+        snprintf(argument, sizeof argument, "--test-backoff-msec=%u", msec);
+        return argument;
+}
+
 #endif

@@ -36,3 +36,16 @@ static inline uint64_t test_hook_inspection_timeout_usec(uint64_t usec) {
         return usec;
 }
 #endif
+
+/* The download helper's retries: when $MPOOL_TEST_PULL_BACKOFF_MSEC holds a
+ * number of milliseconds (1 to 60000), mpoold-test passes
+ * "--test-backoff-msec=N" to the helper, which only its own test build
+ * (mpool-pull-test) accepts, so that tests of dropped connections wait
+ * milliseconds. NULL otherwise, and always in the installed mpoold. */
+#ifdef MPOOL_TEST_HOOKS
+const char *test_hook_pull_argument(void);
+#else
+static inline const char *test_hook_pull_argument(void) {
+        return NULL;
+}
+#endif

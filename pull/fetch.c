@@ -474,6 +474,13 @@ int fetch_run(Fetcher *f, const FetchRequest *requests, size_t n, unsigned paral
                         r = pull_error(e, PULL_CANCELLED, -ECANCELED, "The download was cancelled.");
                 if (r < 0)
                         break;
+                /* Also while no byte comes (at least once a second): the
+                 * last bytes before a stall were perhaps not reported yet. */
+                if (progress) {
+                        r = progress(userdata, e);
+                        if (r < 0)
+                                break;
+                }
         }
 
         for (size_t i = 0; i < n; i++)

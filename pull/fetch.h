@@ -69,8 +69,9 @@ typedef struct FetchRequest {
         void *userdata;
 } FetchRequest;
 
-/* Called after bytes were written somewhere; a negative errno stops every
- * transfer, the failure recorded in e. */
+/* Called after bytes were written somewhere, and at least once a second
+ * while transfers wait; a negative errno stops every transfer, the failure
+ * recorded in e. */
 typedef int (*fetch_progress_t)(void *userdata, PullError *e);
 
 /* Runs the requests, at most parallel at once, until each is finished or

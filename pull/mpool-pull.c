@@ -42,6 +42,8 @@ typedef struct Arguments {
         int token_fd;
         unsigned parallel;
         bool inspect;
+        unsigned test_backoff_msec;     /* 0: the real delays */
+        unsigned test_low_speed_sec;
 } Arguments;
 
 /* One file of the plan as a transfer's sink. */
@@ -93,7 +95,8 @@ static void help(void) {
 }
 
 static int parse_arguments(int argc, char *argv[], Arguments *ret, PullError *e) {
-        enum { ARG_ENDPOINT = 0x100, ARG_REPO, ARG_REVISION, ARG_STAGING, ARG_TOKEN_FD, ARG_PARALLEL, ARG_INSPECT };
+        enum { ARG_ENDPOINT = 0x100, ARG_REPO, ARG_REVISION, ARG_STAGING, ARG_TOKEN_FD, ARG_PARALLEL, ARG_INSPECT,
+               ARG_TEST_BACKOFF_MSEC, ARG_TEST_LOW_SPEED_SEC };
         static const struct option options[] = {
                 { "help", no_argument, NULL, 'h' },
                 { "endpoint", required_argument, NULL, ARG_ENDPOINT },
@@ -103,6 +106,13 @@ static int parse_arguments(int argc, char *argv[], Arguments *ret, PullError *e)
                 { "token-fd", required_argument, NULL, ARG_TOKEN_FD },
                 { "parallel", required_argument, NULL, ARG_PARALLEL },
                 { "inspect", no_argument, NULL, ARG_INSPECT },
+#ifdef MPOOL_TEST_HOOKS
+                /* Only the test build (mpool-pull-test) has these, so that
+                 * tests need not wait for real delays; the installed
+                 * helper refuses them as unknown options. */
+                { "test-backoff-msec", required_argument, NULL, ARG_TEST_BACKOFF_MSEC },
+                { "test-low-speed-sec", required_argument, NULL, ARG_TEST_LOW_SPEED_SEC },
+#endif
                 {}
         };
         Arguments a = { .token_fd = -1, .parallel = PARALLEL_DEFAULT };
@@ -139,6 +149,14 @@ static int parse_arguments(int argc, char *argv[], Arguments *ret, PullError *e)
                         break;
                 case ARG_INSPECT:
                         a.inspect = true;
+                        break;
+                case ARG_TEST_BACKOFF_MSEC:
+                        if (parse_unsigned(optarg, 1, 60000, &a.test_backoff_msec) < 0)
+                                return pull_error(e, PULL_INTERNAL, -EINVAL, "--test-backoff-msec= takes 1 to 60000.");
+                        break;
+                case ARG_TEST_LOW_SPEED_SEC:
+                        if (parse_unsigned(optarg, 1, 3600, &a.test_low_speed_sec) < 0)
+                                return pull_error(e, PULL_INTERNAL, -EINVAL, "--test-low-speed-sec= takes 1 to 3600.");
                         break;
                 default:
                         return pull_error(e, PULL_INTERNAL, -EINVAL, "Unknown option or missing value: %s",
@@ -478,8 +496,6 @@ static int run(Pull *p, int argc, char *argv[]) {
                 .low_speed_time_sec = FETCH_LOW_SPEED_TIME_DEFAULT,
                 .connect_timeout_sec = FETCH_CONNECT_TIMEOUT_DEFAULT,
         };
-        const char *v;
-        unsigned u;
         int r;
 
         r = parse_arguments(argc, argv, &p->args, &p->error);
@@ -492,13 +508,10 @@ static int run(Pull *p, int argc, char *argv[]) {
         if (r < 0)
                 return r;
 
-        /* For the tests only, so that they need not wait for real delays. */
-        v = getenv("MPOOL_PULL_TEST_BACKOFF_MSEC");
-        if (v && parse_unsigned(v, 1, 60000, &u) >= 0)
-                options.backoff_usec = u * USEC_PER_MSEC;
-        v = getenv("MPOOL_PULL_TEST_LOW_SPEED_SEC");
-        if (v && parse_unsigned(v, 1, 3600, &u) >= 0)
-                options.low_speed_time_sec = u;
+        if (p->args.test_backoff_msec > 0)
+                options.backoff_usec = p->args.test_backoff_msec * USEC_PER_MSEC;
+        if (p->args.test_low_speed_sec > 0)
+                options.low_speed_time_sec = p->args.test_low_speed_sec;
 
         if (p->args.token_fd >= 0) {
                 r = read_token(p->args.token_fd, token, &p->error);

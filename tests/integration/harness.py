@@ -88,6 +88,11 @@ SANITIZER_OPTIONS = {
 SANITIZER_REPORT = re.compile(r"^==\d+==(ERROR|WARNING): \w+Sanitizer|: runtime error: ", re.MULTILINE)
 
 
+class Skip(Exception):
+        """Raised by a test that cannot run on this machine; the message
+        says why. run.py reports it and counts it apart."""
+
+
 def now_usec():
         return int(time.time() * 1_000_000)
 
@@ -629,13 +634,15 @@ class Daemon:
                 self.ctx = ctx
                 self.user = user
                 self.program = ctx.suite.mpoold_test if gates else ctx.suite.mpoold
-                # The daemon runs the download helper from the build, with
-                # retries that wait milliseconds (pull/PROTOCOL.md).
-                self.env = dict(os.environ, MPOOL_PULL_PATH=os.path.join(ctx.suite.build_dir, "mpool-pull"),
-                                MPOOL_PULL_TEST_BACKOFF_MSEC="20")
+                # The daemon runs the download helper from the build; the
+                # test build runs the helper's test build, with retries that
+                # wait milliseconds (daemon/test-hooks.h).
+                self.env = dict(os.environ, MPOOL_PULL_PATH=os.path.join(ctx.suite.build_dir, "mpool-pull"))
                 if gates:
                         self.env["MPOOL_TEST_LOAD_GATE"] = ctx.gate_dir()
                         self.env["MPOOL_TEST_COMPUTE_GATE"] = ctx.gate_dir("compute-gates")
+                        self.env["MPOOL_PULL_PATH"] = os.path.join(ctx.suite.build_dir, "mpool-pull-test")
+                        self.env["MPOOL_TEST_PULL_BACKOFF_MSEC"] = "20"
                 self.config_path = config_path
                 self.address = ctx.suite.address
                 self.log_path = os.path.join(ctx.dir, f"mpoold-{len(ctx.daemons)}.log")

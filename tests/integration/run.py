@@ -44,6 +44,7 @@ import tests_polkit  # noqa: E402
 import tests_probe  # noqa: E402
 import tests_pull  # noqa: E402
 import tests_pull_daemon  # noqa: E402
+import tests_pull_state  # noqa: E402
 import tests_queue  # noqa: E402
 import tests_registry  # noqa: E402
 import tests_signals  # noqa: E402
@@ -53,7 +54,7 @@ MODULES = [tests_load, tests_idle, tests_memory, tests_holds, tests_errors, test
            tests_lifecycle, tests_probe, tests_index, tests_queue, tests_client, tests_polkit, tests_callers,
            tests_names, tests_signals, tests_watch, tests_pull, tests_pull_daemon, tests_registry,
            tests_openfiles, tests_inspect, tests_embed_client, tests_embedding_model,
-           tests_embed, tests_metrics]
+           tests_embed, tests_metrics, tests_pull_state]
 
 
 def collect(name_filter):
@@ -92,7 +93,7 @@ def main():
         signal.signal(signal.SIGTERM, terminate)
         signal.signal(signal.SIGHUP, terminate)
         suite = harness.Suite(source_root, build_dir, keep=args.keep)
-        passed = failed = 0
+        passed = failed = skipped = 0
         started = time.monotonic()
         try:
                 try:
@@ -105,15 +106,22 @@ def main():
                 for name, fn in tests:
                         ctx = harness.TestContext(suite, name)
                         test_started = time.monotonic()
-                        failure = None
+                        failure = skip = None
                         try:
                                 fn(ctx)
                         except KeyboardInterrupt:
                                 ctx.teardown()
                                 raise
+                        except harness.Skip as e:
+                                skip = str(e)
                         except Exception:  # noqa: BLE001 - the test's failure
                                 failure = traceback.format_exc()
                         teardown_errors = ctx.teardown()
+                        if skip is not None and not teardown_errors:
+                                skipped += 1
+                                print(f"skip {name}: {skip}", flush=True)
+                                ctx.remove()
+                                continue
                         if failure is None and teardown_errors:
                                 failure = "\n".join(teardown_errors) + "\n"
                         elif teardown_errors:
@@ -147,7 +155,7 @@ def main():
                 suite.stop()
 
         print(f"# {time.monotonic() - started:.1f} s", flush=True)
-        print(f"{passed} passed, {failed} failed", flush=True)
+        print(f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""), flush=True)
         return 1 if failed else 0
 
 

@@ -14,6 +14,7 @@ MODEL_PROPERTY_KEYS = {
         "Pinned": "pinned", "Holds": "holds", "LoadedAt": "loaded_at_usec", "LastUsed": "last_used_usec",
         "ExpiresAt": "expires_at_usec", "RequestsTotal": "requests_total", "Source": "source", "Revision": "revision",
         "Kind": "kind", "Precision": "precision", "MemoryByPrecision": "memory_by_precision",
+        "DownloadDone": "download_done", "DownloadTotal": "download_total",
 }
 
 
@@ -121,7 +122,14 @@ def describe_interface(iface):
                 # Signal arguments have no direction (or "out").
                 out["signal " + sig.getAttribute("name")] = [(n, t, "out") for n, t, _ in args(sig, "out")]
         for prop in iface.getElementsByTagName("property"):
-                out["property " + prop.getAttribute("name")] = (prop.getAttribute("type"), prop.getAttribute("access"))
+                # Whether PropertiesChanged follows a change: "true" when
+                # not said, as the D-Bus specification has it.
+                emits = "true"
+                for annotation in prop.getElementsByTagName("annotation"):
+                        if annotation.getAttribute("name") == "org.freedesktop.DBus.Property.EmitsChangedSignal":
+                                emits = annotation.getAttribute("value")
+                out["property " + prop.getAttribute("name")] = (prop.getAttribute("type"), prop.getAttribute("access"),
+                                                                emits)
         return out
 
 

@@ -22,8 +22,9 @@ from harness import DEADLINE, SANITIZER_REPORT, MiB, wait_until
 PAGE = os.sysconf("SC_PAGESIZE")
 # A whole run of the helper on a loaded machine: far more than it takes.
 RUN_TIMEOUT = 120
-# Retries in the tests wait milliseconds, not seconds.
-TEST_ENV = {"MPOOL_PULL_TEST_BACKOFF_MSEC": "20"}
+# Retries in the tests wait milliseconds, not seconds: an option only the
+# helper's test build (mpool-pull-test) takes.
+TEST_ARGS = ["--test-backoff-msec=20"]
 FAILURE_KINDS = {"not-found", "unauthorized", "network", "hash-mismatch", "size-mismatch", "storage", "protocol",
                  "unsupported", "cancelled", "internal"}
 USED_FILES = ["config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
@@ -103,9 +104,10 @@ class Pull:
         """One run of the helper, its stdout read line by line in a thread."""
 
         def __init__(self, ctx, hub, repo, staging, revision="main", token=None, inspect=False, endpoint=None,
-                     env=None, parallel=None):
-                args = [os.path.join(ctx.suite.build_dir, "mpool-pull"), f"--endpoint={endpoint or hub.endpoint}",
-                        f"--repo={repo}", f"--revision={revision}", f"--staging={staging}"]
+                     test_args=(), parallel=None):
+                args = [os.path.join(ctx.suite.build_dir, "mpool-pull-test"), f"--endpoint={endpoint or hub.endpoint}",
+                        f"--repo={repo}", f"--revision={revision}", f"--staging={staging}"] + TEST_ARGS + \
+                        list(test_args)
                 if inspect:
                         args.append("--inspect")
                 if parallel:
@@ -118,11 +120,8 @@ class Pull:
                         os.close(token_write)
                         args.append(f"--token-fd={token_read}")
                         pass_fds = (token_read,)
-                environment = dict(os.environ)
-                environment.update(TEST_ENV)
-                environment.update(env or {})
                 self.proc = ctx.spawn(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      pass_fds=pass_fds, env=environment)
+                                      pass_fds=pass_fds)
                 if token_read is not None:
                         os.close(token_read)
                 self.lines = []
@@ -552,7 +551,7 @@ def test_pull_low_speed_timeout_retries(ctx):
         hub.control(stall=[{"file": "model.safetensors", "after": cut, "times": 1}])
         staging = new_staging(ctx)
 
-        p, status, last = run_pull(ctx, hub, "org/tiny", staging, env={"MPOOL_PULL_TEST_LOW_SPEED_SEC": "1"})
+        p, status, last = run_pull(ctx, hub, "org/tiny", staging, test_args=["--test-low-speed-sec=1"])
         expect_done(p, status, last)
         assert read(os.path.join(staging, "model.safetensors")) == read(os.path.join(source, "model.safetensors"))
         requests = weights_requests(hub)
@@ -734,7 +733,12 @@ def test_pull_usage_errors_say_failed(ctx):
         for args in ([], ["--endpoint=ftp://x", "--repo=a/b", "--revision=main", "--staging=/tmp"],
                      ["--endpoint=http://127.0.0.1:1", "--repo=../x", "--revision=main", "--staging=/tmp"],
                      ["--endpoint=http://127.0.0.1:1", "--repo=a/b", "--revision=main", "--staging=/tmp",
-                      "--parallel=0"]):
+                      "--parallel=0"],
+                     # The test build's options: the installed helper has none.
+                     ["--endpoint=http://127.0.0.1:1", "--repo=a/b", "--revision=main", "--staging=/tmp",
+                      "--test-backoff-msec=20"],
+                     ["--endpoint=http://127.0.0.1:1", "--repo=a/b", "--revision=main", "--staging=/tmp",
+                      "--test-low-speed-sec=1"]):
                 proc = subprocess.run([build] + args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                       timeout=RUN_TIMEOUT)
                 assert proc.returncode != 0, args

@@ -422,7 +422,11 @@ def test_registry_remove_pulled_model(ctx):
 
         assert pull(d, "org/tiny") == model_path("org/tiny")
         assert wait_finished(ctx, "org/tiny") == ("org/tiny", "done", "")
+        # Announced when the Pull was accepted, still downloading; its
+        # source and commit are known once it is in the store.
         props = wait_added(ctx, "org/tiny")
+        assert props["State"] == "downloading" and props["Source"] == "hub", props
+        props = d.py.get_all(model_path("org/tiny"), MODEL_IFACE)
         assert props["Source"] == "hub" and props["Revision"] == hub.commit("org/tiny"), props
         m = d.model("org/tiny")
         assert m["source"] == "hub" and m["revision"] == hub.commit("org/tiny"), m

@@ -4,10 +4,12 @@
 # --inspect, as an inspection (the repositories named inspect-*).
 set -u
 repo=""
+staging=""
 inspect=0
 for arg in "$@"; do
         case "$arg" in
         --repo=*) repo="${arg#--repo=}" ;;
+        --staging=*) staging="${arg#--staging=}" ;;
         --inspect) inspect=1 ;;
         esac
 done
@@ -102,6 +104,72 @@ if [ "$inspect" = 1 ]; then
         exit 0
 fi
 
+# A valid one-tensor model.safetensors (four F32 zeros), for the cases
+# that complete: 8 bytes of header length, the header, 16 bytes of data.
+safetensors_file() {
+        local header='{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}'
+        while [ $(( ${#header} % 8 )) -ne 0 ]; do header="$header "; done
+        printf "\\x$(printf %02x ${#header})\\0\\0\\0\\0\\0\\0\\0"
+        printf '%s' "$header"
+        head -c 16 /dev/zero
+}
+
+# The cases of tests/unit/test-download.c, by the repository's name
+# (ORG/KIND…): the daemon's downloads driven through whole pulls.
+case "$repo" in
+*/write*)
+        # Writes a model into the staging folder, as the real helper does.
+        size=$(safetensors_file | wc -c)
+        echo "COMMIT 0123456789abcdef0123456789abcdef01234567"
+        echo "FILE 2 - config.json"
+        echo "FILE $size $(printf 'b%.0s' $(seq 64)) model.safetensors"
+        echo "TOTAL $((size + 2)) 2"
+        echo "READY"
+        read -r answer || exit 1
+        [ "$answer" = GO ] || { echo "FAILED cancelled The download was cancelled."; exit 1; }
+        echo "PROGRESS 0 $((size + 2))"
+        printf '{}' > "$staging/config.json"
+        safetensors_file > "$staging/model.safetensors"
+        echo "PROGRESS $((size + 2)) $((size + 2))"
+        echo "DONE"
+        exit 0
+        ;;
+*/hang*)
+        # Runs until it is told to stop.
+        plan
+        trap 'echo "FAILED cancelled The download was cancelled."; exit 1' TERM
+        read -r answer
+        echo "PROGRESS 1000 4196"
+        sleep 60 & wait
+        exit 1
+        ;;
+*/missing*)
+        echo "FAILED not-found Repository $repo not found at main."
+        exit 1
+        ;;
+*/huge*)
+        echo "COMMIT 0123456789abcdef0123456789abcdef01234567"
+        echo "FILE 1152921504606846976 $(printf 'c%.0s' $(seq 64)) model.safetensors"
+        echo "TOTAL 1152921504606846976 1"
+        echo "READY"
+        read -r answer
+        echo "FAILED cancelled The download was cancelled."
+        exit 1
+        ;;
+*/bad*)
+        plan
+        read -r answer
+        echo "PROGRESS 0 4196"
+        echo "FAILED hash-mismatch model.safetensors does not have the sha256 the hub names."
+        exit 1
+        ;;
+*/crash*)
+        plan
+        read -r answer
+        kill -9 $$
+        ;;
+esac
+
 case "$repo" in
 inspect-ok)
         # An inspection's lines in a download: not in its protocol.
@@ -153,16 +221,31 @@ long)
         sleep 30
         ;;
 fds)
-        # Whether a descriptor the test left open without O_CLOEXEC reached
-        # the helper (it must not), and the length of the token on fd 3.
+        # Whether a descriptor the test left open as fd 42 without
+        # O_CLOEXEC reached the helper (it must not), and the length of the
+        # token on fd 3.
         n=0
-        [ -e "/proc/$$/fd/${FAKE_PULL_LEAK_FD:-999}" ] && n=1
+        [ -e "/proc/$$/fd/42" ] && n=1
         token_length=0
         if [ -e /proc/$$/fd/3 ]; then token=$(cat <&3); token_length=${#token}; fi
         echo "COMMIT 0123456789abcdef0123456789abcdef01234567"
         echo "FILE $n - fds"
         echo "FILE $token_length - token"
         echo "TOTAL 0 2"
+        echo "READY"
+        read -r answer
+        echo "DONE"
+        ;;
+env)
+        # The names in the environment the helper was started with, one
+        # FILE line each (sizes: their position).
+        echo "COMMIT 0123456789abcdef0123456789abcdef01234567"
+        n=0
+        while IFS= read -r -d '' entry; do
+                echo "FILE $n - ${entry%%=*}"
+                n=$((n + 1))
+        done < /proc/$$/environ
+        echo "TOTAL 0 $n"
         echo "READY"
         read -r answer
         echo "DONE"

@@ -51,6 +51,7 @@ static void test_model_state_to_string(void **state) {
         assert_string_equal(model_state_to_string(MODEL_LOADED), "loaded");
         assert_string_equal(model_state_to_string(MODEL_UNLOADING), "unloading");
         assert_string_equal(model_state_to_string(MODEL_ERROR), "error");
+        assert_string_equal(model_state_to_string(MODEL_DOWNLOADING), "downloading");
 }
 
 static void test_init(void **state) {
@@ -573,6 +574,45 @@ static void test_admission_max_loaded(void **state) {
         pool_done(&pool);
 }
 
+static void test_downloading_is_never_counted_or_evicted(void **state) {
+        PoolModel *a, *pulled, *new, *victims[4];
+        uint64_t now = SEC(1000);
+
+        /* One slot, taken by a; a model being pulled for the first time
+         * takes none, holds nothing, is never a victim nor expires. */
+        pool_init(&pool, 1000, 1, 60, POOL_IDLE_PER_MODEL);
+        a = add_model(&pool, "a", MODEL_LOADED, 400, SEC(1));
+        pulled = add_model(&pool, "pulled", MODEL_DOWNLOADING, 0, 0);
+        new = add_model(&pool, "new", MODEL_AVAILABLE, 0, 0);
+
+        assert_false(pool_model_is_evictable(pulled));
+        assert_int_equal(pool_models_loaded(&pool), 1);
+        assert_int_equal(pool_memory_used(&pool), 400);
+        assert_int_equal(pool_memory_committed(&pool), 400);
+        assert_int_equal(pool_model_deadline(&pool, pulled), UINT64_MAX);
+        assert_int_equal(pool_collect_expired(&pool, now, victims, ELEMENTSOF(victims)), 1);
+        assert_ptr_equal(victims[0], a);
+
+        fill_untouched(victims, ELEMENTSOF(victims));
+        assert_int_equal(pool_plan_admission(&pool, new, 100, victims, ELEMENTSOF(victims), NULL), 1);
+        assert_ptr_equal(victims[0], a);
+        assert_ptr_equal(victims[1], UNTOUCHED);
+        fill_untouched(victims, ELEMENTSOF(victims));
+        assert_int_equal(pool_collect_pressure_victims(&pool, UINT64_MAX, victims, ELEMENTSOF(victims)), 1);
+        assert_ptr_equal(victims[0], a);
+        assert_int_equal(pool_collect_over_limit(&pool, victims, ELEMENTSOF(victims)), 0);
+
+        /* With a's slot free, nothing at all needs to go. */
+        a->state = MODEL_AVAILABLE;
+        a->memory_bytes = 0;
+        assert_int_equal(pool_plan_admission(&pool, new, 1000, victims, ELEMENTSOF(victims), NULL), 0);
+
+        /* It can be forgotten as soon as its pull ends. */
+        assert_int_equal(pool_remove(&pool, pulled), 0);
+        assert_null(pool_find(&pool, "pulled"));
+        pool_done(&pool);
+}
+
 static void test_admission_self(void **state) {
         PoolModel *m, *b, *c, *victims[4];
 
@@ -1072,6 +1112,7 @@ int main(void) {
                 cmocka_unit_test_teardown(test_admission_enospc_available, teardown_pool),
                 cmocka_unit_test_teardown(test_admission_max_loaded, teardown_pool),
                 cmocka_unit_test_teardown(test_admission_self, teardown_pool),
+                cmocka_unit_test_teardown(test_downloading_is_never_counted_or_evicted, teardown_pool),
                 cmocka_unit_test_teardown(test_admission_n_max, teardown_pool),
                 cmocka_unit_test_teardown(test_keep_alive_and_deadline, teardown_pool),
                 cmocka_unit_test_teardown(test_deadline_overflow, teardown_pool),

@@ -28,6 +28,7 @@ typedef struct Run {
         unsigned ready_calls;
         size_t n_files;
         char first_file[64];
+        char names[16][64];
         uint64_t file_sizes[4];
         uint64_t last_done, last_total;
         unsigned progress_calls;
@@ -48,6 +49,8 @@ static void on_ready(PullProcess *p, const PullPlan *plan, void *userdata) {
         run->ready_calls++;
         run->n_files = plan->n_files;
         snprintf(run->first_file, sizeof run->first_file, "%s", plan->files[0].name);
+        for (size_t i = 0; i < plan->n_files && i < ELEMENTSOF(run->names); i++)
+                snprintf(run->names[i], sizeof run->names[i], "%s", plan->files[i].name);
         for (size_t i = 0; i < plan->n_files && i < ELEMENTSOF(run->file_sizes); i++)
                 run->file_sizes[i] = plan->files[i].size;
         if (run->go)
@@ -206,7 +209,6 @@ static void test_protocol_violations_stop_the_helper(void **state) {
 static void test_descriptors_handed_on(void **state) {
         _cleanup_close_ int leak = -1;
         int token[2];
-        char number[16];
         Run run = { .go = true };
 
         /* A descriptor of the daemon's without O_CLOEXEC must not reach
@@ -215,22 +217,62 @@ static void test_descriptors_handed_on(void **state) {
                 _cleanup_close_ int low = open("/dev/null", O_RDONLY);
 
                 assert_true(low >= 0);
-                /* Above 3, so that it is not the token's number. */
-                leak = fcntl(low, F_DUPFD, 20);
-                assert_true(leak >= 20);
+                /* Above 3, so that it is not the token's number; the
+                 * stand-in looks for 42. */
+                leak = dup2(low, 42);
+                assert_int_equal(leak, 42);
         }
-        snprintf(number, sizeof number, "%d", leak);
-        assert_int_equal(setenv("FAKE_PULL_LEAK_FD", number, 1), 0);
         assert_int_equal(pipe2(token, O_CLOEXEC), 0);
         assert_int_equal(write(token[1], "hf_secret", 9), 9);
         close(token[1]);
 
         run_helper(&run, "fds", token[0]);
         close(token[0]);
-        unsetenv("FAKE_PULL_LEAK_FD");
         assert_int_equal(run.error, 0);
         assert_int_equal(run.file_sizes[0], 0);   /* no leak */
         assert_int_equal(run.file_sizes[1], 9);   /* the token arrived */
+}
+
+static bool run_has_name(const Run *run, const char *name) {
+        for (size_t i = 0; i < run->n_files && i < ELEMENTSOF(run->names); i++)
+                if (strcmp(run->names[i], name) == 0)
+                        return true;
+        return false;
+}
+
+static void test_environment_is_cleared(void **state) {
+        Run run = { .go = true };
+
+        /* Whatever the daemon inherited stays with it; the log level and
+         * libcurl's proxy settings go along. */
+        assert_int_equal(setenv("FAKE_PULL_SECRET", "do-not-pass", 1), 0);
+        assert_int_equal(setenv("HOME", "/root", 1), 0);
+        assert_int_equal(setenv("MPOOL_LOG_LEVEL", "debug", 1), 0);
+        assert_int_equal(setenv("https_proxy", "http://127.0.0.1:9", 1), 0);
+        assert_int_equal(setenv("no_proxy", "127.0.0.1", 1), 0);
+        assert_int_equal(setenv("HTTP_PROXY", "http://127.0.0.1:9", 1), 0);
+
+        run_helper(&run, "env", -1);
+        assert_int_equal(run.error, 0);
+        assert_true(run_has_name(&run, "MPOOL_LOG_LEVEL"));
+        assert_true(run_has_name(&run, "https_proxy"));
+        assert_true(run_has_name(&run, "no_proxy"));
+        assert_false(run_has_name(&run, "FAKE_PULL_SECRET"));
+        assert_false(run_has_name(&run, "HOME"));
+        assert_false(run_has_name(&run, "PATH"));
+        assert_false(run_has_name(&run, "HTTP_PROXY"));
+        for (size_t i = 0; i < run.n_files; i++)
+                if (strncmp(run.names[i], "ASAN_", 5) != 0 && strncmp(run.names[i], "LSAN_", 5) != 0 &&
+                    strncmp(run.names[i], "UBSAN_", 6) != 0)
+                        assert_true(strcmp(run.names[i], "MPOOL_LOG_LEVEL") == 0 ||
+                                    strcmp(run.names[i], "https_proxy") == 0 ||
+                                    strcmp(run.names[i], "no_proxy") == 0);
+
+        unsetenv("FAKE_PULL_SECRET");
+        unsetenv("MPOOL_LOG_LEVEL");
+        unsetenv("https_proxy");
+        unsetenv("no_proxy");
+        unsetenv("HTTP_PROXY");
 }
 
 static void test_line_parsing(void **state) {
@@ -414,6 +456,7 @@ int main(void) {
                 cmocka_unit_test(test_inspection_cancelled),
                 cmocka_unit_test(test_inspection_violations_stop_the_helper),
                 cmocka_unit_test(test_inspection_lines_are_not_pull_lines),
+                cmocka_unit_test(test_environment_is_cleared),
         };
 
         /* As in the daemon: a helper that went away is EPIPE, not a signal. */
