@@ -352,6 +352,10 @@ static int method_pull(sd_bus_message *message, void *userdata, sd_bus_error *er
                 case -EEXIST:
                         return sd_bus_error_setf(error, MPOOL_ERROR_BUSY,
                                                  "%s is being pulled at another revision.", repo);
+                case -ENOTUNIQ:
+                        return sd_bus_error_setf(error, MPOOL_ERROR_MODEL_EXISTS,
+                                                 "Model %s is registered from a directory outside the store; "
+                                                 "remove the registration before pulling it.", repo);
                 case -EUSERS:
                         return sd_bus_error_setf(error, MPOOL_ERROR_LIMITS_EXCEEDED,
                                                  "Too many pulls under way or waiting.");

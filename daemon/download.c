@@ -488,6 +488,13 @@ static int path_join3(const char *a, const char *b, const char *c, char **ret) {
         return 0;
 }
 
+static bool model_is_registered(Manager *m, const char *name) {
+        PoolModel *model = pool_find(&m->pool, name);
+        const ModelRuntime *rt = model ? model->userdata : NULL;
+
+        return rt && rt->source == MODEL_SOURCE_LOCAL;
+}
+
 static bool model_is_loaded(Manager *m, const char *name) {
         PoolModel *model = pool_find(&m->pool, name);
 
@@ -1054,6 +1061,9 @@ int download_pull(Manager *m, const char *repo, const char *revision, const char
 
         if (model_is_loaded(m, repo))
                 return -EBUSY;
+        /* The registration would hide what the pull installs. */
+        if (model_is_registered(m, repo))
+                return -ENOTUNIQ;
         for (Download *i = m->downloads; i; i = i->next)
                 n++;
         if (n >= DOWNLOADS_MAX)

@@ -57,7 +57,8 @@ int download_revision_validate(const char *revision);
  * possibly before this returns. Returns 0, or a negative errno when the
  * pull could not even be queued (reply not called then): -EINVAL (bad
  * revision), -EBUSY (the model is loaded, or shutdown), -EEXIST (being
- * pulled at another revision), -EUSERS (too many pulls or waiters, or
+ * pulled at another revision), -ENOTUNIQ (a registered model has that
+ * name, and would hide what the pull installs), -EUSERS (too many pulls or waiters, or
  * models), or what creating the token's pipe gave. */
 int download_pull(Manager *m, const char *repo, const char *revision, const char *token, DownloadReply reply,
                   void *userdata);

@@ -445,6 +445,18 @@ def test_registry_remove_pulled_model(ctx):
         wait_until(lambda: len(added(ctx, "org/tiny")) >= 2, "org/tiny announced again")
 
 
+def test_registry_pull_of_a_registered_name_is_refused(ctx):
+        """What the pull installed would lie hidden behind the registration."""
+        hub = FakeHub(ctx)
+        make_repo(ctx, hub, size="1M")
+        d = hub_daemon(ctx, hub)
+        register(d, "org/tiny", outside_model(ctx, "mine"))
+        message = expect_dbus_error(ERROR_MODEL_EXISTS, pull, d, "org/tiny")
+        assert "registered" in message, message
+        assert not os.path.exists(os.path.join(ctx.store, "org")), os.listdir(ctx.store)
+        assert d.model("org/tiny")["source"] == "local"
+
+
 def test_registry_remove_source_reported_after_restart(ctx):
         """What Status says of a pulled model survives a restart (it is read
         from the model's metadata, not remembered)."""
