@@ -209,19 +209,21 @@ check-fuzz: $(FUZZ_REPLAYS)
 		echo "== replay $$t"; $(B)/tests/replay-$$t tests/fuzz/$$t || failed=1; done; exit $$failed
 
 # Runs each fuzz target for FUZZ_SECONDS, from its seeds and what earlier
-# runs found (kept in build-fuzz/corpus/); fails on the first crash, whose
-# input is left in build-fuzz/crash-TARGET-*. Copy it into tests/fuzz/TARGET/
-# once fixed, so that `make check` replays it.
+# runs found (kept in build-fuzz/corpus/). A target stops at its first crash,
+# leaving the input in build-fuzz/crash-TARGET-*; the others still run, and
+# make fails at the end. Copy the input into tests/fuzz/TARGET/ once fixed,
+# so that `make check` replays it.
 fuzz:
 	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(BUILD_DEB_PACKAGES) $(FUZZ_DEB_PACKAGES)"
 	@$(MAKE) --no-print-directory FUZZ=1 fuzz-run
 
 fuzz-run: $(FUZZ_TARGETS:%=$(B)/fuzz/fuzz-%)
-	@for t in $(FUZZ_TARGETS); do \
+	@failed=; for t in $(FUZZ_TARGETS); do \
 		echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; mkdir -p $(B)/corpus/$$t; \
 		$(B)/fuzz/fuzz-$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=30 -rss_limit_mb=4096 \
-			-print_final_stats=1 -artifact_prefix=$(B)/crash-$$t- $(B)/corpus/$$t tests/fuzz/$$t || exit 1; \
-	done
+			-print_final_stats=1 -artifact_prefix=$(B)/crash-$$t- $(B)/corpus/$$t tests/fuzz/$$t || failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "Fuzz targets that crashed:$$failed (inputs in $(B)/crash-*)"; exit 1; fi
 
 # The unit must verify and keep its sandbox score; `make install` must lay
 # out the tree a Debian package would ship.
