@@ -30,6 +30,18 @@ export LSAN_OPTIONS ?= suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions
 else ifneq ($(filter-out 0,$(SANITIZE)),)
 $(error SANITIZE=$(SANITIZE): only SANITIZE=1 or SANITIZE=0 is understood)
 endif
+# `make fuzz` builds the libFuzzer targets (tests/fuzz/) with clang in this
+# mode: everything instrumented for coverage and sanitized, in its own
+# directory. Only clang has libFuzzer, whatever CC says elsewhere.
+FUZZ ?=
+ifeq ($(FUZZ),1)
+ifeq ($(SANITIZE),1)
+$(error FUZZ=1 already sanitizes: give it without SANITIZE=1)
+endif
+B ?= build-fuzz
+CC = clang
+SANITIZE_FLAGS = -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+endif
 B ?= build
 
 # Debian 12 packages the build needs; `make deps` installs what is missing.
@@ -39,6 +51,10 @@ BUILD_DEB_PACKAGES = build-essential pkg-config libsystemd-dev libcjson-dev libi
 	libcurl4-openssl-dev libssl-dev libicu-dev libopenblas0-pthread
 TEST_DEB_PACKAGES = dbus-daemon systemd python3 python3-dbus polkitd util-linux tmux libglib2.0-bin python3-gi \
 	python3-prometheus-client
+# Only `make fuzz` needs these: clang, and libFuzzer's runtime, which clang
+# merely recommends.
+FUZZ_DEB_PACKAGES = clang libclang-rt-dev
+DEB_PACKAGES ?= $(BUILD_DEB_PACKAGES) $(TEST_DEB_PACKAGES)
 DEPS_PC = libsystemd libcjson inih
 
 CFLAGS ?= -O2 -g
@@ -70,10 +86,18 @@ PULL_SRCS := $(wildcard pull/*.c)
 PULL_OBJS := $(PULL_SRCS:%.c=$(B)/%.o)
 UNIT_TEST_SRCS := $(wildcard tests/unit/test-*.c)
 UNIT_TESTS := $(UNIT_TEST_SRCS:tests/unit/%.c=$(B)/tests/%)
+# The download helper's code but its main(), for the fuzz targets.
+PULL_LIB_OBJS := $(filter-out $(B)/pull/mpool-pull.o,$(PULL_OBJS))
+# tests/fuzz/fuzz-NAME.c: a libFuzzer target NAME, seeds in tests/fuzz/NAME/.
+FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz-%.c,%,$(wildcard tests/fuzz/fuzz-*.c))
+# The same targets without libFuzzer, each input given once: `make check`
+# replays the seeds (and the crashes found once) through them.
+FUZZ_REPLAYS := $(FUZZ_TARGETS:%=$(B)/tests/replay-%)
+FUZZ_SECONDS ?= 10
 
 PROGRAMS = $(B)/mpoold $(B)/mpool-mkmodel $(B)/mpool-client $(B)/mpool-pull
 
-.PHONY: all deps check check-unit check-integration check-system run install clean bench
+.PHONY: all deps check check-unit check-fuzz check-integration check-system run install clean bench fuzz fuzz-run
 .DEFAULT_GOAL := all
 # Keep intermediate objects (unit test .o files): rebuilding is needless, and
 # make's cleanup line would otherwise follow the test summary in logs.
@@ -147,10 +171,27 @@ $(B)/tests/test-%: $(B)/tests/unit/test-%.o $(B)/libmpoold.a $(B)/libmpool-base.
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(ICU_LIBS) $(LIBS)
 
+$(B)/libmpool-pull.a: $(PULL_LIB_OBJS)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
+# The fuzz targets read the download helper's headers too.
+$(B)/tests/fuzz/%.o: override CPPFLAGS += -Ipull $(PULL_CFLAGS)
+
+FUZZ_LINK = $(B)/libmpool-pull.a $(B)/libmpoold.a $(B)/libmpool-base.a $(PULL_LIBS) $(ICU_LIBS) $(LIBS)
+
+$(B)/tests/replay-%: $(B)/tests/fuzz/fuzz-%.o $(B)/tests/fuzz/replay.o $(B)/libmpool-pull.a $(B)/libmpoold.a $(B)/libmpool-base.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(B)/tests/fuzz/fuzz-$*.o $(B)/tests/fuzz/replay.o $(FUZZ_LINK)
+
+$(B)/fuzz/fuzz-%: $(B)/tests/fuzz/fuzz-%.o $(B)/libmpool-pull.a $(B)/libmpoold.a $(B)/libmpool-base.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer $(LDFLAGS) -o $@ $< $(FUZZ_LINK)
+
 # Installs the Debian packages the build and the tests need: with apt as
 # root, otherwise it prints the one command that does.
 deps:
-	@missing=$$(for p in $(BUILD_DEB_PACKAGES) $(TEST_DEB_PACKAGES); do \
+	@missing=$$(for p in $(DEB_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then \
@@ -167,8 +208,32 @@ check: all $(B)/mpoold-test $(B)/mpool-pull-test $(UNIT_TESTS)
 	@$(MAKE) --no-print-directory check-system
 	@$(MAKE) --no-print-directory check-integration
 
-check-unit: $(UNIT_TESTS)
-	@failed=0; for t in $(UNIT_TESTS); do echo "== $$t"; $$t || failed=1; done; exit $$failed
+check-unit: $(UNIT_TESTS) $(FUZZ_REPLAYS)
+	@failed=0; for t in $(UNIT_TESTS); do echo "== $$t"; $$t || failed=1; done; \
+	$(MAKE) --no-print-directory check-fuzz || failed=1; exit $$failed
+
+# Seconds, not minutes: each fuzz target once over its seeds and the crashes
+# it found before (`make fuzz` is what searches).
+check-fuzz: $(FUZZ_REPLAYS)
+	@failed=0; for t in $(FUZZ_TARGETS); do \
+		echo "== replay $$t"; $(B)/tests/replay-$$t tests/fuzz/$$t || failed=1; done; exit $$failed
+
+# Runs each fuzz target for FUZZ_SECONDS, from its seeds and what earlier
+# runs found (kept in build-fuzz/corpus/). A target stops at its first crash,
+# leaving the input in build-fuzz/crash-TARGET-*; the others still run, and
+# make fails at the end. Copy the input into tests/fuzz/TARGET/ once fixed,
+# so that `make check` replays it.
+fuzz:
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(BUILD_DEB_PACKAGES) $(FUZZ_DEB_PACKAGES)"
+	@$(MAKE) --no-print-directory FUZZ=1 fuzz-run
+
+fuzz-run: $(FUZZ_TARGETS:%=$(B)/fuzz/fuzz-%)
+	@failed=; for t in $(FUZZ_TARGETS); do \
+		echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; mkdir -p $(B)/corpus/$$t; \
+		$(B)/fuzz/fuzz-$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=30 -rss_limit_mb=4096 \
+			-print_final_stats=1 -artifact_prefix=$(B)/crash-$$t- $(B)/corpus/$$t tests/fuzz/$$t || failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "Fuzz targets that crashed:$$failed (inputs in $(B)/crash-*)"; exit 1; fi
 
 # The unit must verify and keep its sandbox score; `make install` must lay
 # out the tree a Debian package would ship.

@@ -1,14 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 
 /* libFuzzer entry point for the reader of sharded models' indexes
- * (model.safetensors.index.json). Not built by `make`; build and run it from
- * the top of the tree with:
- *
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
- *         -std=gnu11 -D_GNU_SOURCE -Iinclude -Ibase -Idaemon \
- *         tests/fuzz/fuzz-index.c daemon/store.c daemon/json-scan.c base/log.c base/parse-util.c base/strv.c \
- *         $(pkg-config --libs libsystemd) -o build/fuzz-index
- *   mkdir -p build/fuzz-index-corpus && build/fuzz-index -max_total_time=300 build/fuzz-index-corpus
+ * (model.safetensors.index.json). `make fuzz` builds
+ * and runs it; `make check` replays tests/fuzz/index/.
  *
  * Input: one byte, then the index's text. The text is handed over in a
  * buffer of exactly its size, so that any read past it is caught by

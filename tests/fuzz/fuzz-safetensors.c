@@ -1,13 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 
-/* libFuzzer entry point for the safetensors header validator. Not built by
- * `make`; build and run it from the top of the tree with:
- *
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
- *         -std=gnu11 -D_GNU_SOURCE -Iinclude -Ibase -Idaemon $(pkg-config --cflags libcjson) \
- *         tests/fuzz/fuzz-safetensors.c daemon/safetensors.c daemon/json-scan.c \
- *         $(pkg-config --libs libcjson) -o build/fuzz-safetensors
- *   mkdir -p build/fuzz-corpus && build/fuzz-safetensors -max_total_time=300 build/fuzz-corpus
+/* libFuzzer entry point for the safetensors header validator. `make fuzz` builds
+ * and runs it; `make check` replays tests/fuzz/safetensors/.
  *
  * Input: 8 bytes of little-endian data-section length, then the header bytes.
  * The header is handed over in a buffer of exactly its size, so that any

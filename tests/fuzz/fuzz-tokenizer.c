@@ -1,16 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 
 /* libFuzzer entry point for the tokenizer: reading tokenizer.json and
- * encoding text with what was read. Not built by `make`; build and run it
- * from the top of the tree with:
- *
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
- *         -std=gnu11 -D_GNU_SOURCE -Iinclude -Ibase -Idaemon \
- *         tests/fuzz/fuzz-tokenizer.c daemon/tokenizer.c daemon/tokenizer-json.c \
- *         daemon/tokenizer-unicode.c daemon/token-set.c daemon/json-scan.c \
- *         $(pkg-config --libs icu-uc) -o build/fuzz-tokenizer
- *   mkdir -p build/fuzz-tokenizer-corpus && cp tests/unit/tokenizer/[a-z]*.tokenizer.json build/fuzz-tokenizer-corpus/
- *   build/fuzz-tokenizer -max_len=65536 -max_total_time=300 build/fuzz-tokenizer-corpus
+ * encoding text with what was read. `make fuzz` builds
+ * and runs it; `make check` replays tests/fuzz/tokenizer/.
  *
  * Input: a tokenizer.json, then optionally a NUL byte followed by one
  * byte of options and the text to encode. Without a NUL (the corpus of
