@@ -38,6 +38,10 @@ B ?= build
 BUILD_DEB_PACKAGES = build-essential pkg-config libsystemd-dev libcjson-dev libinih-dev libcmocka-dev uthash-dev \
 	libcurl4-openssl-dev libssl-dev libicu-dev libopenblas0-pthread
 TEST_DEB_PACKAGES = dbus-daemon systemd python3 python3-dbus polkitd util-linux tmux libglib2.0-bin python3-gi
+# What `make bench` runs besides the tests' packages (tests/bench/): the
+# reference it compares Embed with, and perf for where mpoold's time goes.
+# Not CI's: CI does not run benchmarks.
+BENCH_DEB_PACKAGES = python3-torch linux-perf
 DEPS_PC = libsystemd libcjson inih
 
 CFLAGS ?= -O2 -g
@@ -140,7 +144,7 @@ $(B)/tests/test-%: $(B)/tests/unit/test-%.o $(B)/libmpoold.a $(B)/libmpool-base.
 # Installs the Debian packages the build and the tests need: with apt as
 # root, otherwise it prints the one command that does.
 deps:
-	@missing=$$(for p in $(BUILD_DEB_PACKAGES) $(TEST_DEB_PACKAGES); do \
+	@missing=$$(for p in $(BUILD_DEB_PACKAGES) $(TEST_DEB_PACKAGES) $(DEPS_EXTRA); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then \
@@ -169,7 +173,9 @@ check-system: all
 check-integration: all $(B)/mpoold-test
 	/usr/bin/python3 tests/integration/run.py --build=$(B)
 
-bench: all
+bench:
+	@$(MAKE) --no-print-directory deps DEPS_EXTRA="$(BENCH_DEB_PACKAGES)"
+	@$(MAKE) --no-print-directory all
 	@for b in tests/bench/*.sh; do [ -e "$$b" ] && bash "$$b" $(B); done; true
 
 # Development: a demo store and a private bus, mpoold in the foreground.
