@@ -106,6 +106,10 @@ $(B)/libmpoold.a: $(DAEMON_LIB_OBJS)
 # environment overrides it (the integration tests point it at the build).
 $(B)/daemon/mpoold.o: override CPPFLAGS += -DMPOOL_PULL_PATH='"$(LIBEXECDIR)/mpool/mpool-pull"'
 
+# Comparisons that select, not branch: what lets GCC vectorize the loops of
+# daemon/vector-math.c for SSE2 and AVX2 too (they never trap: no NaN reaches them).
+$(B)/daemon/vector-math.o: override CFLAGS += -fno-trapping-math
+
 $(B)/daemon/tokenizer.o $(B)/daemon/tokenizer-json.o $(B)/daemon/tokenizer-unicode.o: override CPPFLAGS += $(ICU_CFLAGS)
 
 $(B)/mpoold: $(B)/daemon/mpoold.o $(B)/libmpoold.a $(B)/libmpool-base.a
