@@ -55,6 +55,10 @@ TEST_DEB_PACKAGES = dbus-daemon systemd python3 python3-dbus polkitd util-linux 
 # merely recommends.
 FUZZ_DEB_PACKAGES = clang libclang-rt-dev
 DEB_PACKAGES ?= $(BUILD_DEB_PACKAGES) $(TEST_DEB_PACKAGES)
+# What `make bench` runs besides the tests' packages (tests/bench/): the
+# reference it compares Embed with, and perf for where mpoold's time goes.
+# Not CI's: CI does not run benchmarks.
+BENCH_DEB_PACKAGES = python3-torch linux-perf
 DEPS_PC = libsystemd libcjson inih
 
 CFLAGS ?= -O2 -g
@@ -126,6 +130,10 @@ $(B)/libmpoold.a: $(DAEMON_LIB_OBJS)
 # Where the daemon finds the download helper; MPOOL_PULL_PATH in its
 # environment overrides it (the integration tests point it at the build).
 $(B)/daemon/mpoold.o: override CPPFLAGS += -DMPOOL_PULL_PATH='"$(LIBEXECDIR)/mpool/mpool-pull"'
+
+# Comparisons that select, not branch: what lets GCC vectorize the loops of
+# daemon/vector-math.c for SSE2 and AVX2 too (they never trap: no NaN reaches them).
+$(B)/daemon/vector-math.o: override CFLAGS += -fno-trapping-math
 
 $(B)/daemon/tokenizer.o $(B)/daemon/tokenizer-json.o $(B)/daemon/tokenizer-unicode.o: override CPPFLAGS += $(ICU_CFLAGS)
 
@@ -244,7 +252,9 @@ check-system: all
 check-integration: all $(B)/mpoold-test $(B)/mpool-pull-test
 	/usr/bin/python3 tests/integration/run.py --build=$(B)
 
-bench: all
+bench:
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(BUILD_DEB_PACKAGES) $(TEST_DEB_PACKAGES) $(BENCH_DEB_PACKAGES)"
+	@$(MAKE) --no-print-directory all
 	@for b in tests/bench/*.sh; do [ -e "$$b" ] && bash "$$b" $(B); done; true
 
 # Development: a demo store and a private bus, mpoold in the foreground.

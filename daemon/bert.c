@@ -15,6 +15,7 @@
 #include "blas.h"
 #include "config-json.h"
 #include "precision.h"
+#include "vector-math.h"
 
 /* Where each converted tensor and each activation buffer starts: a cache
  * line, which is also what OpenBLAS's kernels like best. */
@@ -806,23 +807,14 @@ static void linear(const BertModel *m, BertScratch *s, const float *x, size_t ro
                    (int) in, 1.0f, y, (int) out);
 }
 
-/* GELU, the exact form BERT uses: x·Φ(x) with the normal CDF from erf. */
-static void gelu(float *x, size_t n) {
-        for (size_t i = 0; i < n; i++)
-                x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float) M_SQRT1_2));
-}
-
 static void softmax_rows(float *x, size_t rows, size_t n) {
         for (size_t r = 0; r < rows; r++) {
-                float *row = x + r * n, max = row[0], sum = 0, inverse;
+                float *row = x + r * n, max = row[0], sum, inverse;
 
                 /* Not fmaxf(), which is a call: scores are never NaN. */
                 for (size_t i = 1; i < n; i++)
                         max = row[i] > max ? row[i] : max;
-                for (size_t i = 0; i < n; i++) {
-                        row[i] = expf(row[i] - max);
-                        sum += row[i];
-                }
+                sum = vector_exp_sum(row, n, max);
                 inverse = 1 / sum;
                 for (size_t i = 0; i < n; i++)
                         row[i] *= inverse;
@@ -882,7 +874,8 @@ static void encoder_layer(const BertModel *m, const BertLayer *l, BertScratch *s
 
         start_rows(s->intermediate, t, inter, l->intermediate_bias, NULL);
         linear(m, s, attended, t, &l->intermediate_weight, s->intermediate);
-        gelu(s->intermediate, t * inter);
+        /* GELU, the exact form BERT uses: x·Φ(x), Φ from erf. */
+        vector_gelu(s->intermediate, t * inter);
 
         start_rows(s->hidden, t, hidden, l->output_bias, attended);
         linear(m, s, s->intermediate, t, &l->output_weight, s->hidden);
