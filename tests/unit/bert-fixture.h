@@ -28,6 +28,24 @@
 #endif
 #define BERT_FIXTURES MPOOL_TESTS_DIR "/fixtures/bert"
 
+/* The match required of every vector against the reference. */
+#define COSINE_MIN 0.99999
+#define ABS_ERROR_MAX 1e-4
+
+/* The model folders of BERT_FIXTURES. */
+static const char *const fixtures[] _unused_ = {
+        "f32-bare",
+        "f16-prefix-cls-normalize",
+        "bf16-mean-normalize-prompts",
+        "f32-prefix-mean",
+        "f32-moderate-mean-normalize",
+};
+
+static inline void assert_contains(const char *message, const char *fact) {
+        if (!message || !strstr(message, fact))
+                fail_msg("message \"%s\" does not contain \"%s\"", message ?: "(null)", fact);
+}
+
 /* The whole file, NUL-terminated besides its length; -EFBIG beyond max. */
 static inline int read_whole_file(const char *path, uint64_t max, char **ret, size_t *ret_length) {
         _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);

@@ -28,22 +28,6 @@
 #include "macro.h"
 #include "st-config.h"
 
-/* The match required of every vector. */
-#define COSINE_MIN 0.99999
-#define ABS_ERROR_MAX 1e-4
-
-static const char *const fixtures[] = {
-        "f32-bare",
-        "f16-prefix-cls-normalize",
-        "bf16-mean-normalize-prompts",
-        "f32-prefix-mean",
-        "f32-moderate-mean-normalize",
-};
-
-static void assert_contains(const char *message, const char *fact) {
-        if (!message || !strstr(message, fact))
-                fail_msg("message \"%s\" does not contain \"%s\"", strempty(message), fact);
-}
 
 /* OpenBLAS */
 

@@ -32,8 +32,6 @@
 
 #define EMBED_FIXTURES MPOOL_TESTS_DIR "/fixtures/embed"
 
-#define COSINE_MIN 0.99999
-#define ABS_ERROR_MAX 1e-4
 #define BATCH_MAX 16
 
 static cJSON *expected = NULL;

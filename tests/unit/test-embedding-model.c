@@ -29,21 +29,6 @@
 #include "tensor-list.h"
 #include "tokenizer-unicode.h"
 
-#define COSINE_MIN 0.99999
-#define ABS_ERROR_MAX 1e-4
-
-static const char *const fixtures[] = {
-        "f32-bare",
-        "f16-prefix-cls-normalize",
-        "bf16-mean-normalize-prompts",
-        "f32-prefix-mean",
-        "f32-moderate-mean-normalize",
-};
-
-static void assert_contains(const char *message, const char *fact) {
-        if (!message || !strstr(message, fact))
-                fail_msg("message \"%s\" does not contain \"%s\"", message ?: "(null)", fact);
-}
 
 /* A fixture's folder, with a tokenizer.json of our own. */
 typedef struct Source {

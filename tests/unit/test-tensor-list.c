@@ -22,19 +22,6 @@
 #include "macro.h"
 #include "tensor-list.h"
 
-static const char *const fixtures[] = {
-        "f32-bare",
-        "f16-prefix-cls-normalize",
-        "bf16-mean-normalize-prompts",
-        "f32-prefix-mean",
-        "f32-moderate-mean-normalize",
-};
-
-static void assert_contains(const char *message, const char *fact) {
-        if (!message || !strstr(message, fact))
-                fail_msg("message \"%s\" does not contain \"%s\"", message ?: "(null)", fact);
-}
-
 /* The lister's entry i against the reference reader's. */
 static void assert_same_tensor(const BertTensor *got, const BertTensor *want, bool with_data) {
         assert_string_equal(got->name, want->name);
