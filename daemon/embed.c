@@ -9,7 +9,9 @@
 #include "log.h"
 #include "macro.h"
 #include "model-compute.h"
+#include "mpool-bus.h"
 #include "request.h"
+#include "sigbus.h"
 #include "test-hooks.h"
 #include "time-util.h"
 
@@ -30,6 +32,7 @@ typedef struct EmbedCall {
         ComputeJob job;
 
         /* Written by the worker. */
+        bool files_changed;       /* a page it read was gone (sigbus.h) */
         float *vectors;
         size_t dims;
 } EmbedCall;
@@ -103,10 +106,23 @@ static void run(ComputeJob *job, void *scratch) {
         int r;
 
         test_hook_compute_gate(c->model_name, &job->item);
+        uint64_t faults = sigbus_count();
         r = embedding_run(c->model, scratch, (const char *const *) c->texts, c->lengths, c->n, &c->options,
                           job_cancelled, job, &c->vectors, &c->dims, &job->tokens, &failed, &job->error_message);
         /* A text too long to take whole is the caller's to shorten. */
         job->error = r == -E2BIG ? -EINVAL : r;
+
+        /* Counted for any model: a fault elsewhere at the same moment costs
+         * this call a retry, which is better than wrong vectors. */
+        if (sigbus_count() != faults) {
+                c->files_changed = true;
+                c->vectors = mfree(c->vectors);
+                free(job->error_message);
+                job->error = -EBADMSG;
+                if (asprintf(&job->error_message, "The files of model %s changed while it was being used; it is "
+                             "unloaded.", c->model_name) < 0)
+                        job->error_message = NULL;
+        }
 }
 
 static void done(ComputeJob *job) {
@@ -115,6 +131,16 @@ static void done(ComputeJob *job) {
         _cleanup_free_ char *message = TAKE_PTR(job->error_message);
 
         compute_job_done(job);
+        /* Its mapping holds zero pages now: it must be loaded afresh. */
+        if (c->files_changed) {
+                PoolModel *model = pool_find(&c->manager->pool, c->model_name);
+
+                if (model && model->state == MODEL_LOADED) {
+                        log_warning("The files of model %s shrank while it was computing; unloading it.",
+                                    c->model_name);
+                        model_unload(c->manager, model, MPOOL_REASON_FILES_CHANGED);
+                }
+        }
         finish(c, error, message);
 }
 

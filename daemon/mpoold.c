@@ -11,6 +11,7 @@
 #include <systemd/sd-event.h>
 
 #include "blas.h"
+#include "sigbus.h"
 #include "bus-manager.h"
 #include "config.h"
 #include "log.h"
@@ -273,6 +274,12 @@ static int run(int argc, char *argv[]) {
                 log_warning_errno(r, "OpenBLAS is not available; models will be served but not run: %m");
         else
                 m->blas_core = blas_core();
+
+        /* After OpenBLAS is loaded, which may set handlers of its own, and
+         * before any worker may read a mapped file that shrinks. */
+        r = sigbus_install();
+        if (r < 0)
+                return log_error_errno(r, "Cannot handle SIGBUS: %m");
 
         r = manager_configure(m, &m->config);
         if (r < 0)

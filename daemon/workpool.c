@@ -296,8 +296,15 @@ int workpool_add_worker(WorkPool *p, void *state) {
                 .idle_since_usec = now_monotonic_usec(),
         };
 
-        /* Signals belong to the loop (sd-event's signalfd), never to a worker. */
+        /* Signals belong to the loop (sd-event's signalfd), never to a
+         * worker; but for the faults a worker raises itself, which blocked
+         * would kill the process outright instead of reaching their handler
+         * (sigbus.h). */
         sigfillset(&all);
+        sigdelset(&all, SIGBUS);
+        sigdelset(&all, SIGSEGV);
+        sigdelset(&all, SIGFPE);
+        sigdelset(&all, SIGILL);
         pthread_sigmask(SIG_SETMASK, &all, &saved);
         r = -pthread_create(&w->thread, NULL, worker_main, w);
         pthread_sigmask(SIG_SETMASK, &saved, NULL);

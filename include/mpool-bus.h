@@ -33,6 +33,7 @@
 #define MPOOL_REASON_MEMORY_LIMIT     "memory-limit"
 #define MPOOL_REASON_MEMORY_PRESSURE  "memory-pressure"
 #define MPOOL_REASON_SHUTDOWN         "shutdown"
+#define MPOOL_REASON_FILES_CHANGED    "files-changed"
 #define MPOOL_ERROR_NOT_HELD             "org.mpool.Error.NotHeld"
 
 #define MPOOL_VERSION "0.1.0"

@@ -240,3 +240,30 @@ def test_embed_from_several_callers_at_once(ctx):
                 embed_fixtures.check_vectors(c, value)
         m = d.model(MODEL)
         assert m["state"] == "loaded" and 1 <= m["workers"] <= 2, m
+
+
+def test_embed_weights_truncated_while_computing(ctx):
+        """A weights file that shrinks under a model computing in f32 from its
+        mapping: the call fails InvalidModel, the model is unloaded, and the
+        daemon serves on (it died of SIGBUS before)."""
+        directory = embed_fixtures.install_model(ctx.store, MODEL)
+        d = ctx.daemon(gates=True)
+        client = PyClient(d.address)
+        c = default_case()
+        client.load(MODEL, precision="f32")
+
+        gate = ctx.compute_gate(MODEL)
+        caller = Caller(d.address, c["texts"])
+        wait_until(lambda: counts(d)[1] == 1, "the request running")
+        os.truncate(os.path.join(directory, "model.safetensors"), 1000)
+        gate.open_wide(1)
+        _, error = caller.wait()
+        assert error == "org.mpool.Error.InvalidModel", error
+        unloaded = ctx.monitor.wait_signal("ModelUnloaded", MODEL)
+        assert unloaded.args[1] == "files-changed", unloaded
+        assert d.proc.poll() is None, "mpoold died"
+        # The file is invalid now: loading it again says so; the daemon lives.
+        expect_dbus_error("org.mpool.Error.InvalidModel", embed, client, MODEL, c["texts"])
+        assert d.model(MODEL)["state"] != "loaded"
+        client.close()
+        caller.client.close()
