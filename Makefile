@@ -98,10 +98,13 @@ FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz-%.c,%,$(wildcard tests/fuzz/fuzz-*.c)
 # replays the seeds (and the crashes found once) through them.
 FUZZ_REPLAYS := $(FUZZ_TARGETS:%=$(B)/tests/replay-%)
 FUZZ_SECONDS ?= 10
+# `make stress`: tests/integration/tests_stress.py for this long (`make check`
+# runs it for 30 s); STRESS_SEED=N replays a run's random choices.
+STRESS_SECONDS ?= 300
 
 PROGRAMS = $(B)/mpoold $(B)/mpool-mkmodel $(B)/mpool-client $(B)/mpool-pull
 
-.PHONY: all deps check check-unit check-fuzz check-integration check-system run install clean bench fuzz fuzz-run
+.PHONY: all deps check check-unit check-fuzz check-integration check-system run install clean bench fuzz fuzz-run stress
 .DEFAULT_GOAL := all
 # Keep intermediate objects (unit test .o files): rebuilding is needless, and
 # make's cleanup line would otherwise follow the test summary in logs.
@@ -251,6 +254,11 @@ check-system: all
 
 check-integration: all $(B)/mpoold-test $(B)/mpool-pull-test
 	/usr/bin/python3 tests/integration/run.py --build=$(B)
+
+# The stress run alone, longer than `make check` runs it: 32 clients against
+# one mpoold, then the checks of what it left (tests/integration/tests_stress.py).
+stress: all $(B)/mpoold-test $(B)/mpool-pull-test
+	STRESS_SECONDS=$(STRESS_SECONDS) /usr/bin/python3 tests/integration/run.py --build=$(B) --filter=test_stress
 
 bench:
 	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(BUILD_DEB_PACKAGES) $(TEST_DEB_PACKAGES) $(BENCH_DEB_PACKAGES)"

@@ -39,6 +39,8 @@ class Client:
                 self.bus = dbus.bus.BusConnection(address)
                 self.held = []
                 self.timeout = plan["call_timeout"]
+                # Metrics' counters, as last seen: they never go down.
+                self.counters = {}
 
         def record(self, method, result, message=None, took=None):
                 entry = {"m": method, "r": result}
@@ -49,11 +51,12 @@ class Client:
                 self.out.write(json.dumps(entry) + "\n")
                 self.out.flush()
 
-        def call(self, method, sig, args, check=None):
+        def call(self, method, sig, args, check=None, iface=IFACE, record_as=None):
                 """The call, recorded; returns the reply or None on an error."""
                 started = time.monotonic()
+                method_name, method = method, record_as or method
                 try:
-                        reply = self.bus.call_blocking(BUS_NAME, PATH, IFACE, method, sig, args,
+                        reply = self.bus.call_blocking(BUS_NAME, PATH, iface, method_name, sig, args,
                                                        timeout=self.timeout)
                 except dbus.exceptions.DBusException as e:
                         self.record(method, e.get_dbus_name() or "unnamed", e.get_dbus_message() or "",
@@ -144,7 +147,16 @@ class Client:
                 self.call("Status", "", (), check)
 
         def do_metrics(self):
-                self.call("Metrics", "", ())
+                def check(reply):
+                        counters = {str(k): int(v) for k, v in reply.items()
+                                    if str(k).endswith(("_total", "_count", "_sum_usec"))
+                                    and not isinstance(v, dbus.Dictionary)}
+                        counters.update({f"unloads_total/{k}": int(v) for k, v in reply["unloads_total"].items()})
+                        went_down = [f"{k} {self.counters[k]} -> {v}" for k, v in counters.items()
+                                     if v < self.counters.get(k, 0)]
+                        self.counters = counters
+                        return "counters went down: " + ", ".join(went_down) if went_down else None
+                self.call("Metrics", "", (), check)
 
         def do_embed(self):
                 name = self.embedding_model()
@@ -191,6 +203,13 @@ class Client:
         def do_cancel(self):
                 self.call("Cancel", "s", (self.rng.choice(self.plan["pulled"] + self.plan["weights"]),))
 
+        def do_set_memory_limit(self):
+                """The limit moved under the loads: evictions for it, and
+                refusals when pinned models hold more."""
+                limit = self.rng.choice([8, 12, 16]) * 1024 * 1024
+                self.call("Set", "ssv", (IFACE, "MemoryLimit", dbus.UInt64(limit, variant_level=1)),
+                          iface="org.freedesktop.DBus.Properties", record_as="SetMemoryLimit")
+
         def do_abandon(self):
                 """A call sent, then the connection closed before the reply:
                 the daemon sees the call, then the caller gone."""
@@ -214,6 +233,7 @@ class Client:
 
         OPS = [("load", 14), ("unload", 5), ("unload_all", 1), ("acquire", 8), ("release", 8), ("status", 10),
                ("metrics", 2), ("embed", 14), ("open_files", 6), ("pull", 3), ("remove", 1), ("cancel", 1),
+               ("set_memory_limit", 1),
                ("abandon", 3)]
 
         def run(self, deadline):

@@ -1,11 +1,12 @@
 # SPDX-License-Identifier: MIT
 """The stress run: 32 clients, each a process with its own bus connection
 (stress_client.py), make a random mix of Load, Unload, UnloadAll, Acquire
-and Release, Status, Metrics, Embed, OpenFiles, Pull, Remove and Cancel
-against one mpoold under a small memory limit, with a loopback hub
+and Release, Status, Metrics, Embed, OpenFiles, Pull, Remove, Cancel and
+setting MemoryLimit against one mpoold under a small memory limit, with a loopback hub
 (tests/tools/fake-hub.py) to pull from. Some clients send a call and close
 their connection before the reply; some are killed (SIGKILL) by this test at
-random moments and started again. Afterwards, once everything is quiet:
+random moments and started again; now and then the daemon is told to read
+its configuration again (SIGHUP). Afterwards, once everything is quiet:
 
 - every call got a reply or a named error of those its method may give
   (each kind counted and printed); a call without a reply within the call
@@ -13,10 +14,15 @@ random moments and started again. Afterwards, once everything is quiet:
 - memory_used is the sum over the models (in every Status the clients got,
   and at the end), a loaded model holds what it held after its warm-up load,
   a model that is not loaded holds nothing;
+- what a client following the signals knows (the objects and the
+  properties that emit PropertiesChanged; ModelLoaded and ModelUnloaded in
+  turn) is what Status says;
 - no model is stuck loading, unloading or downloading, none is in error
   but for a load refused for the memory limit;
 - with every client gone no model has a hold, a worker or a request
   running or queued; after UnloadAll nothing is loaded and nothing is used;
+- after UnloadAll the daemon has as many descriptors and threads open as
+  after the warm-up, and Metrics' counters never went down;
 - the daemon's RSS after UnloadAll is within RSS_GROWTH_MAX of its RSS after
   a warm-up cycle that did every kind of call once;
 - the daemon still answers, and exits 0 on SIGTERM (the harness checks).
@@ -39,7 +45,8 @@ import time
 import dbus
 
 import embed_fixtures
-from harness import DEADLINE, MiB, PyClient, read_rss_bytes, wait_until, write_sparse_model
+from harness import (DEADLINE, MANAGER_IFACE, MODEL_IFACE, OBJECT_MANAGER_IFACE, PROPERTIES_IFACE, MiB, PyClient,
+                     model_path, wait_until, write_sparse_model)
 from tests_pull import FakeHub, make_repo
 
 CLIENTS = 32
@@ -91,6 +98,8 @@ EXPECTED = {
         "Pull": {ORG + "Busy", ORG + "Cancelled", ORG + "LimitsExceeded"},
         "Remove": {ORG + "ModelNotFound", ORG + "Busy"},
         "Cancel": {ORG + "NothingToCancel"},
+        # Below what pinned models hold.
+        "SetMemoryLimit": {FDO + "InvalidArgs"},
 }
 
 
@@ -109,6 +118,97 @@ def refused_for_memory(m):
         that as its error until it loads again: all the models are valid,
         so that is the only error one may be left in."""
         return "can be made available" in m["error"]
+
+
+# The model objects' properties that emit PropertiesChanged, as a client
+# following the signals would see them, against Status' keys.
+WATCHED_PROPERTIES = {"State": "state", "MemoryBytes": "memory_bytes", "Holds": "holds", "Precision": "precision",
+                      "Kind": "kind", "ExpiresAt": "expires_at_usec"}
+
+
+class SignalFollower:
+        """What a client that read GetManagedObjects once, then only the
+        signals, knows of the models: their objects and properties, and
+        which are loaded (ModelLoaded, ModelUnloaded)."""
+
+        def __init__(self, ctx, client):
+                self.ctx = ctx
+                self.client = client
+                self.problems = []
+                objects = client.managed_objects()
+                ctx.monitor.sync(client)
+                # Taken while nothing happens: no signal falls between the two.
+                self.mark = len(ctx.monitor.signals(iface=None))
+                self.objects = {path: dict(ifaces[MODEL_IFACE]) for path, ifaces in objects.items()
+                                if MODEL_IFACE in ifaces}
+                self.loaded = {o["Name"] for o in self.objects.values() if o["State"] == "loaded"}
+
+        def follow(self):
+                self.ctx.monitor.sync(self.client)
+                signals = self.ctx.monitor.signals(iface=None)
+                for s in signals[self.mark:]:
+                        self.apply(s)
+                self.mark = len(signals)
+
+        def apply(self, s):
+                if s.interface == OBJECT_MANAGER_IFACE and s.member == "InterfacesAdded":
+                        path, ifaces = s.args
+                        if MODEL_IFACE in ifaces:
+                                self.objects[path] = dict(ifaces[MODEL_IFACE])
+                elif s.interface == OBJECT_MANAGER_IFACE and s.member == "InterfacesRemoved":
+                        path, names = s.args
+                        if MODEL_IFACE in names:
+                                self.objects.pop(path, None)
+                elif s.interface == PROPERTIES_IFACE and s.member == "PropertiesChanged" and s.args[0] == MODEL_IFACE:
+                        if s.path not in self.objects:
+                                self.problems.append(f"PropertiesChanged of {s.path}, which was never added: {s!r}")
+                                return
+                        self.objects[s.path].update(s.args[1])
+                        for name in s.args[2]:
+                                self.objects[s.path][name] = None
+                elif s.interface == MANAGER_IFACE and s.member == "ModelLoaded":
+                        name = s.args[0]
+                        if name in self.loaded:
+                                self.problems.append(f"ModelLoaded for {name}, loaded already")
+                        self.loaded.add(name)
+                elif s.interface == MANAGER_IFACE and s.member == "ModelUnloaded":
+                        name = s.args[0]
+                        if name not in self.loaded:
+                                self.problems.append(f"ModelUnloaded ({s.args[1]}) for {name}, which was not loaded")
+                        self.loaded.discard(name)
+
+        def compare(self, when):
+                """The problems found between the signals and Status. Idle
+                unloads may still come: Status is taken again until it did
+                not change while the signals up to it were read."""
+                def stable():
+                        before = self.client.status()[1]
+                        self.follow()
+                        after = self.client.status()[1]
+                        return after if after == before else None
+                models = wait_until(stable, "Status to stay the same while the signals are read", interval=0.1)
+                problems, self.problems = self.problems, []
+                paths = {model_path(name): name for name in models}
+                if set(paths) != set(self.objects):
+                        problems.append(f"{when}: objects by the signals {sorted(self.objects)}, "
+                                        f"by Status {sorted(paths)}")
+                for path, name in paths.items():
+                        seen = self.objects.get(path)
+                        if seen is None:
+                                continue
+                        for prop, key in WATCHED_PROPERTIES.items():
+                                if seen.get(prop) is not None and seen[prop] != models[name][key]:
+                                        problems.append(f"{when}: {name}: {prop} is {seen[prop]!r} by the "
+                                                        f"signals, {models[name][key]!r} by Status")
+                loaded = {name for name, m in models.items() if m["state"] == "loaded"}
+                if loaded != self.loaded:
+                        problems.append(f"{when}: loaded by ModelLoaded/ModelUnloaded {sorted(self.loaded)}, "
+                                        f"by Status {sorted(loaded)}")
+                return problems
+
+
+def fds_and_threads(pid):
+        return len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
 
 
 def uses_asan(pid):
@@ -130,6 +230,7 @@ class Run:
                 self.procs = {}
                 self.incarnations = {}
                 self.kills = 0
+                self.reloads = 0
                 self.finished_late = []
 
         # -- set-up --
@@ -262,6 +363,10 @@ class Run:
                                 break
                         time.sleep(pause)
                         self.check_alive()
+                        if self.rng.random() < 0.1:
+                                # The configuration read again under load.
+                                self.d.proc.send_signal(signal.SIGHUP)
+                                self.reloads += 1
                         slot = self.rng.choice(KILLED_SLOTS)
                         proc = self.procs[slot]
                         if proc.poll() is None:
@@ -334,9 +439,9 @@ class Run:
                 except AssertionError:
                         raise AssertionError(f"still busy after {4 * DEADLINE:.0f} s: {self.last_busy}") from None
 
-        def check_settled(self, memory):
+        def check_settled(self, memory, follower):
                 pool, models = self.wait_quiet()
-                problems = []
+                problems = follower.compare("settled")
                 total = sum(m["memory_bytes"] for m in models.values())
                 if pool["memory_used"] != total:
                         problems.append(f"memory_used {pool['memory_used']} != {total}, the sum over the models")
@@ -352,10 +457,10 @@ class Run:
                                                 f"{memory[name]} after its warm-up load")
                 return problems
 
-        def check_unloaded(self):
+        def check_unloaded(self, follower):
                 self.py.unload_all(force=True)
                 pool, models = self.wait_quiet(after_unload_all=True)
-                problems = []
+                problems = follower.compare("after UnloadAll")
                 if pool["memory_used"] or pool["models_loaded"]:
                         problems.append(f"after UnloadAll: memory_used {pool['memory_used']}, "
                                         f"models_loaded {pool['models_loaded']}")
@@ -380,6 +485,8 @@ def test_stress_32_clients(ctx):
         run.start_daemon()
         memory = run.warm_up()
         baseline = run.d.rss()
+        baseline_fds, baseline_threads = fds_and_threads(run.d.pid)
+        follower = SignalFollower(ctx, run.py)
 
         started = time.monotonic()
         run.run_clients()
@@ -387,14 +494,20 @@ def test_stress_32_clients(ctx):
         counts, problems = run.tally()
         calls = sum(sum(by.values()) for by in counts.values())
         say(f"{calls} calls in {elapsed:.1f} s, {run.kills} clients killed, "
+            f"{run.reloads} reloads (SIGHUP), "
             f"{sum(run.incarnations.values())} started")
         for method in sorted(counts):
                 results = ", ".join(f"{r.replace(ORG, '').replace(FDO, 'DBus.')}={n}"
                                     for r, n in sorted(counts[method].items(), key=lambda kv: -kv[1]))
                 say(f"  {method}: {results}")
 
-        problems += run.check_settled(memory)
-        problems += run.check_unloaded()
+        problems += run.check_settled(memory, follower)
+        problems += run.check_unloaded(follower)
+        fds, threads = fds_and_threads(run.d.pid)
+        say(f"descriptors {baseline_fds} -> {fds}, threads {baseline_threads} -> {threads}")
+        if fds != baseline_fds or threads != baseline_threads:
+                problems.append(f"after UnloadAll: {fds} descriptors and {threads} threads, "
+                                f"{baseline_fds} and {baseline_threads} after the warm-up")
         rss = run.d.rss()
         growth = rss - baseline
         if uses_asan(run.d.pid):
