@@ -14,6 +14,8 @@ its configuration again (SIGHUP). Afterwards, once everything is quiet:
 - memory_used is the sum over the models (in every Status the clients got,
   and at the end), a loaded model holds what it held after its warm-up load,
   a model that is not loaded holds nothing;
+- the same, holds apart, halfway through, with every client stopped
+  (SIGSTOP) where it was;
 - what a client following the signals knows (the objects and the
   properties that emit PropertiesChanged; ModelLoaded and ModelUnloaded in
   turn) is what Status says;
@@ -231,6 +233,7 @@ class Run:
                 self.incarnations = {}
                 self.kills = 0
                 self.reloads = 0
+                self.problems = []
                 self.finished_late = []
 
         # -- set-up --
@@ -351,6 +354,7 @@ class Run:
 
         def run_clients(self):
                 deadline = time.monotonic() + self.seconds
+                checkpoint = time.monotonic() + self.seconds / 2
                 self.write_plan(deadline)
                 for slot in range(CLIENTS):
                         self.spawn(slot)
@@ -363,6 +367,9 @@ class Run:
                                 break
                         time.sleep(pause)
                         self.check_alive()
+                        if checkpoint and time.monotonic() >= checkpoint:
+                                checkpoint = None
+                                self.check_paused()
                         if self.rng.random() < 0.1:
                                 # The configuration read again under load.
                                 self.d.proc.send_signal(signal.SIGHUP)
@@ -439,14 +446,28 @@ class Run:
                 except AssertionError:
                         raise AssertionError(f"still busy after {4 * DEADLINE:.0f} s: {self.last_busy}") from None
 
-        def check_settled(self, memory, follower):
+        def check_paused(self):
+                """Halfway: every client stopped (SIGSTOP) where it is, the
+                daemon left to finish what it was asked, then the checks of
+                a settled pool while models are held (holds a client
+                following the signals must see too)."""
+                for proc in self.procs.values():
+                        proc.send_signal(signal.SIGSTOP)
+                try:
+                        self.problems += self.check_settled("halfway, the clients stopped", clients_gone=False)
+                finally:
+                        for proc in self.procs.values():
+                                proc.send_signal(signal.SIGCONT)
+
+        def check_settled(self, when="settled", clients_gone=True):
                 pool, models = self.wait_quiet()
-                problems = follower.compare("settled")
+                problems = self.follower.compare(when)
+                memory = self.memory
                 total = sum(m["memory_bytes"] for m in models.values())
                 if pool["memory_used"] != total:
                         problems.append(f"memory_used {pool['memory_used']} != {total}, the sum over the models")
                 for name, m in models.items():
-                        if m["holds"]:
+                        if m["holds"] and clients_gone:
                                 problems.append(f"{name}: {m['holds']} holds with every client gone")
                         if m["state"] == "error" and not refused_for_memory(m):
                                 problems.append(f"{name}: in error: {m['error']}")
@@ -457,10 +478,10 @@ class Run:
                                                 f"{memory[name]} after its warm-up load")
                 return problems
 
-        def check_unloaded(self, follower):
+        def check_unloaded(self):
                 self.py.unload_all(force=True)
                 pool, models = self.wait_quiet(after_unload_all=True)
-                problems = follower.compare("after UnloadAll")
+                problems = self.follower.compare("after UnloadAll")
                 if pool["memory_used"] or pool["models_loaded"]:
                         problems.append(f"after UnloadAll: memory_used {pool['memory_used']}, "
                                         f"models_loaded {pool['models_loaded']}")
@@ -483,15 +504,16 @@ def test_stress_32_clients(ctx):
         run = Run(ctx, seconds, seed)
         run.make_models()
         run.start_daemon()
-        memory = run.warm_up()
+        run.memory = run.warm_up()
         baseline = run.d.rss()
         baseline_fds, baseline_threads = fds_and_threads(run.d.pid)
-        follower = SignalFollower(ctx, run.py)
+        run.follower = SignalFollower(ctx, run.py)
 
         started = time.monotonic()
         run.run_clients()
         elapsed = time.monotonic() - started
         counts, problems = run.tally()
+        problems += run.problems
         calls = sum(sum(by.values()) for by in counts.values())
         say(f"{calls} calls in {elapsed:.1f} s, {run.kills} clients killed, "
             f"{run.reloads} reloads (SIGHUP), "
@@ -501,8 +523,8 @@ def test_stress_32_clients(ctx):
                                     for r, n in sorted(counts[method].items(), key=lambda kv: -kv[1]))
                 say(f"  {method}: {results}")
 
-        problems += run.check_settled(memory, follower)
-        problems += run.check_unloaded(follower)
+        problems += run.check_settled()
+        problems += run.check_unloaded()
         fds, threads = fds_and_threads(run.d.pid)
         say(f"descriptors {baseline_fds} -> {fds}, threads {baseline_threads} -> {threads}")
         if fds != baseline_fds or threads != baseline_threads:
