@@ -195,6 +195,10 @@ class Client:
                 repo = self.rng.choice(self.plan["pulled"])
                 self.call("Pull", "sa{sv}", (repo, dbus.Dictionary({}, signature="sv")))
 
+        def do_inspect(self):
+                repo = self.rng.choice(self.plan["pulled"])
+                self.call("Inspect", "sa{sv}", (repo, dbus.Dictionary({}, signature="sv")))
+
         def do_remove(self):
                 # Only what was pulled: the rest of the store stays as it is.
                 repo = self.rng.choice(self.plan["pulled"])
@@ -223,6 +227,8 @@ class Client:
                         ("Pull", "sa{sv}", lambda: (self.rng.choice(self.plan["pulled"]),
                                                     dbus.Dictionary({}, signature="sv"))),
                         ("UnloadAll", "a{sv}", lambda: (dbus.Dictionary({}, signature="sv"),)),
+                        ("Inspect", "sa{sv}", lambda: (self.rng.choice(self.plan["pulled"]),
+                                                       dbus.Dictionary({}, signature="sv"))),
                 ])
                 msg = dbus.lowlevel.MethodCallMessage(BUS_NAME, PATH, IFACE, method)
                 msg.append(*args(), signature=sig)
@@ -232,7 +238,7 @@ class Client:
                 self.reconnect()
 
         OPS = [("load", 14), ("unload", 5), ("unload_all", 1), ("acquire", 8), ("release", 8), ("status", 10),
-               ("metrics", 2), ("embed", 14), ("open_files", 6), ("pull", 3), ("remove", 1), ("cancel", 1),
+               ("metrics", 2), ("embed", 14), ("open_files", 6), ("pull", 3), ("inspect", 1), ("remove", 1), ("cancel", 1),
                ("set_memory_limit", 1),
                ("abandon", 3)]
 

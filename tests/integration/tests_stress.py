@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: MIT
 """The stress run: 32 clients, each a process with its own bus connection
 (stress_client.py), make a random mix of Load, Unload, UnloadAll, Acquire
-and Release, Status, Metrics, Embed, OpenFiles, Pull, Remove, Cancel and
-setting MemoryLimit against one mpoold under a small memory limit, with a loopback hub
+and Release, Status, Metrics, Embed, OpenFiles, Pull, Inspect, Remove,
+Cancel and setting MemoryLimit against one mpoold under a small memory limit, with a loopback hub
 (tests/tools/fake-hub.py) to pull from. Some clients send a call and close
 their connection before the reply; some are killed (SIGKILL) by this test at
 random moments and started again; now and then the daemon is told to read
@@ -99,6 +99,8 @@ EXPECTED = {
         "Metrics": set(),
         "Pull": {ORG + "Busy", ORG + "Cancelled", ORG + "LimitsExceeded"},
         "Remove": {ORG + "ModelNotFound", ORG + "Busy"},
+        # At most 4 inspections at once.
+        "Inspect": {ORG + "Busy", ORG + "LimitsExceeded"},
         "Cancel": {ORG + "NothingToCancel"},
         # Below what pinned models hold.
         "SetMemoryLimit": {FDO + "InvalidArgs"},
@@ -505,6 +507,9 @@ def test_stress_32_clients(ctx):
         run.make_models()
         run.start_daemon()
         run.memory = run.warm_up()
+        # Downloads that take a while (a fraction of a second), so that
+        # loads, removals and cancellations meet them under way.
+        run.hub.control(slow={"chunk": 128 * 1024, "delay": 0.02})
         baseline = run.d.rss()
         baseline_fds, baseline_threads = fds_and_threads(run.d.pid)
         run.follower = SignalFollower(ctx, run.py)
