@@ -5,8 +5,8 @@ python3-torch and python3-dbus):
 
   memory-returned.py model DIR
       Writes embed-throughput.py's BERT (hidden 384, 12 heads, BERT's
-      vocabulary) with LAYERS (2) layers into DIR: the memory of a worker
-      is the same as with 12, the compute 6 times less.
+      vocabulary) with LAYERS (1) layer into DIR: the memory of a worker
+      is the same as with 12, the compute 12 times less.
   memory-returned.py ADDRESS PID WEIGHTS EMBEDDING DIR CYCLES
       CYCLES loads and unloads of the model WEIGHTS (mapped in place), then
       CYCLES of the model EMBEDDING at precision q8 with 4 workers, each
@@ -25,7 +25,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-LAYERS = 2
+LAYERS = 1
 WORKERS = 4
 # Texts longer than the model's 512 tokens (truncated to them), 8 per call:
 # 4096 tokens, what a worker's scratch is sized and charged for.

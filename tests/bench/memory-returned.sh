@@ -6,7 +6,7 @@
 # model is loaded is what it holds. The daemon's RSS before each Load and
 # after the matching Unload, over CYCLES (10) cycles of a 512 MiB model
 # mapped in place (the file's pages, mlocked: RssFile) and CYCLES of a
-# 2-layer, hidden-384 BERT converted to q8 at load (anonymous memory:
+# 1-layer, hidden-384 BERT converted to q8 at load (anonymous memory:
 # RssAnon) with max_workers=4, each cycle running 4 Embed calls of 8 texts
 # of 512 tokens at once, so that 4 workers start and compute, each filling
 # the scratch it is charged for (4096 tokens). Targets: RSS after the last
@@ -46,9 +46,10 @@ import json, sys
 out, cycles = json.load(open(sys.argv[1])), int(sys.argv[2])
 MiB = 1 << 20
 print("memory-returned: the daemon's RSS around %d cycles of each model (MiB; anon/file in brackets)" % cycles)
-worst_growth, worst_gap = 0, 0.0
+worst_growth, worst_steady, worst_gap = 0, 0, 0.0
 for series, title in (("weights", "512 MiB of weights, mapped in place"),
-                      ("embedding", "2-layer BERT (hidden 384) at q8, max_workers=4, 4 Embed calls of 8 texts of 512 tokens at once")):
+                      ("embedding", "1-layer BERT (hidden 384) at q8, max_workers=4, 4 Embed calls at once of 8 texts"
+                                    " of 512 tokens")):
     runs = out[series]
     print("  %s (%.1f s)" % (title, out["seconds"][series]))
     print("    cycle  before (anon/file)       loaded (anon/file)       after  threads  rise    memory_bytes"
@@ -65,12 +66,14 @@ for series, title in (("weights", "512 MiB of weights, mapped in place"),
             c["memory_used"] / MiB, 100 * gap, workers))
     growth = runs[-1]["after"]["rss"] - runs[0]["before"]["rss"]
     steady = runs[-1]["after"]["rss"] - runs[0]["after"]["rss"]
-    worst_growth = max(worst_growth, growth)
+    if growth >= worst_growth:
+        worst_growth, worst_steady = growth, steady
     print("    growth: %+.2f MiB over the %d cycles (target <= 2 MiB); %+.2f MiB after the first cycle's"
           " (anon %+.2f, file %+.2f)" % (growth / MiB, cycles, steady / MiB,
                                         (runs[-1]["after"]["anon"] - runs[0]["before"]["anon"]) / MiB,
                                         (runs[-1]["after"]["file"] - runs[0]["before"]["file"]) / MiB))
 ratio = 2 * MiB / worst_growth if worst_growth > 0 else float("inf")
-print("memory-returned: ratio=%.2f (target >= 1; worst growth %+.2f MiB of 2 MiB; memory_bytes within %.1f%% of the"
-      " RSS rise, target <= 5%%)" % (ratio, worst_growth / MiB, 100 * worst_gap))
+print("memory-returned: ratio=%.2f (target >= 1; worst growth %+.2f MiB of 2 MiB, %+.2f MiB after the first cycle;"
+      " memory_bytes within %.1f%% of the RSS rise, target <= 5%%)" % (ratio, worst_growth / MiB, worst_steady / MiB,
+                                                                      100 * worst_gap))
 EOF
