@@ -56,9 +56,9 @@ TEST_DEB_PACKAGES = dbus-daemon systemd python3 python3-dbus polkitd util-linux 
 FUZZ_DEB_PACKAGES = clang libclang-rt-dev
 DEB_PACKAGES ?= $(BUILD_DEB_PACKAGES) $(TEST_DEB_PACKAGES)
 # What `make bench` runs besides the tests' packages (tests/bench/): the
-# reference it compares Embed with, and perf for where mpoold's time goes.
-# Not CI's: CI does not run benchmarks.
-BENCH_DEB_PACKAGES = python3-torch linux-perf
+# references it compares Embed and Load with, and perf for where mpoold's
+# time goes. Not CI's: CI does not run benchmarks.
+BENCH_DEB_PACKAGES = python3-torch python3-numpy linux-perf
 DEPS_PC = libsystemd libcjson inih
 
 CFLAGS ?= -O2 -g
