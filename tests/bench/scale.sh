@@ -8,8 +8,9 @@
 #     socket of our own), best of 3, and the CPU time it took; target <= 1 s;
 #   - Status: the round trip with every model known, on one connection (a
 #     small C client, status-calls.c, which also times reading every value
-#     of the reply, the client's own cost), and the CPU time mpoold and the
-#     bus daemon spend on each call; target <= 20 ms;
+#     of the reply, the client's own cost): the median of 40 calls, best of
+#     3 rounds; and the CPU time mpoold and the bus daemon spend on each
+#     call; target <= 20 ms;
 #   - the daemon's memory (RSS, and Pss from smaps_rollup) with every model
 #     known, before any Status and after the calls (the reply's buffer
 #     stays with malloc), against the same daemon on an empty store.
@@ -23,7 +24,8 @@ top=$(dirname -- "$(readlink -f -- "$0")")/../..
 bench=$top/tests/bench
 python=/usr/bin/python3
 starts=3
-calls=100
+calls=40
+rounds=3
 dir=$(mktemp -d)
 daemon=
 cleanup() {
@@ -65,6 +67,9 @@ start() {
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 
+# field LINE KEY: the value of KEY=… in LINE.
+field() { sed -n "s/.*\\b$2=\\([0-9.]*\\).*/\\1/p" <<< "$1"; }
+
 kib() { awk -v k="$2" '$1 == k":" { print $2 }' "/proc/$1/$3"; }
 
 # measure NAME STORE: sets NAME_ready (the best start) and NAME_ready_cpu, the
@@ -95,9 +100,18 @@ measure() {
         printf -v "${name}_pss0" '%s' "$(kib "$daemon" Pss smaps_rollup)"
         "$dir/status-calls" --address="$address" --calls=3 --warmup=0 > /dev/null
         d0=$(ticks "$daemon") b0=$(ticks "$bus_pid")
-        printf -v "${name}_status" '%s' "$("$dir/status-calls" --address="$address" --calls="$calls" --warmup=0)"
-        printf -v "${name}_cpu" '%s' "$(( ($(ticks "$daemon") - d0) * 1000000 / hz / calls ))"
-        printf -v "${name}_bus_cpu" '%s' "$(( ($(ticks "$bus_pid") - b0) * 1000000 / hz / calls ))"
+        # Rounds, the best median counting, as in the other benchmarks:
+        # other tenants' load only ever adds.
+        local line best_line= best_median=
+        for _ in $(seq "$rounds"); do
+                line=$("$dir/status-calls" --address="$address" --calls="$calls" --warmup=0)
+                if [[ -z "$best_median" ]] || (( $(field "$line" median_us) < best_median )); then
+                        best_line=$line best_median=$(field "$line" median_us)
+                fi
+        done
+        printf -v "${name}_status" '%s' "$best_line"
+        printf -v "${name}_cpu" '%s' "$(( ($(ticks "$daemon") - d0) * 1000000 / hz / (calls * rounds) ))"
+        printf -v "${name}_bus_cpu" '%s' "$(( ($(ticks "$bus_pid") - b0) * 1000000 / hz / (calls * rounds) ))"
         printf -v "${name}_rss" '%s' "$(kib "$daemon" VmRSS status)"
         printf -v "${name}_pss" '%s' "$(kib "$daemon" Pss smaps_rollup)"
         printf -v "${name}_bytes" '%s' "$("$python" "$bench/scale.py" reply-size "$address")"
@@ -110,9 +124,7 @@ measure empty "$dir/empty"
 : > "$dir/log"
 measure full "$dir/full"
 
-field() { sed -n "s/.*\\b$2=\\([0-9.]*\\).*/\\1/p" <<< "$1"; }
-
-echo "scale: $models models in the store ($full_known found), mpoold best of $starts starts, Status over $calls calls"
+echo "scale: $models models in the store ($full_known found), mpoold best of $starts starts, Status best of $rounds rounds of $calls calls"
 printf '  %-34s %12s %12s\n' "" "empty store" "$models models"
 printf '  %-34s %9s ms %9s ms\n' "start-up to READY=1" "$empty_ready" "$full_ready"
 printf '  %-34s %s; %s\n' "  its CPU time (empty; full)" "$empty_ready_cpu" "$full_ready_cpu"
