@@ -5,7 +5,8 @@
 # (default 4096, the most the daemon knows: POOL_MODELS_MAX, and
 # STORE_LIST_MAX in the listing), each a folder with its own files. Measures
 #   - start-up: from the exec of mpoold to its READY=1 (sd_notify, on a
-#     socket of our own), best of 3, and the CPU time it took; target <= 1 s;
+#     socket of our own), best of 3 (the store just written: its folders in
+#     the kernel's caches), and the CPU time it took; target <= 1 s;
 #   - Status: the round trip with every model known, on one connection (a
 #     small C client, status-calls.c, which also times reading every value
 #     of the reply, the client's own cost): the median of 40 calls, best of
@@ -92,17 +93,15 @@ measure() {
         # start: a call waits for it), before any Status.
         sleep 0.5
         busctl --address="$address" call org.mpool.Manager /org/mpool/Manager org.freedesktop.DBus.Peer Ping
-        # The CPU time mpoold and the bus daemon spend on the calls: the
-        # round trip's split between them, less moved by other tenants'
-        # load than the wall clock.
-        local d0 b0
         printf -v "${name}_rss0" '%s' "$(kib "$daemon" VmRSS status)"
         printf -v "${name}_pss0" '%s' "$(kib "$daemon" Pss smaps_rollup)"
         "$dir/status-calls" --address="$address" --calls=3 --warmup=0 > /dev/null
+        # The CPU time mpoold and the bus daemon spend on the calls: the
+        # round trip's split between them, less moved by other tenants'
+        # load than the wall clock. Rounds, the best median counting, as in
+        # the other benchmarks: other tenants' load only ever adds.
+        local d0 b0 line best_line= best_median=
         d0=$(ticks "$daemon") b0=$(ticks "$bus_pid")
-        # Rounds, the best median counting, as in the other benchmarks:
-        # other tenants' load only ever adds.
-        local line best_line= best_median=
         for _ in $(seq "$rounds"); do
                 line=$("$dir/status-calls" --address="$address" --calls="$calls" --warmup=0)
                 if [[ -z "$best_median" ]] || (( $(field "$line" median_us) < best_median )); then
