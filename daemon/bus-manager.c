@@ -601,12 +601,9 @@ static int append_model_status(sd_bus_message *reply, Manager *m, PoolModel *mod
 static int method_status(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         Manager *m = userdata;
-        MemoryInfo memory;
         int r;
 
-        /* Fresh figures for the caller; the monitor's last ones if /proc fails. */
-        if (memory_info_read(&memory) >= 0)
-                m->memory.available = memory.available;
+        manager_refresh_memory_available(m);
 
         r = sd_bus_message_new_method_return(message, &reply);
         if (r < 0)
