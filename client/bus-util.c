@@ -398,6 +398,106 @@ int model_object_path(const char *name, char **ret) {
         return sd_bus_path_encode(MPOOL_MODELS_PATH, name, ret);
 }
 
+/* Every key of a model's Status entry in the daemon's order, with the value
+ * it stands for when the daemon leaves it out. */
+static const struct {
+        const char *key;
+        char type;      /* 's', 't' (any unsigned), 'd', 'b' or 'a' (a dictionary) */
+} model_status_keys[] = {
+        { "name",                 's' },
+        { "state",                's' },
+        { "size_bytes",           't' },
+        { "memory_bytes",         't' },
+        { "memory_percent",       'd' },
+        { "memory_limit_percent", 'd' },
+        { "pinned",               'b' },
+        { "holds",                't' },
+        { "loaded_at_usec",       't' },
+        { "last_used_usec",       't' },
+        { "expires_at_usec",      't' },
+        { "requests_total",       't' },
+        { "error",                's' },
+        { "source",               's' },
+        { "revision",             's' },
+        { "kind",                 's' },
+        { "precision",            's' },
+        { "workers",              't' },
+        { "active_requests",      't' },
+        { "queued_requests",      't' },
+        { "tokens_total",         't' },
+        { "download_done",        't' },
+        { "download_total",       't' },
+        { "memory_by_precision",  'a' },
+};
+
+static cJSON *model_status_default(char type) {
+        switch (type) {
+        case 's':
+                return cJSON_CreateString("");
+        case 't':
+                return json_create_u64(0);
+        case 'd':
+                return cJSON_CreateNumber(0);
+        case 'b':
+                return cJSON_CreateFalse();
+        default:
+                return cJSON_CreateObject();
+        }
+}
+
+/* A model as the daemon describes it, every key present, in the daemon's
+ * order, and then any key this client does not know. Moves model's members. */
+static cJSON *model_status_complete(cJSON *model) {
+        _cleanup_json_ cJSON *complete = NULL;
+        cJSON *item;
+
+        complete = cJSON_CreateObject();
+        if (!complete)
+                return NULL;
+        for (size_t i = 0; i < ELEMENTSOF(model_status_keys); i++) {
+                item = cJSON_DetachItemFromObjectCaseSensitive(model, model_status_keys[i].key);
+                if (!item)
+                        item = model_status_default(model_status_keys[i].type);
+                if (!item)
+                        return NULL;
+                if (!cJSON_AddItemToObject(complete, model_status_keys[i].key, item)) {
+                        cJSON_Delete(item);
+                        return NULL;
+                }
+        }
+        while ((item = model->child)) {
+                cJSON_DetachItemViaPointer(model, item);
+                if (!cJSON_AddItemToObject(complete, item->string, item)) {
+                        cJSON_Delete(item);
+                        return NULL;
+                }
+        }
+        return TAKE_PTR(complete);
+}
+
+int status_models_complete(cJSON *models) {
+        cJSON *model, *next;
+
+        if (!cJSON_IsArray(models))
+                return -EBADMSG;
+        for (model = models->child; model; model = next) {
+                cJSON *complete;
+
+                next = model->next;
+                if (!cJSON_IsObject(model))
+                        return -EBADMSG;
+                complete = model_status_complete(model);
+                if (!complete)
+                        return -ENOMEM;
+                /* Frees what is left of model. */
+                if (!cJSON_ReplaceItemViaPointer(models, model, complete)) {
+                        cJSON_Delete(complete);
+                        return -ENOMEM;
+                }
+        }
+        return 0;
+}
+
 int mpool_status(sd_bus *bus, cJSON **ret_pool, cJSON **ret_models, sd_bus_error *error) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_json_ cJSON *pool = NULL, *models = NULL;
@@ -415,6 +515,9 @@ int mpool_status(sd_bus *bus, cJSON **ret_pool, cJSON **ret_models, sd_bus_error
         if (r < 0)
                 return r;
         r = bus_message_read_json(reply, &models);
+        if (r < 0)
+                return r;
+        r = status_models_complete(models);
         if (r < 0)
                 return r;
 

@@ -46,8 +46,15 @@ uint64_t authorized_call_timeout(void);
 int model_object_path(const char *name, char **ret);
 
 /* Status(): the pool and the models as JSON objects, with the daemon's key
- * names and natural types. */
+ * names and natural types, every key of a model present (see
+ * status_models_complete()). */
 int mpool_status(sd_bus *bus, cJSON **ret_pool, cJSON **ret_models, sd_bus_error *error);
+
+/* Puts back, in each model of Status's models array, the keys the daemon
+ * leaves out at their default value (0, false, "", {}), so that what the
+ * client shows and prints as JSON has them all. -EBADMSG for no array of
+ * objects, -ENOMEM. */
+int status_models_complete(cJSON *models);
 
 /* The model of that name in the models array, or NULL. */
 const cJSON *models_find(const cJSON *models, const char *name);

@@ -450,8 +450,11 @@ static int on_status_reply(sd_bus_message *reply, void *userdata, sd_bus_error *
                 r = bus_message_read_json(reply, &pool);
                 if (r >= 0)
                         r = bus_message_read_json(reply, &models);
+                if (r >= 0)
+                        r = status_models_complete(models);
                 if (r < 0) {
                         cJSON_Delete(pool);
+                        cJSON_Delete(models);
                         free(t->problem);
                         t->problem = strdup("mpoold sent a status this client does not understand.");
                 } else {

@@ -518,64 +518,37 @@ static int append_entry(sd_bus_message *reply, const char *key, char type, const
         return sd_bus_message_close_container(reply);
 }
 
+/* The helpers below leave a key out at its default value (the empty string,
+ * 0, false), as the interface documents: with 4,096 models, most of them
+ * idle, the defaults made three quarters of the reply, and the bus daemon's
+ * copying of it most of what Status cost. */
 static int append_string(sd_bus_message *reply, const char *key, const char *value) {
-        return append_entry(reply, key, 's', value);
+        return !value || !*value ? 0 : append_entry(reply, key, 's', value);
 }
 
 static int append_u64(sd_bus_message *reply, const char *key, uint64_t value) {
-        return append_entry(reply, key, 't', &value);
+        return value == 0 ? 0 : append_entry(reply, key, 't', &value);
 }
 
 static int append_u32(sd_bus_message *reply, const char *key, uint32_t value) {
-        return append_entry(reply, key, 'u', &value);
+        return value == 0 ? 0 : append_entry(reply, key, 'u', &value);
 }
 
 static int append_double(sd_bus_message *reply, const char *key, double value) {
-        return append_entry(reply, key, 'd', &value);
+        return value == 0.0 ? 0 : append_entry(reply, key, 'd', &value);
 }
 
 static int append_bool(sd_bus_message *reply, const char *key, bool value) {
         int b = value;
 
-        return append_entry(reply, key, 'b', &b);
+        return !value ? 0 : append_entry(reply, key, 'b', &b);
 }
 
-static int append_model_status(sd_bus_message *reply, Manager *m, PoolModel *model) {
-        uint64_t deadline = pool_model_deadline(&m->pool, model), download_done = 0, download_total = 0;
-        const ModelRuntime *rt = model->userdata;
-        ComputeCounts compute;
+static int append_memory_by_precision(sd_bus_message *reply, const PoolModel *model) {
         int r;
 
-        model_compute_counts(model, &compute);
-        (void) download_find(m, model->name, &download_done, &download_total);
-        r = sd_bus_message_open_container(reply, 'a', "{sv}");
-        if (r < 0)
-                return r;
-        if ((r = append_string(reply, "name", model->name)) < 0 ||
-            (r = append_string(reply, "state", model_state_to_string(model->state))) < 0 ||
-            (r = append_u64(reply, "size_bytes", model->size_bytes)) < 0 ||
-            (r = append_u64(reply, "memory_bytes", model->memory_bytes)) < 0 ||
-            (r = append_double(reply, "memory_percent", percent(model->memory_bytes, m->memory.total))) < 0 ||
-            (r = append_double(reply, "memory_limit_percent", percent(model->memory_bytes, m->pool.memory_limit))) < 0 ||
-            (r = append_bool(reply, "pinned", model->pinned)) < 0 ||
-            (r = append_u32(reply, "holds", model->holds)) < 0 ||
-            (r = append_u64(reply, "loaded_at_usec",
-                            model->state == MODEL_LOADED ? manager_realtime(m, model->loaded_at) : UINT64_C(0))) < 0 ||
-            (r = append_u64(reply, "last_used_usec", manager_realtime(m, model->last_used))) < 0 ||
-            (r = append_u64(reply, "expires_at_usec", manager_realtime(m, deadline))) < 0 ||
-            (r = append_u64(reply, "requests_total", model->requests_total)) < 0 ||
-            (r = append_string(reply, "error", strempty(model->error))) < 0 ||
-            (r = append_string(reply, "source", model_source_to_string(rt->source))) < 0 ||
-            (r = append_string(reply, "revision", strempty(rt->revision))) < 0 ||
-            (r = append_string(reply, "kind", model_kind_to_string(model_kind(model, NULL, NULL)))) < 0 ||
-            (r = append_string(reply, "precision", strempty(precision_to_string(model_precision(model))))) < 0 ||
-            (r = append_u32(reply, "workers", compute.workers)) < 0 ||
-            (r = append_u32(reply, "active_requests", compute.active)) < 0 ||
-            (r = append_u32(reply, "queued_requests", compute.queued)) < 0 ||
-            (r = append_u64(reply, "tokens_total", model->tokens_total)) < 0 ||
-            (r = append_u64(reply, "download_done", download_done)) < 0 ||
-            (r = append_u64(reply, "download_total", download_total)) < 0)
-                return r;
+        if (!bus_model_has_memory_by_precision(model))
+                return 0;
 
         r = sd_bus_message_open_container(reply, 'e', "sv");
         if (r < 0)
@@ -592,9 +565,48 @@ static int append_model_status(sd_bus_message *reply, Manager *m, PoolModel *mod
         r = sd_bus_message_close_container(reply);
         if (r < 0)
                 return r;
-        r = sd_bus_message_close_container(reply);
+        return sd_bus_message_close_container(reply);
+}
+
+static int append_model_status(sd_bus_message *reply, Manager *m, PoolModel *model) {
+        uint64_t deadline = pool_model_deadline(&m->pool, model), download_done = 0, download_total = 0;
+        const ModelRuntime *rt = model->userdata;
+        ComputeCounts compute;
+        int r;
+
+        model_compute_counts(model, &compute);
+        (void) download_find(m, model->name, &download_done, &download_total);
+        r = sd_bus_message_open_container(reply, 'a', "{sv}");
         if (r < 0)
                 return r;
+        /* Name and state always, whatever they are: every reader needs them. */
+        if ((r = append_entry(reply, "name", 's', model->name)) < 0 ||
+            (r = append_entry(reply, "state", 's', model_state_to_string(model->state))) < 0 ||
+            (r = append_u64(reply, "size_bytes", model->size_bytes)) < 0 ||
+            (r = append_u64(reply, "memory_bytes", model->memory_bytes)) < 0 ||
+            (r = append_double(reply, "memory_percent", percent(model->memory_bytes, m->memory.total))) < 0 ||
+            (r = append_double(reply, "memory_limit_percent", percent(model->memory_bytes, m->pool.memory_limit))) < 0 ||
+            (r = append_bool(reply, "pinned", model->pinned)) < 0 ||
+            (r = append_u32(reply, "holds", model->holds)) < 0 ||
+            (r = append_u64(reply, "loaded_at_usec",
+                            model->state == MODEL_LOADED ? manager_realtime(m, model->loaded_at) : UINT64_C(0))) < 0 ||
+            (r = append_u64(reply, "last_used_usec", manager_realtime(m, model->last_used))) < 0 ||
+            (r = append_u64(reply, "expires_at_usec", manager_realtime(m, deadline))) < 0 ||
+            (r = append_u64(reply, "requests_total", model->requests_total)) < 0 ||
+            (r = append_string(reply, "error", model->error)) < 0 ||
+            (r = append_string(reply, "source", model_source_to_string(rt->source))) < 0 ||
+            (r = append_string(reply, "revision", rt->revision)) < 0 ||
+            (r = append_string(reply, "kind", model_kind_to_string(model_kind(model, NULL, NULL)))) < 0 ||
+            (r = append_string(reply, "precision", precision_to_string(model_precision(model)))) < 0 ||
+            (r = append_u32(reply, "workers", compute.workers)) < 0 ||
+            (r = append_u32(reply, "active_requests", compute.active)) < 0 ||
+            (r = append_u32(reply, "queued_requests", compute.queued)) < 0 ||
+            (r = append_u64(reply, "tokens_total", model->tokens_total)) < 0 ||
+            (r = append_u64(reply, "download_done", download_done)) < 0 ||
+            (r = append_u64(reply, "download_total", download_total)) < 0 ||
+            (r = append_memory_by_precision(reply, model)) < 0)
+                return r;
+
         return sd_bus_message_close_container(reply);
 }
 

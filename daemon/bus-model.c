@@ -44,6 +44,12 @@ static int property_get_model(sd_bus *bus, const char *path, const char *interfa
         return -EINVAL;
 }
 
+bool bus_model_has_memory_by_precision(const PoolModel *model) {
+        const ModelRuntime *rt = model->userdata;
+
+        return rt && rt->profile.kind == MODEL_KIND_EMBEDDING;
+}
+
 int bus_model_append_memory_by_precision(sd_bus_message *reply, const PoolModel *model) {
         const ModelRuntime *rt = model->userdata;
         int r;
@@ -51,7 +57,7 @@ int bus_model_append_memory_by_precision(sd_bus_message *reply, const PoolModel 
         r = sd_bus_message_open_container(reply, 'a', "{st}");
         if (r < 0)
                 return r;
-        if (rt && rt->profile.kind == MODEL_KIND_EMBEDDING)
+        if (bus_model_has_memory_by_precision(model))
                 for (Precision p = 0; p < _PRECISION_MAX; p++) {
                         r = sd_bus_message_append(reply, "{st}", precision_to_string(p),
                                                   model_profile_memory_bytes(&rt->profile, p));

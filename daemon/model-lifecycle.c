@@ -11,6 +11,7 @@
 #include "macro.h"
 #include "model-lifecycle.h"
 #include "mpool-bus.h"
+#include "string-util.h"
 #include "strv.h"
 #include "time-util.h"
 
@@ -56,6 +57,14 @@ void model_announce(Manager *m, PoolModel *model) {
                 m->events->model_announced(m, model);
 }
 
+void model_set_error(PoolModel *model, const char *message) {
+        free(model->error);
+        /* Bounded: it can quote paths and what a file held, and Status sends
+         * it for every model, all 4,096 of them in one message of at most
+         * 32 MiB. If even the copy fails, the state still says "error". */
+        model->error = strdup_bounded(message ?: "Out of memory.", MODEL_ERROR_MAX);
+}
+
 int model_set_source(PoolModel *model, ModelSource source, const char *revision) {
         ModelRuntime *rt = model->userdata;
         char *copy = NULL;
@@ -97,7 +106,7 @@ int model_found(Manager *m, const char *name, int resolved, uint64_t size_bytes,
                 if (resolved < 0) {
                         log_warning("Model %s is not usable: %s", name, strempty(error));
                         model->state = MODEL_ERROR;
-                        model->error = strdup(error ?: "Out of memory.");
+                        model_set_error(model, error);
                 } else
                         model->size_bytes = size_bytes;
         }
@@ -547,14 +556,15 @@ void model_download_end(Manager *m, const char *name, bool installed, int r, uin
         if (model->state != MODEL_DOWNLOADING && model->state != MODEL_AVAILABLE && model->state != MODEL_ERROR)
                 return;
         model->size_bytes = r < 0 ? 0 : size_bytes;
-        free(model->error);
-        model->error = NULL;
         if (r < 0) {
                 log_warning("Model %s, just pulled, is not usable: %s", name, strempty(error));
                 model->state = MODEL_ERROR;
-                model->error = strdup(error ?: "Out of memory.");
-        } else
+                model_set_error(model, error);
+        } else {
+                free(model->error);
+                model->error = NULL;
                 model->state = MODEL_AVAILABLE;
+        }
         if (profile)
                 model_profile_move(&rt->profile, profile);
         rt->left_store = false;
@@ -588,10 +598,8 @@ static bool load_failed(Manager *m, PoolModel *model, int r, const char *message
 
         model->reserved_bytes = 0;
         model->state = r == -ECANCELED ? MODEL_AVAILABLE : MODEL_ERROR;
-        if (r != -ECANCELED) {
-                free(model->error);
-                model->error = strdup(message);
-        }
+        if (r != -ECANCELED)
+                model_set_error(model, message);
 
         metrics_load_finished(&m->metrics, r, 0);
         log_model_event(r == -ECANCELED ? LOG_INFO : LOG_WARNING, model->name, "load-failed",

@@ -104,6 +104,11 @@ void model_runtime_free(ModelRuntime *rt);
 /* Makes a model found in the store known to callers (again in the store,
  * if it had left). */
 void model_announce(Manager *m, PoolModel *model);
+/* The longest error a model keeps, in bytes. */
+#define MODEL_ERROR_MAX 1024
+/* Replaces the model's error with message (NULL: out of memory), cut to
+ * MODEL_ERROR_MAX bytes. */
+void model_set_error(PoolModel *model, const char *message);
 /* Where the model's files were found last, for Status. revision may be
  * NULL (none). -ENOMEM leaves the model as it was. */
 int model_set_source(PoolModel *model, ModelSource source, const char *revision);

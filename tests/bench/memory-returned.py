@@ -109,7 +109,7 @@ def cycle(proxy, address, pid, name, options, texts_of=None):
         for round_ in range(8):
             embed_at_once(address, name, texts_of, round_)
             pool, models = status_of(proxy)
-            workers = int(next(m for m in models if m["name"] == name)["workers"])
+            workers = int(next(m for m in models if m["name"] == name).get("workers", 0))
             if workers >= WORKERS:
                 break
         ticks1 = thread_cpu(pid)
@@ -123,7 +123,7 @@ def cycle(proxy, address, pid, name, options, texts_of=None):
     # has run by then.
     status_of(proxy)
     after = memory(pid)
-    return {"before": before, "loaded": loaded, "after": after, "memory_bytes": int(model["memory_bytes"]),
+    return {"before": before, "loaded": loaded, "after": after, "memory_bytes": int(model.get("memory_bytes", 0)),
             "memory_used": int(pool["memory_used"]), "workers": workers, "workers_computed": computed}
 
 

@@ -216,6 +216,27 @@ def plain(value):
         return value
 
 
+# What Status means by a model's key it leaves out (keys other than name and
+# state are left out at their default value), in the daemon's order.
+MODEL_STATUS_DEFAULTS = {
+        "size_bytes": 0, "memory_bytes": 0, "memory_percent": 0.0, "memory_limit_percent": 0.0,
+        "pinned": False, "holds": 0, "loaded_at_usec": 0, "last_used_usec": 0, "expires_at_usec": 0,
+        "requests_total": 0, "error": "", "source": "", "revision": "", "kind": "", "precision": "",
+        "workers": 0, "active_requests": 0, "queued_requests": 0, "tokens_total": 0,
+        "download_done": 0, "download_total": 0, "memory_by_precision": {},
+}
+
+
+def complete_model_status(model):
+        """A model of Status as the wire has it -> with every key, the
+        left-out ones at their default, so tests can read m["error"]."""
+        complete = {"name": model["name"], "state": model["state"]}
+        for key, default in MODEL_STATUS_DEFAULTS.items():
+                complete[key] = model.get(key, type(default)())
+        complete.update(model)
+        return complete
+
+
 def load_options(**options):
         """Options for Load/Unload/UnloadAll typed as the contract says;
         values that are already dbus types are passed as they are, so tests
@@ -323,7 +344,7 @@ class PyClient:
 
         def status(self):
                 pool, models = self.call("Status")
-                return pool, {m["name"]: m for m in models}
+                return pool, {m["name"]: complete_model_status(m) for m in models}
 
         def get_all(self, path, iface):
                 return self.call("GetAll", "s", (iface,), path=path, iface=PROPERTIES_IFACE)
@@ -771,7 +792,7 @@ class Daemon:
 
         def status(self):
                 pool, models = self.ctl.call("Status")
-                return pool, {m["name"]: m for m in models}
+                return pool, {m["name"]: complete_model_status(m) for m in models}
 
         def model(self, name):
                 return self.status()[1].get(name)

@@ -32,8 +32,9 @@ import time
 
 import dbus
 
-from harness import (BUS_NAME, DEADLINE, ERROR_CANCELLED, GiB, MiB, NOBODY_UID, PyClient, model_path, now_usec,
-                     wait_until, write_config_json, write_safetensors_raw, safetensors_header, write_sparse_model)
+from harness import (BUS_NAME, DEADLINE, ERROR_CANCELLED, MODEL_STATUS_DEFAULTS, GiB, MiB, NOBODY_UID, PyClient,
+                     model_path, now_usec, wait_until, write_config_json, write_safetensors_raw, safetensors_header,
+                     write_sparse_model)
 
 ESC = "\x1b"
 
@@ -294,6 +295,28 @@ def test_client_status_and_list(ctx):
 
         proc = run(ctx, d, "status", "nope", expect=EXIT_NOT_FOUND)
         check_error(proc, "Model nope not found.")
+
+
+def test_client_status_json_has_every_key(ctx):
+        """Status leaves out a model's keys at their default; the client puts
+        them back, in the daemon's order, so scripts reading --json find
+        them all."""
+        ctx.model("alpha", size="2M")
+        d = ctx.daemon()
+        _, (raw,) = d.py.call("Status")
+        assert "error" not in raw and "holds" not in raw and "pinned" not in raw, raw
+
+        for args in (("status",), ("status", "alpha")):
+                (m,) = run_json(ctx, d, *args)["models"]
+                assert list(m) == ["name", "state", *MODEL_STATUS_DEFAULTS], list(m)
+                check_types(m, MODEL_KEYS, "alpha")
+                assert m["name"] == "alpha" and m["state"] == "available", m
+                assert m["error"] == "" and m["holds"] == 0 and m["pinned"] is False, m
+                assert m["memory_bytes"] == 0 and m["memory_percent"] == 0 and m["loaded_at_usec"] == 0, m
+                assert m["memory_by_precision"] == {} and m["revision"] == "", m
+                # What was sent is as sent.
+                for key, value in raw.items():
+                        assert m[key] == value, (key, m[key], value)
 
 
 def test_client_pager_for_long_output(ctx):

@@ -4,8 +4,9 @@
 import os
 import time
 
-from harness import (MiB, PyClient, model_files, model_path, now_usec, read_rss_bytes, run_in_threads,
-                     safetensors_data_bytes, directory_bytes)
+from harness import (ERROR_INVALID_MODEL, MODEL_STATUS_DEFAULTS, MiB, PyClient, expect_dbus_error, model_files,
+                     model_path, now_usec, read_rss_bytes, run_in_threads, safetensors_data_bytes, directory_bytes,
+                     write_config_json)
 
 
 def data_bytes(directory):
@@ -181,6 +182,71 @@ def test_load_of_loaded_model_is_immediate_and_counts_as_use(ctx):
         ctx.sync()
         assert len(ctx.monitor.signals("ModelLoaded", "alpha")) == 1, "the second Load loaded again"
         assert len([s for s in ctx.monitor.signals("LoadProgress", "alpha") if s.args[1] == 0]) == 1
+
+
+POOL_STATUS_KEYS = {"version", "memory_total", "memory_available", "memory_limit", "memory_used", "models_loaded",
+                    "idle_timeout_sec", "idle_policy", "uptime_usec", "blas_core"}
+
+
+def raw_status(d):
+        """Status as the wire has it, from both clients (busctl and
+        python-dbus), without the harness's defaults."""
+        for reader in (d.ctl.call, d.py.call):
+                pool, models = reader("Status")
+                yield pool, {m["name"]: m for m in models}
+
+
+def test_status_leaves_out_defaults(ctx):
+        """A model's keys other than name and state are on the wire only when
+        they differ from their default; the pool's are all there."""
+        ctx.model("alpha", size="4M")
+        ctx.model("beta", size="4M")
+        d = ctx.daemon()
+        d.load("beta")
+        for pool, models in raw_status(d):
+                assert set(pool) == POOL_STATUS_KEYS, pool
+                assert set(models) == {"alpha", "beta"}, models
+                for name, m in models.items():
+                        assert isinstance(m.get("name"), str) and isinstance(m.get("state"), str), m
+                        for key, value in m.items():
+                                if key in ("name", "state"):
+                                        continue
+                                # A key the harness does not know would reach tests without its default.
+                                assert key in MODEL_STATUS_DEFAULTS, f"{name}: {key} unknown to the harness: {m}"
+                                assert value != MODEL_STATUS_DEFAULTS[key], f"{name}: {key} sent at its default: {m}"
+                alpha = models["alpha"]
+                assert alpha["state"] == "available" and alpha["size_bytes"] > 0, alpha
+                left_out = {"memory_bytes", "memory_percent", "memory_limit_percent", "pinned", "holds",
+                            "loaded_at_usec", "requests_total", "error", "workers", "download_total"}
+                assert not left_out & set(alpha), alpha
+                assert models["beta"]["state"] == "loaded" and "pinned" not in models["beta"], models["beta"]
+
+        # What tests read has every key.
+        _, models = d.status()
+        assert set(models["alpha"]) == {"name", "state"} | set(MODEL_STATUS_DEFAULTS), models["alpha"]
+        assert models["alpha"]["error"] == "" and models["alpha"]["holds"] == 0, models["alpha"]
+        assert models["alpha"]["pinned"] is False and models["alpha"]["memory_by_precision"] == {}, models["alpha"]
+
+
+def test_status_shows_values_off_default(ctx):
+        ctx.model("beta", size="4M")
+        broken = os.path.join(ctx.store, "broken")
+        write_config_json(broken)
+        open(os.path.join(broken, "model.safetensors"), "wb").close()
+        d = ctx.daemon()
+        d.load("beta", pin=True)
+        d.py.call("Acquire", "s", ("beta",))
+        expect_dbus_error(ERROR_INVALID_MODEL, d.py.load, "broken")
+        for _, models in raw_status(d):
+                beta = models["beta"]
+                assert beta["state"] == "loaded" and beta["pinned"] is True and beta["holds"] == 1, beta
+                assert beta["memory_bytes"] >= 4 * MiB and beta["size_bytes"] > 0, beta
+                assert beta["memory_percent"] > 0 and beta["memory_limit_percent"] > 0, beta
+                assert beta["loaded_at_usec"] > 0 and beta["last_used_usec"] > 0, beta
+                assert beta["requests_total"] >= 1 and beta["source"] == "store", beta
+                m = models["broken"]
+                assert m["state"] == "error" and m["error"].strip(), m
+                assert "memory_bytes" not in m and "holds" not in m, m
 
 
 def test_status_is_not_use(ctx):

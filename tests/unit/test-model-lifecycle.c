@@ -341,6 +341,44 @@ static void test_completion_loading_a_failed_name_again(void **state) {
         fixture_free(f);
 }
 
+/* A model's error is bounded wherever it comes from: Status sends it for
+ * every model, thousands of them in one message. */
+static void test_error_is_bounded(void **state) {
+        Fixture *f = fixture_new("1G", 1, 4);
+        size_t n = 64 * 1024;
+        char *huge = malloc(n + 1);
+        PoolModel *model;
+        size_t len;
+
+        assert_non_null(huge);
+        /* "é" (2 bytes) over and over: the bound, less the ellipsis, falls
+         * inside one, which must go whole. */
+        for (size_t i = 0; i < n; i += 2)
+                memcpy(huge + i, "\xc3\xa9", 2);
+        huge[n] = 0;
+
+        assert_int_equal(model_found(f->m, "broken", -EINVAL, 0, MODEL_SOURCE_STORE, NULL, huge, NULL), 0);
+        model = pool_find(&f->m->pool, "broken");
+        assert_non_null(model);
+        assert_int_equal(model->state, MODEL_ERROR);
+        assert_non_null(model->error);
+        len = strlen(model->error);
+        assert_true(len <= MODEL_ERROR_MAX);
+        assert_true(len > MODEL_ERROR_MAX - 8);
+        assert_memory_equal(model->error, huge, len - 3);
+        assert_int_equal((unsigned char) model->error[len - 4], 0xa9);
+        assert_memory_equal(model->error + len - 3, "\xe2\x80\xa6", 3);
+
+        /* A short one stays whole. */
+        model_set_error(model, "No weights.");
+        assert_string_equal(model->error, "No weights.");
+        model_set_error(model, NULL);
+        assert_string_equal(model->error, "Out of memory.");
+
+        free(huge);
+        fixture_free(f);
+}
+
 /* R2: shutdown while a Load waits for a model that is unloading (a user
  * still holds its weights): the Load is never completed. */
 static void test_shutdown_completes_waiters_of_unloading_model(void **state) {
@@ -813,6 +851,7 @@ int main(void) {
                 cmocka_unit_test(test_queue_full_is_busy),
                 cmocka_unit_test(test_chained_requests),
                 cmocka_unit_test(test_completion_loading_a_failed_name_again),
+                cmocka_unit_test(test_error_is_bounded),
                 cmocka_unit_test(test_shutdown_completes_waiters_of_unloading_model),
                 cmocka_unit_test(test_unload_without_force_keeps_pinned_load),
                 cmocka_unit_test(test_requeued_load_keeps_its_options),
