@@ -134,14 +134,14 @@ class Client:
         def do_status(self):
                 def check(reply):
                         pool, models = reply
-                        total = sum(int(m["memory_bytes"]) for m in models)
+                        total = sum(int(m.get("memory_bytes", 0)) for m in models)
                         if int(pool["memory_used"]) != total:
                                 return f"memory_used {int(pool['memory_used'])} != sum over models {total}"
                         loaded = sum(1 for m in models if str(m["state"]) == "loaded")
                         if int(pool["models_loaded"]) != loaded:
                                 return f"models_loaded {int(pool['models_loaded'])} != {loaded} in state loaded"
                         for m in models:
-                                if str(m["state"]) in ("available", "error", "downloading") and int(m["memory_bytes"]):
+                                if str(m["state"]) in ("available", "error", "downloading") and int(m.get("memory_bytes", 0)):
                                         return f"{m['name']} {m['state']} with memory_bytes {int(m['memory_bytes'])}"
                         return None
                 self.call("Status", "", (), check)
