@@ -1,0 +1,86 @@
+#!/bin/bash
+# SPDX-License-Identifier: MIT
+#
+# bus-roundtrip.sh BUILD_DIR [SECONDS [ROUNDS]] — what a Status round trip
+# costs with 10 small models loaded, against org.freedesktop.DBus.Peer.Ping
+# to the same mpoold through the same bus daemon, timed by a C client
+# (bus-latency.c, which reads the whole Status reply). (a) One connection:
+# median Status / median Ping, target <= 1.5. (b) 32 connections at once:
+# Status p99 / Ping p99, each under its own 32-connection load, target <= 2
+# (on 2 cores the bus daemon saturates, so only like is compared with like).
+# The methods alternate over ROUNDS rounds and each one's best run counts.
+# Prints, never asserts; the last line is the ratio.
+set -euo pipefail
+
+build=$(readlink -f "${1:-build}")
+seconds=${2:-3}
+rounds=${3:-3}
+models=10
+many=32
+top=$(cd -- "$(dirname -- "$(readlink -f -- "$0")")/../.." && pwd -P)
+dir=$(mktemp -d)
+trap 'kill "${daemon:-0}" 2>/dev/null || true; wait 2>/dev/null || true; "$top/tests/tools/private-bus.sh" stop "$dir/bus" >/dev/null 2>&1 || true; rm -rf -- "$dir"' EXIT
+
+[ -x "$build/bus-latency" ] || make -C "$top" --no-print-directory B="$build" "$build/bus-latency" > /dev/null
+
+for i in $(seq "$models"); do
+        "$build/mpool-mkmodel" --size=1M --tensors=4 "$dir/models/bench-$i" > /dev/null
+done
+# No idle unloads during the run: the models stay loaded throughout.
+printf '[Store]\nModelDir=%s/models\n[Pool]\nMemoryLimit=90%%\nIdleTimeoutSec=3600\n' "$dir" > "$dir/mpoold.conf"
+address=$("$top/tests/tools/private-bus.sh" start "$dir/bus")
+"$build/mpoold" --address="$address" --config="$dir/mpoold.conf" --no-polkit 2> "$dir/log" &
+daemon=$!
+for _ in $(seq 300); do
+        busctl --address="$address" status org.mpool.Manager > /dev/null 2>&1 && break
+        sleep 0.1
+done
+for i in $(seq "$models"); do
+        busctl --address="$address" call org.mpool.Manager /org/mpool/Manager org.mpool.Manager \
+                Load 'sa{sv}' "bench-$i" 0 > /dev/null
+done
+loaded=$(busctl --address="$address" --json=short call org.mpool.Manager /org/mpool/Manager org.mpool.Manager Status |
+        /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["data"][0]["models_loaded"]["data"])')
+
+run() {  # METHOD CONNECTIONS OUT
+        "$build/bus-latency" --address="$address" --method="$1" --connections="$2" --seconds="$seconds" \
+                --warmup=200 >> "$3"
+}
+
+# The machine may be shared: the two methods take turns, each starting a
+# round in turn, and each one's best run counts.
+for round in $(seq "$rounds"); do
+        if (( round % 2 )); then order="ping status"; else order="status ping"; fi
+        for method in $order; do
+                run "$method" 1 "$dir/$method-1.txt"
+        done
+        for method in $order; do
+                run "$method" "$many" "$dir/$method-$many.txt"
+        done
+done
+
+/usr/bin/python3 - "$dir" "$many" "$loaded" "$rounds" "$seconds" "$(cat /proc/loadavg)" <<'EOF'
+import os, sys
+
+d, many, loaded, rounds, seconds, loadavg = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], \
+    sys.argv[5], sys.argv[6]
+def runs(name):
+    return [dict(kv.split("=") for kv in line.split()) for line in open(os.path.join(d, name + ".txt"))]
+def best(name, key):
+    return min(runs(name), key=lambda r: float(r[key]))
+s1, p1 = best("status-1", "median_us"), best("ping-1", "median_us")
+sn, pn = best("status-%d" % many, "p99_us"), best("ping-%d" % many, "p99_us")
+print("bus-roundtrip: %s models loaded; best of %s rounds of %s s each; load average %s" %
+      (loaded, rounds, seconds, " ".join(loadavg.split()[:3])))
+fmt = "  %-8s %3d conn  median %8.1f us  p90 %8.1f us  p99 %8.1f us  max %9.1f us  %7.0f calls/s"
+for label, r in (("Ping", p1), ("Status", s1), ("Ping", pn), ("Status", sn)):
+    print(fmt % (label, int(r["connections"]), float(r["median_us"]), float(r["p90_us"]), float(r["p99_us"]),
+                 float(r["max_us"]), float(r["calls_per_s"])))
+median_ratio = float(s1["median_us"]) / float(p1["median_us"])
+p99_ratio = float(sn["p99_us"]) / float(pn["p99_us"])
+print("  every run (median/p99 us):")
+for name in ("ping-1", "status-1", "ping-%d" % many, "status-%d" % many):
+    print("    %-10s %s" % (name, "  ".join("%s/%s" % (r["median_us"], r["p99_us"]) for r in runs(name))))
+print("bus-roundtrip: ratio=%.2f (target <= 1.5; p99 at %d connections %.2f target <= 2)" %
+      (median_ratio, many, p99_ratio))
+EOF
