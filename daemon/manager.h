@@ -76,6 +76,7 @@ struct Manager {
         Config config;
         Pool pool;
         WorkPool *loaders;
+        WorkPool *releaser;           /* unloaded models' weights let go (model-lifecycle.c) */
         MemoryMonitor *memory_monitor;
         MemoryInfo memory;
         uint64_t memory_available_min;
