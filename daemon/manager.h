@@ -77,6 +77,7 @@ struct Manager {
         Pool pool;
         WorkPool *loaders;
         WorkPool *releaser;           /* unloaded models' weights let go (model-lifecycle.c) */
+        uint64_t release_off_loop_min_bytes; /* smaller models are unmapped on the loop */
         MemoryMonitor *memory_monitor;
         MemoryInfo memory;
         uint64_t memory_available_min;

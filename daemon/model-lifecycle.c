@@ -991,13 +991,15 @@ static void release_done(WorkItem *item, bool ran) {
         manager_work_done(m);
 }
 
-/* Takes the weights when nothing but the model holds them; false when
- * they are to be let go here. */
+/* Takes the weights of a large model when nothing but the model holds
+ * them; false when they are to be let go here (a small model's unmap is
+ * quicker than the thread's round trip). */
 static bool release_off_loop(Manager *m, PoolModel *model, const char *reason) {
         ModelRuntime *rt = model->userdata;
         Release *r;
 
-        if (!m->releaser || !rt->weights || rt->weights->n_ref != 1)
+        if (!m->releaser || !rt->weights || rt->weights->n_ref != 1 ||
+            model->memory_bytes < m->release_off_loop_min_bytes)
                 return false;
         r = calloc(1, sizeof *r);
         if (!r)
