@@ -11,11 +11,12 @@ Status (Debian's python3 and python3-dbus):
       the loader reads the disk; warm: FILE is left as it is (the caller
       has read it into the page cache). Prints one line of JSON: the
       loads, their durations, and the share of FILE in the page cache
-      before each Load (util-linux's fincore).
+      before each cold Load, or the first warm one (util-linux's fincore,
+      a process of its own: not between warm loads, which it would slow).
   responsiveness.py embed DIR ADDRESS MODEL CALLERS READY STOP
       CALLERS processes, each on a connection of its own, calling Embed on
-      MODEL with TEXTS texts of those embed-throughput.py wrote into DIR, back to
-      back, until STOP exists; READY is created once every caller has had
+      MODEL with TEXTS of the texts embed-throughput.py wrote into DIR,
+      back to back, until STOP exists; READY is created once every caller has had
       its first reply (all workers started and busy). Prints one line of
       JSON: the calls and their mean duration."""
 
@@ -56,7 +57,8 @@ def loads(address, model, path, mode, ready, stop):
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)
-        cached.append(cached_share(path))
+        if mode == "cold" or not cached:
+            cached.append(cached_share(path))
         if not durations:
             open(ready, "w").close()
         t0 = time.monotonic()

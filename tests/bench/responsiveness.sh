@@ -23,8 +23,7 @@ top=$(cd -- "$(dirname -- "$(readlink -f -- "$0")")/../.." && pwd -P)
 bench="$top/tests/bench"
 python=/usr/bin/python3
 dir=$(mktemp -d)
-keep=${KEEP:-}
-trap '[ -n "$keep" ] && cp "$dir/log" "$keep"; kill "${daemon:-0}" 2>/dev/null || true; wait 2>/dev/null || true; "$top/tests/tools/private-bus.sh" stop "$dir/bus" >/dev/null 2>&1 || true; rm -rf -- "$dir"' EXIT
+trap 'kill "${daemon:-0}" 2>/dev/null || true; wait 2>/dev/null || true; "$top/tests/tools/private-bus.sh" stop "$dir/bus" >/dev/null 2>&1 || true; rm -rf -- "$dir"' EXIT
 
 [ -x "$build/bus-latency" ] || make -C "$top" --no-print-directory B="$build" "$build/bus-latency" > /dev/null
 
