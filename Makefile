@@ -56,9 +56,9 @@ TEST_DEB_PACKAGES = dbus-daemon systemd python3 python3-dbus polkitd util-linux 
 FUZZ_DEB_PACKAGES = clang libclang-rt-dev
 DEB_PACKAGES ?= $(BUILD_DEB_PACKAGES) $(TEST_DEB_PACKAGES)
 # What `make bench` runs besides the tests' packages (tests/bench/): the
-# reference it compares Embed with, and perf for where mpoold's time goes.
-# Not CI's: CI does not run benchmarks.
-BENCH_DEB_PACKAGES = python3-torch linux-perf
+# references it compares Embed and Load with, and perf for where mpoold's
+# time goes. Not CI's: CI does not run benchmarks.
+BENCH_DEB_PACKAGES = python3-torch python3-numpy linux-perf
 DEPS_PC = libsystemd libcjson inih
 
 CFLAGS ?= -O2 -g
@@ -98,10 +98,13 @@ FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz-%.c,%,$(wildcard tests/fuzz/fuzz-*.c)
 # replays the seeds (and the crashes found once) through them.
 FUZZ_REPLAYS := $(FUZZ_TARGETS:%=$(B)/tests/replay-%)
 FUZZ_SECONDS ?= 10
+# `make stress`: tests/integration/tests_stress.py for this long (`make check`
+# runs it for 30 s); STRESS_SEED=N replays a run's random choices.
+STRESS_SECONDS ?= 300
 
 PROGRAMS = $(B)/mpoold $(B)/mpool-mkmodel $(B)/mpool-client $(B)/mpool-pull
 
-.PHONY: all deps check check-unit check-fuzz check-integration check-system run install clean bench fuzz fuzz-run
+.PHONY: FORCE all deps check check-unit check-fuzz check-integration check-system run install clean bench fuzz fuzz-run stress
 .DEFAULT_GOAL := all
 # Keep intermediate objects (unit test .o files): rebuilding is needless, and
 # make's cleanup line would otherwise follow the test summary in logs.
@@ -231,22 +234,35 @@ check-fuzz: $(FUZZ_REPLAYS)
 	@failed=0; for t in $(FUZZ_TARGETS); do \
 		echo "== replay $$t"; $(B)/tests/replay-$$t tests/fuzz/$$t || failed=1; done; exit $$failed
 
-# Runs each fuzz target for FUZZ_SECONDS, from its seeds and what earlier
-# runs found (kept in build-fuzz/corpus/). A target stops at its first crash,
-# leaving the input in build-fuzz/crash-TARGET-*; the others still run, and
-# make fails at the end. Copy the input into tests/fuzz/TARGET/ once fixed,
-# so that `make check` replays it.
+# Runs each fuzz target for FUZZ_SECONDS, FUZZ_JOBS of them at once, from
+# its seeds and what earlier runs found (kept in build-fuzz/corpus/). A target
+# stops at its first crash, leaving the input in build-fuzz/crash-TARGET-*;
+# the others still run, and make fails at the end. Copy the input into
+# tests/fuzz/TARGET/ once fixed, so that `make check` replays it. Each
+# target's output goes to build-fuzz/fuzz-TARGET.log, so that targets run at
+# once do not mix their lines; its summary is printed, its tail on a crash.
+FUZZ_JOBS ?= 1
+FUZZ_RUNS := $(FUZZ_TARGETS:%=fuzz-run-%)
+
 fuzz:
 	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(BUILD_DEB_PACKAGES) $(FUZZ_DEB_PACKAGES)"
 	@$(MAKE) --no-print-directory FUZZ=1 fuzz-run
 
-fuzz-run: $(FUZZ_TARGETS:%=$(B)/fuzz/fuzz-%)
-	@failed=; for t in $(FUZZ_TARGETS); do \
-		echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; mkdir -p $(B)/corpus/$$t; \
-		$(B)/fuzz/fuzz-$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=30 -rss_limit_mb=4096 \
-			-print_final_stats=1 -artifact_prefix=$(B)/crash-$$t- $(B)/corpus/$$t tests/fuzz/$$t || failed="$$failed $$t"; \
-	done; \
-	if [ -n "$$failed" ]; then echo "Fuzz targets that crashed:$$failed (inputs in $(B)/crash-*)"; exit 1; fi
+fuzz-run:
+	@$(MAKE) --no-print-directory -k -j$(FUZZ_JOBS) $(FUZZ_RUNS) || \
+		{ echo "Fuzz targets that crashed:" $$(cd $(B) && ls crash-* 2>/dev/null); exit 1; }
+
+# Not .PHONY, which would skip this pattern rule: FORCE makes it run each time.
+fuzz-run-%: $(B)/fuzz/fuzz-% FORCE
+	@mkdir -p $(B)/corpus/$*
+	@if $< -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=30 -rss_limit_mb=4096 -print_final_stats=1 \
+		-artifact_prefix=$(B)/crash-$*- $(B)/corpus/$* tests/fuzz/$* > $(B)/fuzz-$*.log 2>&1; then \
+		echo "== fuzz $* ($(FUZZ_SECONDS) s): $$(grep -E '^#[0-9]+[[:space:]]+DONE' $(B)/fuzz-$*.log | tr '\n' ' ')"; \
+	else \
+		echo "== fuzz $* ($(FUZZ_SECONDS) s): CRASHED, the last lines of $(B)/fuzz-$*.log:"; tail -n 60 $(B)/fuzz-$*.log; exit 1; \
+	fi
+
+FORCE:
 
 # The unit must verify and keep its sandbox score; `make install` must lay
 # out the tree a Debian package would ship.
@@ -256,6 +272,11 @@ check-system: all
 
 check-integration: all $(B)/mpoold-test $(B)/mpool-pull-test
 	/usr/bin/python3 tests/integration/run.py --build=$(B)
+
+# The stress run alone, longer than `make check` runs it: 32 clients against
+# one mpoold, then the checks of what it left (tests/integration/tests_stress.py).
+stress: all $(B)/mpoold-test $(B)/mpool-pull-test
+	STRESS_SECONDS=$(STRESS_SECONDS) /usr/bin/python3 tests/integration/run.py --build=$(B) --filter=test_stress
 
 bench:
 	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(BUILD_DEB_PACKAGES) $(TEST_DEB_PACKAGES) $(BENCH_DEB_PACKAGES)"

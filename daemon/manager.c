@@ -10,10 +10,29 @@
 #include "manager.h"
 #include "time-util.h"
 
+/* Reading MemAvailable and the cgroup's figures opens and reads four files
+ * under /proc and /sys: more than all the rest of a Status call. Callers
+ * within this long of each other share one read, so a crowd polling Status
+ * costs the kernel ten reads a second, not one per call, and no figure is
+ * older than a blink. */
+#define MEMORY_REFRESH_USEC (100 * USEC_PER_MSEC)
+
 uint64_t manager_realtime(const Manager *m, uint64_t monotonic) {
         if (monotonic == 0 || monotonic == UINT64_MAX)
                 return 0;
         return m->started_realtime + (monotonic - m->started_monotonic);
+}
+
+void manager_refresh_memory_available(Manager *m) {
+        uint64_t now = now_monotonic_usec();
+        MemoryInfo memory;
+
+        if (m->memory_read_usec != 0 && now - m->memory_read_usec < MEMORY_REFRESH_USEC)
+                return;
+        if (memory_info_read(&memory) < 0)
+                return;
+        m->memory.available = memory.available;
+        m->memory_read_usec = now;
 }
 
 int manager_new(Manager **ret) {

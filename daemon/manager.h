@@ -80,6 +80,7 @@ struct Manager {
         uint64_t release_off_loop_min_bytes; /* smaller models are unmapped on the loop */
         MemoryMonitor *memory_monitor;
         MemoryInfo memory;
+        uint64_t memory_read_usec;    /* CLOCK_MONOTONIC of the last read for callers, 0: none yet */
         uint64_t memory_available_min;
         sd_event_source *idle_timer;
         sd_event_source *forget_source; /* forgets models that left the store, once they let go */
@@ -116,6 +117,10 @@ uint64_t manager_realtime(const Manager *m, uint64_t monotonic);
 /* Arms the idle timer for the pool's next deadline (or disarms it). */
 void manager_reschedule_idle(Manager *m);
 void manager_update_status(Manager *m);
+/* Brings m->memory.available up to date for Status: read again unless the
+ * last such read is under 100 ms old; the monitor's last figure stays when
+ * the files cannot be read. */
+void manager_refresh_memory_available(Manager *m);
 
 void manager_emit_changed(Manager *m, ManagerChange what);
 void manager_emit_model_changed(Manager *m, PoolModel *model, ModelChange what);

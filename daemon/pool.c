@@ -103,8 +103,16 @@ int pool_add(Pool *p, const char *name, PoolModel **ret) {
         m->state = MODEL_AVAILABLE;
         m->keep_alive_sec = KEEP_ALIVE_DEFAULT;
 
-        /* Kept in name order, so that listings are stable for people and tests. */
-        HASH_ADD_KEYPTR_INORDER(hh, p->models, m->name, strlen(m->name), m, by_name);
+        /* Kept in name order, so that listings are stable for people and
+         * tests. The store is listed sorted, so a name mostly goes last:
+         * put there at once, since the in-order insertion walks the list
+         * from its head, which made the start with thousands of models
+         * quadratic. */
+        PoolModel *last = p->models ? ELMT_FROM_HH(p->models->hh.tbl, p->models->hh.tbl->tail) : NULL;
+        if (!last || by_name(last, m) < 0)
+                HASH_ADD_KEYPTR(hh, p->models, m->name, strlen(m->name), m);
+        else
+                HASH_ADD_KEYPTR_INORDER(hh, p->models, m->name, strlen(m->name), m, by_name);
         if (hash_oom) {
                 pool_model_free(m);
                 return -ENOMEM;

@@ -58,6 +58,7 @@ struct PullProcess {
         int exit_status;          /* as waitid() tells it */
         bool finished;
         bool broken;              /* said something it must not: the rest is not read */
+        int signal_sent;          /* the signal we stopped it with, 0 if none */
         /* The outcome the lines (or a cancellation) told first, until the
          * exit confirms it. */
         bool outcome_set;
@@ -318,9 +319,21 @@ static uint64_t plan_bytes_max(const PullPlan *plan) {
         return sum;
 }
 
+/* Stops the helper with sig, remembered: its death by that signal is then
+ * what was asked for, not news worth a warning. */
+static void signal_helper(PullProcess *p, int sig) {
+        if (p->pid <= 0 || p->exited)
+                return;
+        if (kill(p->pid, sig) < 0) {
+                if (errno != ESRCH)
+                        log_warning_errno(errno, "Cannot stop the download helper %d: %m", (int) p->pid);
+                return;
+        }
+        p->signal_sent = sig;
+}
+
 static void kill_helper(PullProcess *p) {
-        if (p->pid > 0 && !p->exited && kill(p->pid, SIGKILL) < 0 && errno != ESRCH)
-                log_warning_errno(errno, "Cannot kill the download helper %d: %m", (int) p->pid);
+        signal_helper(p, SIGKILL);
 }
 
 static void set_outcome(PullProcess *p, int error, const char *failure, const char *message) {
@@ -477,8 +490,16 @@ static int on_helper_exit(sd_event_source *s, int fd, uint32_t revents, void *us
 
         p->exited = true;
         p->exit_status = info.si_code == CLD_EXITED ? info.si_status : 128 + info.si_status;
-        if (info.si_code != CLD_EXITED)
-                log_warning("The download helper %d was killed by signal %d.", (int) p->pid, info.si_status);
+        if (info.si_code != CLD_EXITED) {
+                /* A cancelled download or inspection, or a helper stopped
+                 * for breaking the protocol (which was warned about). */
+                if (info.si_code == CLD_KILLED && info.si_status == p->signal_sent)
+                        log_debug("The download helper %d stopped on our signal %d.", (int) p->pid,
+                                  info.si_status);
+                else
+                        log_warning("The download helper %d was killed by signal %d.", (int) p->pid,
+                                    info.si_status);
+        }
         p->exit_source = sd_event_source_disable_unref(p->exit_source);
         maybe_finish(p);
         return 0;
@@ -642,8 +663,7 @@ void pull_process_cancel(PullProcess *p) {
         set_outcome(p, -ECANCELED, "cancelled", "The download was cancelled.");
         if (!p->answered)
                 (void) write_answer(p, "CANCEL\n");
-        if (p->pid > 0 && !p->exited && kill(p->pid, SIGTERM) < 0 && errno != ESRCH)
-                log_warning_errno(errno, "Cannot stop the download helper %d: %m", (int) p->pid);
+        signal_helper(p, SIGTERM);
 }
 
 PullProcess *pull_process_free(PullProcess *p) {

@@ -8,8 +8,9 @@
  * org.freedesktop.DBus.Peer.Ping on the same daemon, back to back. Every
  * round trip is timed with CLOCK_MONOTONIC; one line of key=value gives the
  * percentiles over all connections together. Python's unmarshalling would
- * dwarf what is measured, hence C. Prints, never judges: exits non-zero
- * only when a call fails. */
+ * dwarf what is measured, hence C; --no-read receives Status's reply but
+ * reads none of it, to tell the client's unmarshalling from the rest.
+ * Prints, never judges: exits non-zero only when a call fails. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -42,6 +43,7 @@ typedef struct Options {
         unsigned seconds;  /* 0: run for calls instead */
         unsigned calls;    /* per connection */
         unsigned warmup;   /* per connection, not recorded */
+        bool no_read;
 } Options;
 
 typedef struct Worker {
@@ -98,7 +100,7 @@ static int walk(sd_bus_message *m) {
         }
 }
 
-static int call_once(sd_bus *bus, Method method, sd_bus_error *error) {
+static int call_once(sd_bus *bus, Method method, bool no_read, sd_bus_error *error) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         int r;
 
@@ -108,7 +110,7 @@ static int call_once(sd_bus *bus, Method method, sd_bus_error *error) {
 
         r = sd_bus_call_method(bus, "org.mpool.Manager", "/org/mpool/Manager", "org.mpool.Manager", "Status",
                                error, &reply, NULL);
-        if (r < 0)
+        if (r < 0 || no_read)
                 return r;
         return walk(reply);
 }
@@ -153,7 +155,7 @@ static void *run(void *userdata) {
         for (unsigned i = 0; w->error == 0 && i < o->warmup; i++) {
                 _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
 
-                r = call_once(bus, o->method, &error);
+                r = call_once(bus, o->method, o->no_read, &error);
                 if (r < 0)
                         fail(w, r, &error, "warm-up call");
         }
@@ -172,7 +174,7 @@ static void *run(void *userdata) {
                 if (o->seconds == 0 ? i >= o->calls : now_ns() >= deadline)
                         break;
                 t0 = now_ns();
-                r = call_once(bus, o->method, &error);
+                r = call_once(bus, o->method, o->no_read, &error);
                 t1 = now_ns();
                 if (r < 0) {
                         fail(w, r, &error, "call");
@@ -204,7 +206,7 @@ static double percentile_us(const uint64_t *sorted, size_t n, double p) {
 
 static void help(void) {
         printf("usage: bus-latency --address=ADDRESS --method=status|ping [--connections=N]\n"
-               "                   [--seconds=S | --calls=N] [--warmup=N]\n");
+               "                   [--seconds=S | --calls=N] [--warmup=N] [--no-read]\n");
 }
 
 static int parse_argv(int argc, char *argv[], Options *o) {
@@ -216,6 +218,7 @@ static int parse_argv(int argc, char *argv[], Options *o) {
                 { "seconds",     required_argument, NULL, 's' },
                 { "calls",       required_argument, NULL, 'n' },
                 { "warmup",      required_argument, NULL, 'w' },
+                { "no-read",     no_argument,       NULL, 'r' },
                 {}
         };
         bool have_method = false, have_calls = false;
@@ -264,6 +267,9 @@ static int parse_argv(int argc, char *argv[], Options *o) {
                                 fprintf(stderr, "bus-latency: --warmup=%s: 0 to %u\n", optarg, CALLS_MAX);
                                 return -EINVAL;
                         }
+                        break;
+                case 'r':
+                        o->no_read = true;
                         break;
                 default:
                         return -EINVAL;

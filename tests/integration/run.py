@@ -48,13 +48,14 @@ import tests_pull_state  # noqa: E402
 import tests_queue  # noqa: E402
 import tests_registry  # noqa: E402
 import tests_signals  # noqa: E402
+import tests_stress  # noqa: E402
 import tests_watch  # noqa: E402
 
 MODULES = [tests_load, tests_idle, tests_memory, tests_holds, tests_errors, tests_files, tests_objects,
            tests_lifecycle, tests_probe, tests_index, tests_queue, tests_client, tests_polkit, tests_callers,
            tests_names, tests_signals, tests_watch, tests_pull, tests_pull_daemon, tests_registry,
            tests_openfiles, tests_inspect, tests_embed_client, tests_embedding_model,
-           tests_embed, tests_metrics, tests_pull_state]
+           tests_embed, tests_metrics, tests_pull_state, tests_stress]
 
 
 def collect(name_filter):

@@ -250,6 +250,12 @@ env)
         read -r answer
         echo "DONE"
         ;;
+die-on-term)
+        # As mpool-pull does: no handler, SIGTERM ends it.
+        plan
+        read -r answer
+        exec sleep 30
+        ;;
 hang)
         plan
         # Waits for its answer; a cancellation is CANCEL, then SIGTERM.

@@ -173,6 +173,48 @@ static void test_add_limit(void **state) {
         pool_done(&pool);
 }
 
+/* The store lists names sorted: each then goes last at once (the start with
+ * thousands of models is no longer quadratic), and the order must still hold
+ * when a name comes out of turn or the last one leaves. */
+static void test_add_ascending(void **state) {
+        static const char *const expected[] = { "a.0", "m00000", "m00001", "m00002", "m00002a", "z.9" };
+        char name[32];
+        PoolModel *m;
+        unsigned i;
+
+        pool_init(&pool, 1000, 0, 60, POOL_IDLE_PER_MODEL);
+        for (i = 0; i < POOL_MODELS_MAX; i++) {
+                snprintf(name, sizeof name, "m%05u", i);
+                assert_int_equal(pool_add(&pool, name, NULL), 1);
+        }
+        i = 0;
+        for (m = pool.models; m; m = m->hh.next, i++) {
+                snprintf(name, sizeof name, "m%05u", i);
+                assert_string_equal(m->name, name);
+        }
+        assert_int_equal(i, POOL_MODELS_MAX);
+        pool_done(&pool);
+
+        pool_init(&pool, 1000, 0, 60, POOL_IDLE_PER_MODEL);
+        assert_int_equal(pool_add(&pool, "m00000", NULL), 1);
+        assert_int_equal(pool_add(&pool, "m00001", NULL), 1);
+        assert_int_equal(pool_add(&pool, "m00003", NULL), 1);
+        /* The last one leaves: the next name is compared with the new last. */
+        assert_int_equal(pool_remove(&pool, pool_find(&pool, "m00003")), 0);
+        assert_int_equal(pool_add(&pool, "m00002a", NULL), 1);
+        assert_int_equal(pool_add(&pool, "m00002", NULL), 1);   /* before the last */
+        assert_int_equal(pool_add(&pool, "a.0", NULL), 1);      /* at the head */
+        assert_int_equal(pool_add(&pool, "z.9", NULL), 1);      /* last again */
+        assert_int_equal(pool_add(&pool, "m00001", NULL), 0);   /* known: nothing moves */
+        i = 0;
+        for (m = pool.models; m; m = m->hh.next, i++) {
+                assert_true(i < ELEMENTSOF(expected));
+                assert_string_equal(m->name, expected[i]);
+                assert_ptr_equal(pool_find(&pool, expected[i]), m);
+        }
+        assert_int_equal(i, ELEMENTSOF(expected));
+}
+
 static void test_remove(void **state) {
         PoolModel *a, *b, *c, stranger = { .name = (char *) "stranger", .state = MODEL_AVAILABLE };
 
@@ -1101,6 +1143,7 @@ int main(void) {
                 cmocka_unit_test_teardown(test_percent_limit_follows_total, teardown_pool),
                 cmocka_unit_test_teardown(test_add_sorted_idempotent, teardown_pool),
                 cmocka_unit_test_teardown(test_add_limit, teardown_pool),
+                cmocka_unit_test_teardown(test_add_ascending, teardown_pool),
                 cmocka_unit_test_teardown(test_remove, teardown_pool),
                 cmocka_unit_test_teardown(test_accounting, teardown_pool),
                 cmocka_unit_test_teardown(test_is_evictable, teardown_pool),
