@@ -46,6 +46,8 @@ int manager_new(Manager **ret) {
         m->started_realtime = now_realtime_usec();
         m->started_monotonic = now_monotonic_usec();
         metrics_init(&m->metrics);
+        /* About 0.3 ms of the loop's time at the 5 ms per GiB measured. */
+        m->release_off_loop_min_bytes = UINT64_C(64) << 20;
 
         *ret = TAKE_PTR(m);
         return 0;

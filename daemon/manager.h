@@ -76,6 +76,8 @@ struct Manager {
         Config config;
         Pool pool;
         WorkPool *loaders;
+        WorkPool *releaser;           /* unloaded models' weights let go (model-lifecycle.c) */
+        uint64_t release_off_loop_min_bytes; /* smaller models are unmapped on the loop */
         MemoryMonitor *memory_monitor;
         MemoryInfo memory;
         uint64_t memory_read_usec;    /* CLOCK_MONOTONIC of the last read for callers, 0: none yet */

@@ -946,17 +946,9 @@ static void on_job_done(WorkItem *item, bool ran) {
 /* --- Unloading ---------------------------------------------------------- */
 
 /* The memory is back: the model is available again. */
-static void unloaded(Manager *m, PoolModel *model, const char *reason) {
-        ModelRuntime *rt = model->userdata;
+static void unloaded_finish(Manager *m, PoolModel *model, const char *reason) {
         uint64_t freed = model->memory_bytes;
 
-        assert(model->state == MODEL_UNLOADING);
-        assert(model->in_flight == 0);
-
-        /* The workers' scratch goes with the rest of the model's memory. */
-        if (m->model_unloaded)
-                m->model_unloaded(m, model);
-        rt->weights = model_weights_unref(rt->weights);
         model->memory_bytes = 0;
         model->charged_bytes = 0;
         model->state = MODEL_AVAILABLE;
@@ -973,6 +965,83 @@ static void unloaded(Manager *m, PoolModel *model, const char *reason) {
         answer_unloads(m, model, false);
         restart_if_wanted(m, model);
         forget_later(m, model);
+}
+
+/* Unmapping gigabytes takes the kernel milliseconds per GiB (every page
+ * table entry, every locked page back on its list): time the loop would
+ * not spend answering. So the last reference to a model's weights goes on
+ * a thread of its own, and the model stays unloading until it is back:
+ * Unload still replies once the memory is given back. */
+typedef struct Release {
+        WorkItem item;
+        Manager *manager;
+        PoolModel *model;
+        ModelWeights *weights;
+        char *reason;
+} Release;
+
+static void release_run(WorkItem *item) {
+        Release *r = item->userdata;
+
+        r->weights = model_weights_unref(r->weights);
+}
+
+static void release_done(WorkItem *item, bool ran) {
+        Release *r = item->userdata;
+        Manager *m = r->manager;
+
+        /* Never cancelled: only a pool freed with the item queued would. */
+        r->weights = model_weights_unref(r->weights);
+        assert(r->model->state == MODEL_UNLOADING);
+        unloaded_finish(m, r->model, r->reason);
+        free(r->reason);
+        free(r);
+        manager_work_done(m);
+}
+
+/* Takes the weights of a large model when nothing but the model holds
+ * them; false when they are to be let go here (a small model's unmap is
+ * quicker than the thread's round trip). */
+static bool release_off_loop(Manager *m, PoolModel *model, const char *reason) {
+        ModelRuntime *rt = model->userdata;
+        Release *r;
+
+        if (!m->releaser || !rt->weights || rt->weights->n_ref != 1 ||
+            model->memory_bytes < m->release_off_loop_min_bytes)
+                return false;
+        r = calloc(1, sizeof *r);
+        if (!r)
+                return false;
+        *r = (Release) {
+                .item = { .run = release_run, .done = release_done },
+                .manager = m,
+                .model = model,
+                .weights = rt->weights,
+                .reason = strdup(reason),
+        };
+        r->item.userdata = r;
+        if (!r->reason || workpool_submit(m->releaser, &r->item) < 0) {
+                free(r->reason);
+                free(r);
+                return false;
+        }
+        rt->weights = NULL;
+        return true;
+}
+
+static void unloaded(Manager *m, PoolModel *model, const char *reason) {
+        ModelRuntime *rt = model->userdata;
+
+        assert(model->state == MODEL_UNLOADING);
+        assert(model->in_flight == 0);
+
+        /* The workers' scratch goes with the rest of the model's memory. */
+        if (m->model_unloaded)
+                m->model_unloaded(m, model);
+        if (release_off_loop(m, model, reason))
+                return;
+        rt->weights = model_weights_unref(rt->weights);
+        unloaded_finish(m, model, reason);
 }
 
 void model_unload(Manager *m, PoolModel *model, const char *reason) {
@@ -1478,6 +1547,8 @@ void models_stop_all(Manager *m) {
 
 bool models_settled(Manager *m) {
         if (m->loaders && workpool_in_flight(m->loaders) > 0)
+                return false;
+        if (m->releaser && workpool_in_flight(m->releaser) > 0)
                 return false;
         POOL_FOREACH(model, &m->pool)
                 if (model->state == MODEL_UNLOADING)

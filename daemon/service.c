@@ -47,6 +47,7 @@ Manager *manager_free(Manager *m) {
         pool_done(&m->pool);
         memory_monitor_free(m->memory_monitor);
         workpool_free(m->loaders);
+        workpool_free(m->releaser);
         sd_event_source_disable_unref(m->idle_timer);
         sd_bus_slot_unref(m->object_manager_slot);
         sd_bus_slot_unref(m->peer_left_slot);
@@ -305,6 +306,10 @@ int manager_start(Manager *m) {
                          &m->loaders);
         if (r < 0)
                 return log_error_errno(r, "Cannot start the loading workers: %m");
+
+        r = workpool_new(m->event, "release", 1, POOL_MODELS_MAX, &m->releaser);
+        if (r < 0)
+                return log_error_errno(r, "Cannot start the worker that unmaps unloaded models: %m");
 
         r = sd_event_add_time(m->event, &m->idle_timer, CLOCK_MONOTONIC, UINT64_MAX,
                               IDLE_TIMER_ACCURACY_USEC, on_idle_timer, m);

@@ -409,6 +409,58 @@ static void test_shutdown_completes_waiters_of_unloading_model(void **state) {
         fixture_free(f);
 }
 
+/* A large model's weights are unmapped off the loop: the model stays
+ * unloading, its memory counted, until they are; Unload answers then, a
+ * Load that came meanwhile starts afresh after it, and shutdown waits for
+ * it. Every model counts as large here. */
+static void test_unload_off_the_loop(void **state) {
+        Fixture *f = fixture_new("1G", 1, 4);
+        PoolModel *alpha, *beta;
+        Outcome unloading, loading, last;
+        Request *unload_req, *load_req, *last_req;
+
+        f->m->release_off_loop_min_bytes = 0;
+        alpha = load(f, "alpha");
+        beta = load(f, "beta");
+
+        unload_req = submit(f, REQUEST_UNLOAD, "alpha", NULL, &unloading);
+        assert_false(unloading.completed);
+        assert_int_equal(alpha->state, MODEL_UNLOADING);
+        assert_true(alpha->memory_bytes >= 1024 * 1024);
+        assert_int_equal(pool_memory_used(&f->m->pool), alpha->memory_bytes + beta->memory_bytes);
+        assert_int_equal(rec.unloaded, 0);
+        load_req = submit(f, REQUEST_LOAD, "alpha", NULL, &loading);
+        assert_false(loading.completed);
+
+        run_until(f, &unloading.completed);
+        assert_int_equal(unloading.error, 0);
+        assert_true(unloading.was_loaded);
+        assert_int_equal(rec.unloaded, 1);
+        assert_string_equal(rec.last_unload_reason, MPOOL_REASON_REQUEST);
+        assert_int_equal(pool_memory_used(&f->m->pool), beta->memory_bytes);
+        run_until(f, &loading.completed);
+        assert_int_equal(loading.error, 0);
+        assert_int_equal(alpha->state, MODEL_LOADED);
+
+        /* Shutdown with an unmap under way ends once it is done. */
+        last_req = submit(f, REQUEST_UNLOAD, "beta", NULL, &last);
+        assert_false(last.completed);
+        manager_begin_shutdown(f->m);
+        for (uint64_t end = now_monotonic_usec() + WAIT_USEC;
+             sd_event_get_state(f->m->event) != SD_EVENT_FINISHED && now_monotonic_usec() < end;)
+                assert_true(sd_event_run(f->m->event, 100 * USEC_PER_MSEC) >= 0);
+        assert_int_equal(sd_event_get_state(f->m->event), SD_EVENT_FINISHED);
+        assert_true(last.completed);
+        assert_int_equal(last.error, 0);
+        assert_int_equal(workpool_in_flight(f->m->releaser), 0);
+        assert_int_equal(pool_memory_used(&f->m->pool), 0);
+
+        request_unref(unload_req);
+        request_unref(load_req);
+        request_unref(last_req);
+        fixture_free(f);
+}
+
 /* R3: a pin asked for with Load (org.mpool.configure) is dropped by an
  * Unload without force (org.mpool.load only) while the load runs. */
 static void test_unload_without_force_keeps_pinned_load(void **state) {
@@ -853,6 +905,7 @@ int main(void) {
                 cmocka_unit_test(test_completion_loading_a_failed_name_again),
                 cmocka_unit_test(test_error_is_bounded),
                 cmocka_unit_test(test_shutdown_completes_waiters_of_unloading_model),
+                cmocka_unit_test(test_unload_off_the_loop),
                 cmocka_unit_test(test_unload_without_force_keeps_pinned_load),
                 cmocka_unit_test(test_requeued_load_keeps_its_options),
                 cmocka_unit_test(test_store_watch_announces_and_forgets),
