@@ -135,7 +135,7 @@ class Round:
 
     def stated(self, row, reply):
         for model in reply.unpack()[1]:
-            if model["name"] == row["name"] and model["expires_at_usec"]:
+            if model["name"] == row["name"] and model.get("expires_at_usec"):
                 row["stated"] = model["expires_at_usec"] - self.clock.offset
 
     def on_unloaded(self, conn, sender, path, iface, signal, params, _):
