@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <linux/magic.h>
 #include <linux/openat2.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,10 @@
 
 #define RESOLVE_KNOWN (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
 
+/* Set once openat2() said ENOSYS: it will not change its mind, and valgrind
+ * logs a warning for every call it does not know. */
+static atomic_bool openat2_missing;
+
 int open_resolved(int dir_fd, const char *path, int flags, uint64_t resolve) {
         struct open_how how = {
                 .flags = (uint64_t) (flags | O_CLOEXEC | O_NOCTTY),
@@ -31,12 +36,15 @@ int open_resolved(int dir_fd, const char *path, int flags, uint64_t resolve) {
 
         assert((resolve & ~(uint64_t) RESOLVE_KNOWN) == 0);
 
-        fd = syscall(SYS_openat2, dir_fd, path, &how, sizeof how);
-        if (fd >= 0)
-                return (int) fd;
-        if (errno == ENOSYS)
-                return open_resolved_by_walking(dir_fd, path, flags, resolve);
-        return -errno;
+        if (!atomic_load_explicit(&openat2_missing, memory_order_relaxed)) {
+                fd = syscall(SYS_openat2, dir_fd, path, &how, sizeof how);
+                if (fd >= 0)
+                        return (int) fd;
+                if (errno != ENOSYS)
+                        return -errno;
+                atomic_store_explicit(&openat2_missing, true, memory_order_relaxed);
+        }
+        return open_resolved_by_walking(dir_fd, path, flags, resolve);
 }
 
 /* The directories the walk went through, the last one where it is. */
