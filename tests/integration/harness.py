@@ -38,11 +38,18 @@ ERROR_MODEL_PINNED = "org.mpool.Error.ModelPinned"
 ERROR_CANCELLED = "org.mpool.Error.Cancelled"
 ERROR_INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
 
+# `run.py --valgrind` runs every mpoold (and mpoold-test) under valgrind's
+# memcheck, which makes it some 20 to 50 times slower; it says so through the
+# environment before this module is imported, because the tests take the
+# deadlines below as default arguments.
+VALGRIND = os.environ.get("MPOOL_TEST_VALGRIND") == "1"
+SLOWDOWN = 10 if VALGRIND else 1
+
 # Every wait for something the daemon is to do gets this long: far more than
 # it should ever take, so a slow, loaded machine does not make tests flaky.
-DEADLINE = 30.0
+DEADLINE = 30.0 * SLOWDOWN
 # Method calls that load may take long on a loaded machine.
-CALL_TIMEOUT = 120.0
+CALL_TIMEOUT = 120.0 * SLOWDOWN
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -86,6 +93,30 @@ SANITIZER_OPTIONS = {
 # What a sanitizer writes at the start of a report, should one reach a log
 # (a program run with its environment cleared writes to stderr).
 SANITIZER_REPORT = re.compile(r"^==\d+==(ERROR|WARNING): \w+Sanitizer|: runtime error: ", re.MULTILINE)
+
+
+# How --valgrind runs each daemon: the options the project's CI asks for
+# (memcheck; any error, or a block definitely lost, is a failure and makes the
+# exit status 1), a log per daemon (VALGRIND_LOG_NAME), and suppressions for
+# noise in libraries that are not ours, each explained in the file.
+VALGRIND_OPTIONS = [
+        "--tool=memcheck", "--leak-check=full", "--errors-for-leak-kinds=definite", "--error-exitcode=1",
+        # Only definite leaks fail; listing the possible ones too (the
+        # default) would fill the logs with OpenBLAS's thread stacks.
+        "--show-leak-kinds=definite",
+        "--num-callers=40",
+        # A forked child that fails to exec would otherwise report the
+        # daemon's blocks as its own.
+        "--child-silent-after-fork=yes",
+        "--suppressions={source_root}/tests/valgrind.supp",
+]
+# The count valgrind prints last, once the program has exited and its leaks
+# have been checked.
+VALGRIND_SUMMARY = re.compile(r"^==\d+== ERROR SUMMARY: (\d+) errors", re.MULTILINE)
+# An error memcheck reported while the program ran: a message followed by the
+# stack where it happened (warnings, which also have stacks, excepted). What a
+# daemon killed with SIGKILL leaves has no summary; these are all it can tell.
+VALGRIND_ERROR = re.compile(r"^==\d+== (?!Warning|WARNING)(\S.*)\n==\d+==    (?:at|by) 0x", re.MULTILINE)
 
 
 class Skip(Exception):
@@ -646,6 +677,8 @@ class Daemon:
                 self.config_path = config_path
                 self.address = ctx.suite.address
                 self.log_path = os.path.join(ctx.dir, f"mpoold-{len(ctx.daemons)}.log")
+                self.valgrind_log_path = os.path.join(ctx.valgrind_dir(), f"mpoold-{len(ctx.daemons)}.log") \
+                        if VALGRIND else None
                 # Authorization has tests of its own (tests_polkit.py); the
                 # rest run without polkit, as a development bus does.
                 self.args = args if args is not None else [f"--address={self.address}",
@@ -668,6 +701,11 @@ class Daemon:
 
         def spawn(self):
                 argv = [self.program] + self.args
+                if VALGRIND:
+                        # valgrind execs the tool in place: the daemon keeps
+                        # the pid we spawn.
+                        argv = ["valgrind", f"--log-file={self.valgrind_log_path}"] + \
+                                [o.format(source_root=self.ctx.suite.source_root) for o in VALGRIND_OPTIONS] + argv
                 cwd = None
                 if self.user is not None:
                         # setpriv execs in place: the daemon keeps the pid we
@@ -751,6 +789,38 @@ class Daemon:
                                 return f.read()
                 except OSError:
                         return ""
+
+        def valgrind_log(self):
+                try:
+                        with open(self.valgrind_log_path, errors="replace") as f:
+                                return f.read()
+                except OSError:
+                        return ""
+
+        def valgrind_report(self):
+                """None when valgrind found nothing in this daemon (which has
+                exited), else what it says. A daemon that exited on its own
+                or on SIGTERM has its summary, leaks included; one killed
+                with SIGKILL (by its test, on purpose) could not check its
+                leaks, and only the errors it reported while it ran count."""
+                if self.proc is None:
+                        return None
+                log = self.valgrind_log()
+                summary = VALGRIND_SUMMARY.findall(log)
+                if summary:
+                        if int(summary[-1]) == 0:
+                                return None
+                        return f"valgrind: {summary[-1]} errors in mpoold (pid {self.pid}), " \
+                               f"{self.valgrind_log_path}:\n{log.rstrip()}"
+                errors = VALGRIND_ERROR.findall(log)
+                if self.proc.returncode == -signal.SIGKILL and not errors:
+                        return None
+                if errors:
+                        return f"valgrind: mpoold (pid {self.pid}, exit {self.proc.returncode}) reported " \
+                               f"{len(errors)} errors before it was killed, {self.valgrind_log_path}:\n" \
+                               f"{log.rstrip()}"
+                return f"valgrind: mpoold (pid {self.pid}) exited with {self.proc.returncode} and no summary " \
+                       f"in {self.valgrind_log_path}:\n{log.rstrip()}"
 
         def rss(self):
                 return read_rss_bytes(self.pid)
@@ -876,6 +946,15 @@ class TestContext:
                         self.monitor.start()
                 return self.monitor
 
+        def valgrind_dir(self):
+                """Where the daemons' valgrind logs go: writable by all, as a
+                daemon may run as SERVICE_USER."""
+                path = os.path.join(self.dir, "valgrind")
+                if not os.path.isdir(path):
+                        os.mkdir(path)
+                        os.chmod(path, 0o1777)
+                return path
+
         def gate_dir(self, name="gates"):
                 path = os.path.join(self.dir, name)
                 os.makedirs(path, exist_ok=True)
@@ -950,6 +1029,8 @@ class TestContext:
                 if self.monitor:
                         self.monitor.stop()
                 errors += self.sanitizer_reports()
+                if VALGRIND:
+                        errors += [r for r in (d.valgrind_report() for d in self.daemons) if r]
                 return errors
 
         def sanitizer_reports(self):
