@@ -255,12 +255,15 @@ check-integration: all $(B)/mpoold-test $(B)/mpool-pull-test
 # The integration suite once more with every mpoold the tests start under
 # valgrind's memcheck (tests/integration/harness.py, VALGRIND_OPTIONS): an
 # error or a definite leak fails the test that ran the daemon. Suppressions,
-# for libraries that are not ours only, in tests/valgrind.supp.
+# for libraries that are not ours only, in tests/valgrind.supp. In shards at
+# once, each with its own bus: under valgrind the tests mostly wait for a
+# daemon to start.
+VALGRIND_JOBS ?= 2
 check-valgrind: all $(B)/mpoold-test $(B)/mpool-pull-test
 ifeq ($(SANITIZE),1)
 	$(error check-valgrind runs the normal build: the sanitizers' runtimes and valgrind exclude each other)
 endif
-	/usr/bin/python3 tests/integration/run.py --build=$(B) --valgrind
+	/usr/bin/python3 tests/integration/run.py --build=$(B) --valgrind --jobs=$(VALGRIND_JOBS)
 
 bench:
 	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(BUILD_DEB_PACKAGES) $(TEST_DEB_PACKAGES) $(BENCH_DEB_PACKAGES)"

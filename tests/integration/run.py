@@ -16,8 +16,11 @@ valgrind found in a daemon the test ran."""
 import argparse
 import importlib
 import os
+import re
 import signal
+import subprocess
 import sys
+import threading
 import time
 import traceback
 
@@ -58,6 +61,53 @@ def terminate(signum, frame):
         raise KeyboardInterrupt
 
 
+SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed(?:, (\d+) skipped)?$")
+
+
+def run_shards(args, jobs):
+        """run.py once per shard, at once (each starts its own bus, so their
+        daemons never meet); their lines as they come, each marked with its
+        shard, then the sums. Worth it where the time goes to waiting (a
+        daemon under valgrind starting up) rather than to the processors."""
+        started = time.monotonic()
+        argv = [sys.executable, os.path.abspath(__file__), f"--build={args.build}"] + \
+                (["--valgrind"] if args.valgrind else []) + (["--keep"] if args.keep else []) + \
+                ([f"--filter={args.filter}"] if args.filter else []) + \
+                ([f"--durations={args.durations}"] if args.durations else [])
+        procs = [subprocess.Popen(argv + [f"--shard={k}/{jobs}"], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for k in range(1, jobs + 1)]
+        totals = [0, 0, 0]
+        lock = threading.Lock()
+
+        def relay(k, proc):
+                for line in proc.stdout:
+                        line = line.rstrip("\n")
+                        found = SUMMARY.match(line)
+                        with lock:
+                                if found:
+                                        for i in range(3):
+                                                totals[i] += int(found.group(i + 1) or 0)
+                                print(f"[{k}] {line}", flush=True)
+        threads = [threading.Thread(target=relay, args=(k, p)) for k, p in enumerate(procs, 1)]
+        for t in threads:
+                t.start()
+        try:
+                for t in threads:
+                        t.join()
+                codes = [p.wait() for p in procs]
+        except KeyboardInterrupt:
+                for p in procs:
+                        p.terminate()
+                raise
+        passed, failed, skipped = totals
+        if any(codes) and not failed:
+                failed = 1   # a shard that failed without saying what (setup, interrupted)
+        print(f"# {time.monotonic() - started:.1f} s in {jobs} shards", flush=True)
+        print(f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""), flush=True)
+        return 1 if failed or any(codes) else 0
+
+
 def main():
         parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
         parser.add_argument("--build", default="build", help="the build directory (mpoold, mpool-mkmodel)")
@@ -68,12 +118,23 @@ def main():
                             help="run every mpoold under valgrind's memcheck; any error or definite leak fails")
         parser.add_argument("--durations", type=int, default=0, metavar="N",
                             help="list the N slowest tests at the end")
+        parser.add_argument("--shard", default=None, metavar="K/N",
+                            help="run only every Nth test, from the Kth on (K from 1)")
+        parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                            help="run the tests in N shards at once, each with its own bus")
         args = parser.parse_args()
         load_modules(args.valgrind)
 
         source_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         build_dir = os.path.abspath(args.build)
         tests = collect(args.filter)
+        if args.shard and args.jobs > 1:
+                parser.error("--shard and --jobs do not go together")
+        if args.shard:
+                k, n = (int(x) for x in args.shard.split("/"))
+                if not 1 <= k <= n:
+                        parser.error(f"--shard={args.shard}: K must be from 1 to N")
+                tests = tests[k - 1::n]
         if args.list:
                 for name, _ in tests:
                         print(name)
@@ -81,6 +142,8 @@ def main():
         if not tests:
                 print(f"no test matches --filter={args.filter}", file=sys.stderr)
                 return 2
+        if args.jobs > 1 and len(tests) > 1:
+                return run_shards(args, min(args.jobs, len(tests)))
 
         signal.signal(signal.SIGTERM, terminate)
         signal.signal(signal.SIGHUP, terminate)
