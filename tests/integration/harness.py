@@ -96,14 +96,15 @@ SANITIZER_OPTIONS = {
 SANITIZER_REPORT = re.compile(r"^==\d+==(ERROR|WARNING): \w+Sanitizer|: runtime error: ", re.MULTILINE)
 
 
-# How --valgrind runs each daemon: the options the project's CI asks for
-# (memcheck; any error, or a block definitely lost, is a failure and makes the
-# exit status 1), a log per daemon (VALGRIND_LOG_NAME), and suppressions for
-# noise in libraries that are not ours, each explained in the file.
+# How --valgrind runs each daemon (TestContext.daemon_command(), which adds a
+# log per daemon): the options issue 10 asks for (memcheck; any error, or a
+# block definitely lost, is a failure and makes the exit status 1), and
+# suppressions for noise in libraries that are not ours, each explained in
+# the file.
 VALGRIND_OPTIONS = [
         "--tool=memcheck", "--leak-check=full", "--errors-for-leak-kinds=definite", "--error-exitcode=1",
-        # Only definite leaks fail; listing the possible ones too (the
-        # default) would fill the logs with OpenBLAS's thread stacks.
+        # Only definite leaks fail; the possible ones (the default lists
+        # them too: threads' stacks and the like) would only fill the logs.
         "--show-leak-kinds=definite",
         "--num-callers=40",
         # The daemon's SIGBUS handler (daemon/sigbus.c) maps zeros over a
