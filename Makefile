@@ -50,7 +50,7 @@ B ?= build
 BUILD_DEB_PACKAGES = build-essential pkg-config libsystemd-dev libcjson-dev libinih-dev libcmocka-dev uthash-dev \
 	libcurl4-openssl-dev libssl-dev libicu-dev libopenblas0-pthread
 TEST_DEB_PACKAGES = dbus-daemon systemd python3 python3-dbus polkitd util-linux tmux libglib2.0-bin python3-gi \
-	python3-prometheus-client
+	python3-prometheus-client valgrind
 # Only `make fuzz` needs these: clang, and libFuzzer's runtime, which clang
 # merely recommends.
 FUZZ_DEB_PACKAGES = clang libclang-rt-dev
@@ -104,7 +104,7 @@ STRESS_SECONDS ?= 300
 
 PROGRAMS = $(B)/mpoold $(B)/mpool-mkmodel $(B)/mpool-client $(B)/mpool-pull
 
-.PHONY: FORCE all deps check check-unit check-fuzz check-integration check-system run install clean bench fuzz fuzz-run stress
+.PHONY: FORCE all deps check check-unit check-fuzz check-integration check-valgrind check-system run install clean bench fuzz fuzz-run stress
 .DEFAULT_GOAL := all
 # Keep intermediate objects (unit test .o files): rebuilding is needless, and
 # make's cleanup line would otherwise follow the test summary in logs.
@@ -277,6 +277,19 @@ check-integration: all $(B)/mpoold-test $(B)/mpool-pull-test
 # one mpoold, then the checks of what it left (tests/integration/tests_stress.py).
 stress: all $(B)/mpoold-test $(B)/mpool-pull-test
 	STRESS_SECONDS=$(STRESS_SECONDS) /usr/bin/python3 tests/integration/run.py --build=$(B) --filter=test_stress
+
+# The integration suite once more with every mpoold the tests start under
+# valgrind's memcheck (tests/integration/harness.py, VALGRIND_OPTIONS): an
+# error or a definite leak fails the test that ran the daemon. Suppressions,
+# for libraries that are not ours only, in tests/valgrind.supp. In shards at
+# once, each with its own bus: under valgrind the tests mostly wait for a
+# daemon to start.
+VALGRIND_JOBS ?= 2
+check-valgrind: all $(B)/mpoold-test $(B)/mpool-pull-test
+ifeq ($(SANITIZE),1)
+	$(error check-valgrind runs the normal build: the sanitizers' runtimes and valgrind exclude each other)
+endif
+	/usr/bin/python3 tests/integration/run.py --build=$(B) --valgrind --jobs=$(VALGRIND_JOBS)
 
 bench:
 	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(BUILD_DEB_PACKAGES) $(TEST_DEB_PACKAGES) $(BENCH_DEB_PACKAGES)"

@@ -21,6 +21,9 @@
 /* The helper's token descriptor, as its command line names it. */
 #define TOKEN_FD 3
 
+/* How often the helper's exit is looked for where there is no pidfd. */
+#define EXIT_POLL_USEC (50 * UINT64_C(1000))
+
 /* All the helper gets of the daemon's environment: its log level, and the
  * proxy settings libcurl reads (it ignores an upper-case HTTP_PROXY, which
  * a CGI-style caller could set). An administrator sets those for the
@@ -479,8 +482,8 @@ static int on_stdout(sd_event_source *s, int fd, uint32_t revents, void *userdat
         }
 }
 
-static int on_helper_exit(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        PullProcess *p = userdata;
+/* 1 once the helper has exited (and is collected), 0 while it runs. */
+static int collect_helper(PullProcess *p) {
         siginfo_t info = {};
 
         if (waitid(P_PID, (id_t) p->pid, &info, WEXITED | WNOHANG) < 0)
@@ -502,6 +505,25 @@ static int on_helper_exit(sd_event_source *s, int fd, uint32_t revents, void *us
         }
         p->exit_source = sd_event_source_disable_unref(p->exit_source);
         maybe_finish(p);
+        return 1;
+}
+
+static int on_helper_exit(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        (void) collect_helper(userdata);
+        return 0;
+}
+
+static int on_exit_poll(sd_event_source *s, uint64_t usec, void *userdata) {
+        int r;
+
+        r = collect_helper(userdata);
+        if (r != 0)
+                return 0;
+        r = sd_event_source_set_time_relative(s, EXIT_POLL_USEC);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+        if (r < 0)
+                log_error_errno(r, "Cannot wait for the download helper any more: %m");
         return 0;
 }
 
@@ -618,15 +640,23 @@ int pull_process_start(sd_event *event, const PullArguments *args, const PullCal
         p->stdin_fd = TAKE_FD(in_write);
         p->stdout_fd = TAKE_FD(out_read);
         p->pidfd = (int) syscall(SYS_pidfd_open, p->pid, 0);
-        if (p->pidfd < 0) {
+        if (p->pidfd < 0 && errno != ENOSYS) {
                 r = -errno;
                 goto fail;
         }
         r = sd_event_add_io(event, &p->stdout_source, p->stdout_fd, EPOLLIN, on_stdout, p);
         if (r < 0)
                 goto fail;
-        /* A pidfd turns readable when the process exits: no SIGCHLD needed. */
-        r = sd_event_add_io(event, &p->exit_source, p->pidfd, EPOLLIN, on_helper_exit, p);
+        if (p->pidfd >= 0)
+                /* A pidfd turns readable when the process exits: no SIGCHLD
+                 * needed. */
+                r = sd_event_add_io(event, &p->exit_source, p->pidfd, EPOLLIN, on_helper_exit, p);
+        else
+                /* No pidfd_open() (before Linux 5.3, or under valgrind):
+                 * the exit is polled for. SIGCHLD stays out of it, as it
+                 * would have to be blocked in every thread, OpenBLAS's too. */
+                r = sd_event_add_time_relative(event, &p->exit_source, CLOCK_MONOTONIC, EXIT_POLL_USEC, 0,
+                                               on_exit_poll, p);
         if (r < 0)
                 goto fail;
 

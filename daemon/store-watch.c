@@ -377,7 +377,13 @@ static void watch_root(StoreWatch *w, const char *path, WatchKind kind, folder_f
                 return;
         r = watch_add(w, path, kind);
         if (r < 0) {
-                if (w->root_watched[i] || r != -ENOENT)
+                /* A look may find the root gone before its IN_DELETE_SELF is
+                 * read (a slow daemon reads the events of a removal in
+                 * several batches): said as that event would say it. */
+                if (w->root_watched[i] && r == -ENOENT)
+                        log_warning("%s%s was removed; its models leave. It is watched again once it is back.",
+                                    root_description(kind), path);
+                else if (w->root_watched[i] || r != -ENOENT)
                         log_warning_errno(r, "Cannot watch %s%s: %m. Models added or removed there by hand are "
                                           "noticed once it can be watched again.", root_description(kind), path);
                 w->root_watched[i] = false;

@@ -11,12 +11,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "json-scan.h"
 #include "log.h"
 #include "parse-util.h"
+#include "resolve.h"
 #include "store.h"
 
 #define HF_REPO_PREFIX "models--"
@@ -180,26 +180,20 @@ static int make_absolute(const char *path, char **ret) {
 
 /* openat2() with RESOLVE_* flags (magic links never followed). */
 static int open_resolving(int dir_fd, const char *path, int flags, uint64_t resolve) {
-        struct open_how how = {
-                .flags = (uint64_t) (flags | O_CLOEXEC | O_NOCTTY),
-                .resolve = resolve | RESOLVE_NO_MAGICLINKS,
-        };
-
         for (unsigned attempt = 1;; attempt++) {
-                long fd = syscall(SYS_openat2, dir_fd, path, &how, sizeof how);
+                int fd = open_resolved(dir_fd, path, flags, resolve | RESOLVE_NO_MAGICLINKS);
 
                 if (fd >= 0)
-                        return (int) fd;
-                if ((errno == EAGAIN || errno == EINTR) && attempt < OPEN_BENEATH_ATTEMPTS)
+                        return fd;
+                if ((fd == -EAGAIN || fd == -EINTR) && attempt < OPEN_BENEATH_ATTEMPTS)
                         continue;
-                return -errno;
+                return fd;
         }
 }
 
 /* Opens path, relative to root_fd, without ever leaving root_fd: a symlink is
  * followed only when it is relative and stays beneath root_fd (-EXDEV
- * otherwise). -ENOSYS when the kernel lacks openat2() (before Linux 5.6);
- * there is no safe fallback, so the caller says so. */
+ * otherwise). */
 static int open_beneath(int root_fd, const char *path, int flags) {
         return open_resolving(root_fd, path, flags, RESOLVE_BENEATH);
 }
@@ -241,17 +235,13 @@ static int set_open_error(char **ret_error, int error, const char *directory, co
         case -ELOOP:
                 return set_error(ret_error, -EBADMSG, "%s%s%s: too many levels of symlinks.", directory, slash,
                                  filename);
-        case -ENOSYS:
-                return set_error(ret_error, error,
-                                 "Cannot open %s%s%s: the kernel lacks openat2() (Linux 5.6 or later), without "
-                                 "which files cannot be kept to the store.", directory, slash, filename);
         default:
                 return set_error(ret_error, error, "Cannot open %s%s%s: %m", directory, slash, filename);
         }
 }
 
 static bool is_open_beneath_error(int error) {
-        return error == -EXDEV || error == -ELOOP || error == -ENOSYS;
+        return error == -EXDEV || error == -ELOOP;
 }
 
 /* Opens a regular file of at most max_size bytes below root_fd for reading,
@@ -1317,8 +1307,6 @@ static int lookup_in_directory(const char *path, const char *name, const char *r
         if (fd == -ELOOP)
                 return set_error(ret_error, -EBADMSG, "%s: a symlink is on its way now; it was registered with "
                                  "every symlink resolved. Register it again.", path);
-        if (fd == -ENOSYS)
-                return set_open_error(ret_error, fd, path, NULL, path);
         if (fd < 0)
                 return set_error(ret_error, fd, "Cannot open %s: %m", path);
 

@@ -34,7 +34,8 @@
  * and may hold any JSON.
  *
  * Everything below a root is resolved beneath it (openat2() with
- * RESOLVE_BENEATH): the root of ModelDir is ModelDir itself, the root of a
+ * RESOLVE_BENEATH, or the same walk done in resolve.c where openat2() is
+ * missing): the root of ModelDir is ModelDir itself, the root of a
  * cached model is its models--* folder, so that the cache's relative symlinks
  * from snapshots/REV/FILE to ../../blobs/HASH work. A symlink that leads out
  * of its root, or any absolute symlink, is refused: the daemon reads files
@@ -135,8 +136,6 @@ typedef bool (*store_cancel_t)(void *userdata);
  *               file, malformed or oversized index, a shard missing or named
  *               with a path, a file or directory that leads out of its root,
  *               a damaged registration),
- *   -ENOSYS     the kernel lacks openat2() (Linux 5.6), without which files
- *               cannot be kept to the store,
  *   -ECANCELED  cancel said so,
  *   another negative errno on I/O failure or lack of memory.
  * On failure, if ret_error is non-NULL it receives a message for people

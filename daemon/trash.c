@@ -10,28 +10,25 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "log.h"
 #include "macro.h"
+#include "resolve.h"
 #include "store.h"
 #include "trash.h"
 
 /* A folder below ModelDir, reached through no symlink at all. */
 static int open_folder_strictly(int root_fd, const char *path) {
-        struct open_how how = {
-                .flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC,
-                .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
-        };
-        long fd;
+        int fd;
 
         do
-                fd = syscall(SYS_openat2, root_fd, path, &how, sizeof how);
-        while (fd < 0 && (errno == EAGAIN || errno == EINTR));
-        if (fd < 0)
-                return errno == ELOOP || errno == EXDEV ? -EXDEV : -errno;
-        return (int) fd;
+                fd = open_resolved(root_fd, path, O_RDONLY | O_DIRECTORY,
+                                   RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+        while (fd == -EAGAIN || fd == -EINTR);
+        if (fd == -ELOOP)
+                return -EXDEV;
+        return fd;
 }
 
 static int open_trash(int root_fd) {

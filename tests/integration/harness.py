@@ -9,6 +9,7 @@ sleeps for a fixed time to let something happen."""
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import pwd
@@ -38,11 +39,18 @@ ERROR_MODEL_PINNED = "org.mpool.Error.ModelPinned"
 ERROR_CANCELLED = "org.mpool.Error.Cancelled"
 ERROR_INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
 
+# `run.py --valgrind` runs every mpoold (and mpoold-test) under valgrind's
+# memcheck, which makes it some 20 to 50 times slower; it says so through the
+# environment before this module is imported, because the tests take the
+# deadlines below as default arguments.
+VALGRIND = os.environ.get("MPOOL_TEST_VALGRIND") == "1"
+SLOWDOWN = 10 if VALGRIND else 1
+
 # Every wait for something the daemon is to do gets this long: far more than
 # it should ever take, so a slow, loaded machine does not make tests flaky.
-DEADLINE = 30.0
+DEADLINE = 30.0 * SLOWDOWN
 # Method calls that load may take long on a loaded machine.
-CALL_TIMEOUT = 120.0
+CALL_TIMEOUT = 120.0 * SLOWDOWN
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -86,6 +94,58 @@ SANITIZER_OPTIONS = {
 # What a sanitizer writes at the start of a report, should one reach a log
 # (a program run with its environment cleared writes to stderr).
 SANITIZER_REPORT = re.compile(r"^==\d+==(ERROR|WARNING): \w+Sanitizer|: runtime error: ", re.MULTILINE)
+
+
+# How --valgrind runs each daemon (TestContext.daemon_command(), which adds a
+# log per daemon): the options issue 10 asks for (memcheck; any error, or a
+# block definitely lost, is a failure and makes the exit status 1), and
+# suppressions for noise in libraries that are not ours, each explained in
+# the file.
+VALGRIND_OPTIONS = [
+        "--tool=memcheck", "--leak-check=full", "--errors-for-leak-kinds=definite", "--error-exitcode=1",
+        # Only definite leaks fail; the possible ones (the default lists
+        # them too: threads' stacks and the like) would only fill the logs.
+        "--show-leak-kinds=definite",
+        "--num-callers=40",
+        # The daemon's SIGBUS handler (daemon/sigbus.c) maps zeros over a
+        # page of a weights file truncated under it and returns, so that the
+        # access is made again: valgrind must then resume with every
+        # register as it was at that access, not only those its default
+        # keeps exact for unwinding.
+        "--vex-iropt-register-updates=allregs-at-mem-access",
+        # A forked child that fails to exec would otherwise report the
+        # daemon's blocks as its own.
+        "--child-silent-after-fork=yes",
+        "--suppressions={source_root}/tests/valgrind.supp",
+]
+# The count valgrind prints last, once the program has exited and its leaks
+# have been checked.
+VALGRIND_SUMMARY = re.compile(r"^==\d+== ERROR SUMMARY: (\d+) errors", re.MULTILINE)
+# An error memcheck reported while the program ran: a message followed by the
+# stack where it happened (warnings, which also have stacks, excepted). What a
+# daemon killed with SIGKILL leaves has no summary; these are all it can tell.
+VALGRIND_ERROR = re.compile(r"^==\d+== (?!Warning|WARNING)(\S.*)\n==\d+==    (?:at|by) 0x", re.MULTILINE)
+
+
+def valgrind_verdict(log, log_path, what, killed):
+        """None if valgrind's log of a program says it found nothing, else a
+        report. A program that exited, on its own or on SIGTERM, has its
+        summary, leaks included. One killed with SIGKILL (by its test, on
+        purpose) could not check its leaks: only the errors it reported
+        while it ran count, and without them a missing summary is what is
+        expected of it (killed)."""
+        summary = VALGRIND_SUMMARY.findall(log)
+        if summary:
+                if int(summary[-1]) == 0:
+                        return None
+                return f"valgrind: {summary[-1]} errors in {what}, {log_path}:\n{log.rstrip()}"
+        errors = VALGRIND_ERROR.findall(log)
+        if errors:
+                return f"valgrind: {what} reported {len(errors)} errors before it was killed, {log_path}:\n" \
+                       f"{log.rstrip()}"
+        if killed:
+                return None
+        return f"valgrind: {what} exited with no summary in {log_path}:\n{log.rstrip()}"
 
 
 class Skip(Exception):
@@ -687,8 +747,12 @@ class Daemon:
                         self._py = PyClient(self.address)
                 return self._py
 
+        def command(self):
+                """The daemon's command line, under valgrind with --valgrind."""
+                return self.ctx.daemon_command(self.program) + self.args
+
         def spawn(self):
-                argv = [self.program] + self.args
+                argv = self.command()
                 cwd = None
                 if self.user is not None:
                         # setpriv execs in place: the daemon keeps the pid we
@@ -702,6 +766,7 @@ class Daemon:
                 self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                              cwd=cwd, env=self.env)
                 log.close()
+                self.ctx.note_valgrind_process(argv, self.proc)
 
         def start(self):
                 self.spawn()
@@ -830,6 +895,9 @@ class TestContext:
                 self.children = []
                 self.monitor = None
                 self.reports_dir = suite.sanitizer_environment(os.path.basename(self.dir))
+                # valgrind's log of each daemon (--valgrind): the process,
+                # once spawned.
+                self.valgrind_logs = {}
 
         # -- models --
 
@@ -897,6 +965,65 @@ class TestContext:
                         self.monitor.start()
                 return self.monitor
 
+        def daemon_command(self, program=None, many=False):
+                """How to run the daemon program (suite.mpoold by default): as it
+                is, or with --valgrind under valgrind, with a log of its own
+                that the teardown reads. Every test that starts a daemon by
+                itself starts it so, through spawn() if it can, which lets
+                the teardown know how the daemon ended. many: the command
+                may run more than once (the bus activates it): a log per
+                process."""
+                program = program or self.suite.mpoold
+                if not VALGRIND:
+                        return [program]
+                log = os.path.join(self.valgrind_dir(), f"{os.path.basename(program)}-{len(self.valgrind_logs)}"
+                                   + (".%p" if many else "") + ".log")
+                self.valgrind_logs[log] = None
+                # valgrind execs the tool in place: the daemon keeps the pid
+                # it is spawned with.
+                return [shutil.which("valgrind"), f"--log-file={log}"] + \
+                        [o.format(source_root=self.suite.source_root) for o in VALGRIND_OPTIONS] + [program]
+
+        def note_valgrind_process(self, argv, proc):
+                for arg in argv:
+                        if arg.startswith("--log-file=") and arg[len("--log-file="):] in self.valgrind_logs:
+                                self.valgrind_logs[arg[len("--log-file="):]] = proc
+
+        def valgrind_reports(self):
+                """What valgrind found in the daemons this test ran. One
+                started otherwise than by spawn() (by the bus, say) is judged
+                by its log alone, as if it had been killed."""
+                reports = []
+                logs = []
+                for log_path, proc in self.valgrind_logs.items():
+                        if "%p" in log_path:
+                                logs += [(path, None) for path in sorted(glob.glob(log_path.replace("%p", "*")))]
+                        else:
+                                logs.append((log_path, proc))
+                for log_path, proc in logs:
+                        try:
+                                with open(log_path, errors="replace") as f:
+                                        log = f.read()
+                        except FileNotFoundError:
+                                if proc is None:
+                                        continue   # never started
+                                log = ""
+                        what = f"mpoold (pid {proc.pid}, exit {proc.returncode})" if proc else "mpoold"
+                        report = valgrind_verdict(log, log_path, what,
+                                                  killed=proc is None or proc.returncode == -signal.SIGKILL)
+                        if report:
+                                reports.append(report)
+                return reports
+
+        def valgrind_dir(self):
+                """Where the daemons' valgrind logs go: writable by all, as a
+                daemon may run as SERVICE_USER."""
+                path = os.path.join(self.dir, "valgrind")
+                if not os.path.isdir(path):
+                        os.mkdir(path)
+                        os.chmod(path, 0o1777)
+                return path
+
         def gate_dir(self, name="gates"):
                 path = os.path.join(self.dir, name)
                 os.makedirs(path, exist_ok=True)
@@ -937,6 +1064,7 @@ class TestContext:
         def spawn(self, args, **kwargs):
                 proc = subprocess.Popen(args, **kwargs)
                 self.children.append(proc)
+                self.note_valgrind_process(args, proc)
                 return proc
 
         def sync(self):
@@ -952,6 +1080,14 @@ class TestContext:
                 the test."""
                 errors = []
                 for proc in self.children:
+                        if proc.poll() is None and VALGRIND and proc.args and proc.args[0] == shutil.which("valgrind"):
+                                # A daemon the test started by itself: asked
+                                # first, so that valgrind checks its leaks.
+                                proc.terminate()
+                                try:
+                                        proc.wait(timeout=DEADLINE)
+                                except subprocess.TimeoutExpired:
+                                        errors.append(f"mpoold {proc.pid} under valgrind did not exit on SIGTERM")
                         if proc.poll() is None:
                                 proc.kill()
                         try:
@@ -971,6 +1107,7 @@ class TestContext:
                 if self.monitor:
                         self.monitor.stop()
                 errors += self.sanitizer_reports()
+                errors += self.valgrind_reports()
                 return errors
 
         def sanitizer_reports(self):

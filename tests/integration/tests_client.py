@@ -940,7 +940,8 @@ class OwnBus:
                         with open(script, "w") as f:
                                 f.write("#!/bin/sh\n"
                                         f"echo $$ >> {shlex.quote(self.starts)}\n"
-                                        f"exec {shlex.quote(ctx.suite.mpoold)} --address={shlex.quote(self.address)} "
+                                        f"exec {shlex.join(ctx.daemon_command(many=True))} "
+                                        f"--address={shlex.quote(self.address)} "
                                         f"--config={shlex.quote(mpoold_config)} --no-polkit >> {shlex.quote(log)} 2>&1\n")
                         os.chmod(script, 0o755)
                         with open(os.path.join(services, "org.mpool.Manager.service"), "w") as f:
@@ -1038,7 +1039,7 @@ def test_client_bus_limits_are_busy(ctx):
         # The bus refuses every call that expects a reply.
         bus = OwnBus(ctx, limits={"max_replies_per_connection": 0})
         with open(os.path.join(ctx.dir, "mpoold-own-bus.log"), "wb") as log:
-                daemon = ctx.spawn([ctx.suite.mpoold, f"--address={bus.address}", f"--config={ctx.write_config()}",
+                daemon = ctx.spawn(ctx.daemon_command() + [f"--address={bus.address}", f"--config={ctx.write_config()}",
                                     "--no-polkit"], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         wait_until(lambda: daemon.poll() is not None or bus.name_has_owner(), "mpoold to own its name")
         assert daemon.poll() is None, f"mpoold exited with {daemon.returncode}"

@@ -284,7 +284,7 @@ def test_daemon_stops_with_failure_when_the_bus_goes_away(ctx):
         config = ctx.write_config()
         log_path = os.path.join(ctx.dir, "lost-bus.log")
         with open(log_path, "wb") as log:
-                proc = ctx.spawn([ctx.suite.mpoold, f"--address={address}", f"--config={config}", "--no-polkit"],
+                proc = ctx.spawn(ctx.daemon_command() + [f"--address={address}", f"--config={config}", "--no-polkit"],
                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         try:
                 wait_until(lambda: subprocess.run(["busctl", f"--address={address}", "status", BUS_NAME],
@@ -315,7 +315,7 @@ def test_sd_notify_ready_status_and_stopping(ctx):
         log_path = os.path.join(ctx.dir, "notify.log")
         try:
                 with open(log_path, "wb") as log:
-                        proc = ctx.spawn([ctx.suite.mpoold, f"--address={ctx.suite.address}", f"--config={config}",
+                        proc = ctx.spawn(ctx.daemon_command() + [f"--address={ctx.suite.address}", f"--config={config}",
                                           "--no-polkit"], env=env, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT)
 

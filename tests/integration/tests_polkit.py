@@ -734,7 +734,7 @@ def test_polkit_no_polkit_refused_on_system_bus(ctx):
         nowhere = "unix:path=" + os.path.join(ctx.dir, "no-such-socket")
         for args in (["--system", "--no-polkit"], ["--no-polkit", "--system"], ["--no-polkit"],
                      ["--address=" + nowhere, "--system", "--no-polkit"]):
-                proc = subprocess.run([ctx.suite.mpoold, f"--config={config}"] + args, stdin=subprocess.DEVNULL,
+                proc = subprocess.run(ctx.daemon_command() + [f"--config={config}"] + args, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                       timeout=DEADLINE, env=dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=nowhere))
                 assert proc.returncode != 0, f"mpoold {' '.join(args)} exited 0: {proc.stdout}"

@@ -67,8 +67,10 @@ def start_daemon(ctx, notify=None, stderr=subprocess.STDOUT, preexec_fn=None, co
         if notify:
                 env["NOTIFY_SOCKET"] = notify.address
         with open(d.log_path, "wb") as log:
-                d.proc = subprocess.Popen([ctx.suite.mpoold] + d.args, stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=stderr, env=env, preexec_fn=preexec_fn)
+                argv = d.command()
+                d.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=stderr, env=env,
+                                          preexec_fn=preexec_fn)
+        ctx.note_valgrind_process(argv, d.proc)
         d.wait_ready()
         return d
 

@@ -49,7 +49,7 @@ if [ "$inspect" = 1 ]; then
                 ;;
         inspect-hang)
                 plan_files
-                trap 'echo "FAILED cancelled The download was cancelled."; exit 1' TERM
+                trap 'kill $! 2>/dev/null; echo "FAILED cancelled The download was cancelled."; exit 1' TERM
                 sleep 30 & wait
                 ;;
         inspect-ready)
@@ -137,7 +137,7 @@ case "$repo" in
 */hang*)
         # Runs until it is told to stop.
         plan
-        trap 'echo "FAILED cancelled The download was cancelled."; exit 1' TERM
+        trap 'kill $! 2>/dev/null; echo "FAILED cancelled The download was cancelled."; exit 1' TERM
         read -r answer
         echo "PROGRESS 1000 4196"
         sleep 60 & wait
@@ -259,7 +259,7 @@ die-on-term)
 hang)
         plan
         # Waits for its answer; a cancellation is CANCEL, then SIGTERM.
-        trap 'echo "FAILED cancelled The download was cancelled."; exit 1' TERM
+        trap 'kill $! 2>/dev/null; echo "FAILED cancelled The download was cancelled."; exit 1' TERM
         read -r answer
         sleep 30 & wait
         ;;
