@@ -104,7 +104,7 @@ STRESS_SECONDS ?= 300
 
 PROGRAMS = $(B)/mpoold $(B)/mpool-mkmodel $(B)/mpool-client $(B)/mpool-pull
 
-.PHONY: FORCE all deps check check-unit check-fuzz check-integration check-valgrind check-system run install clean bench fuzz fuzz-run stress
+.PHONY: FORCE all deps check check-unit check-fuzz check-integration check-valgrind check-system run install clean bench fuzz fuzz-deps fuzz-run stress
 .DEFAULT_GOAL := all
 # Keep intermediate objects (unit test .o files): rebuilding is needless, and
 # make's cleanup line would otherwise follow the test summary in logs.
@@ -244,9 +244,11 @@ check-fuzz: $(FUZZ_REPLAYS)
 FUZZ_JOBS ?= 1
 FUZZ_RUNS := $(FUZZ_TARGETS:%=fuzz-run-%)
 
-fuzz:
-	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(BUILD_DEB_PACKAGES) $(FUZZ_DEB_PACKAGES)"
+fuzz: fuzz-deps
 	@$(MAKE) --no-print-directory FUZZ=1 fuzz-run
+
+fuzz-deps:
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(BUILD_DEB_PACKAGES) $(FUZZ_DEB_PACKAGES)"
 
 fuzz-run:
 	@$(MAKE) --no-print-directory -k -j$(FUZZ_JOBS) $(FUZZ_RUNS) || \
