@@ -22,7 +22,8 @@ models=10
 many=32
 top=$(cd -- "$(dirname -- "$(readlink -f -- "$0")")/../.." && pwd -P)
 dir=$(mktemp -d)
-trap 'kill "${daemon:-0}" 2>/dev/null || true; wait 2>/dev/null || true; "$top/tests/tools/private-bus.sh" stop "$dir/bus" >/dev/null 2>&1 || true; rm -rf -- "$dir"' EXIT
+source "$top/tests/bench/lib.sh"
+trap bench_cleanup EXIT
 
 [ -x "$build/bus-latency" ] || make -C "$top" --no-print-directory B="$build" "$build/bus-latency" > /dev/null
 
@@ -30,15 +31,11 @@ for i in $(seq "$models"); do
         "$build/mpool-mkmodel" --size=1M --tensors=4 "$dir/models/bench-$i" > /dev/null
 done
 # No idle unloads during the run: the models stay loaded throughout.
-printf '[Store]\nModelDir=%s/models\n[Pool]\nMemoryLimit=90%%\nIdleTimeoutSec=3600\n' "$dir" > "$dir/mpoold.conf"
-address=$("$top/tests/tools/private-bus.sh" start "$dir/bus")
-bus_pid=$(cat "$dir/bus/pid")
-"$build/mpoold" --address="$address" --config="$dir/mpoold.conf" --no-polkit 2> "$dir/log" &
-daemon=$!
-for _ in $(seq 300); do
-        busctl --address="$address" status org.mpool.Manager > /dev/null 2>&1 && break
-        sleep 0.1
-done
+bench_start "[Store]
+ModelDir=$dir/models
+[Pool]
+MemoryLimit=90%
+IdleTimeoutSec=3600"
 for i in $(seq "$models"); do
         busctl --address="$address" call org.mpool.Manager /org/mpool/Manager org.mpool.Manager \
                 Load 'sa{sv}' "bench-$i" 0 > /dev/null

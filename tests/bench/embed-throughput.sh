@@ -22,7 +22,8 @@ bench="$top/tests/bench"
 python=/usr/bin/python3
 threads=$(nproc)
 dir=$(mktemp -d)
-trap 'kill "${daemon:-0}" 2>/dev/null || true; wait 2>/dev/null || true; "$top/tests/tools/private-bus.sh" stop "$dir/bus" >/dev/null 2>&1 || true; rm -rf -- "$dir"' EXIT
+source "$top/tests/bench/lib.sh"
+trap bench_cleanup EXIT
 
 # The ceiling: OpenBLAS loaded by daemon/blas.c itself.
 cc -O2 -std=gnu11 -D_GNU_SOURCE -I"$top/include" -I"$top/base" -I"$top/daemon" -o "$dir/sgemm-shapes" \
@@ -31,15 +32,13 @@ cc -O2 -std=gnu11 -D_GNU_SOURCE -I"$top/include" -I"$top/base" -I"$top/daemon" -
 
 "$python" "$bench/embed-throughput.py" model "$dir/models/bench"
 
-printf '[Store]\nModelDir=%s/models\n[Pool]\nMemoryLimit=90%%\nIdleTimeoutSec=3600\n[Workers]\nMaxWorkers=%s\n' \
-        "$dir" "$threads" > "$dir/mpoold.conf"
-address=$("$top/tests/tools/private-bus.sh" start "$dir/bus")
-"$build/mpoold" --address="$address" --config="$dir/mpoold.conf" --no-polkit 2> "$dir/log" &
-daemon=$!
-for _ in $(seq 300); do
-        busctl --address="$address" status org.mpool.Manager > /dev/null 2>&1 && break
-        sleep 0.1
-done
+bench_start "[Store]
+ModelDir=$dir/models
+[Pool]
+MemoryLimit=90%
+IdleTimeoutSec=3600
+[Workers]
+MaxWorkers=$threads"
 
 core=$(busctl --address="$address" --json=short call org.mpool.Manager /org/mpool/Manager org.mpool.Manager Status |
         "$python" -c 'import json, sys; print(json.load(sys.stdin)["data"][0]["blas_core"]["data"])')

@@ -17,20 +17,18 @@ rounds=${2:-3}
 models=20
 top=$(cd -- "$(dirname -- "$(readlink -f -- "$0")")/../.." && pwd -P)
 dir=$(mktemp -d)
-trap 'kill "${daemon:-0}" 2>/dev/null || true; wait 2>/dev/null || true; "$top/tests/tools/private-bus.sh" stop "$dir/bus" >/dev/null 2>&1 || true; rm -rf -- "$dir"' EXIT
+source "$top/tests/bench/lib.sh"
+trap bench_cleanup EXIT
 
 for i in $(seq 0 $((models - 1))); do
         "$build/mpool-mkmodel" --size=64K "$dir/models/$(printf 'm%02d' "$i")" > /dev/null
 done
 # The pool's own timeout stays out of the way: each Load sets its keep-alive.
-printf '[Store]\nModelDir=%s/models\n[Pool]\nMemoryLimit=50%%\nIdleTimeoutSec=3600\n' "$dir" > "$dir/mpoold.conf"
-address=$("$top/tests/tools/private-bus.sh" start "$dir/bus")
-"$build/mpoold" --address="$address" --config="$dir/mpoold.conf" --no-polkit 2> "$dir/log" &
-daemon=$!
-for _ in $(seq 300); do
-        busctl --address="$address" status org.mpool.Manager > /dev/null 2>&1 && break
-        sleep 0.1
-done
+bench_start "[Store]
+ModelDir=$dir/models
+[Pool]
+MemoryLimit=50%
+IdleTimeoutSec=3600"
 
 /usr/bin/python3 "$top/tests/bench/idle-precision.py" "$address" "$models" "$rounds" > "$dir/result.json"
 

@@ -22,18 +22,15 @@ rounds=5
 top=$(dirname -- "$(readlink -f -- "$0")")/../..
 python=/usr/bin/python3
 dir=$(mktemp -d)
-trap 'kill "${daemon:-0}" 2>/dev/null || true; wait 2>/dev/null || true; "$top/tests/tools/private-bus.sh" stop "$dir/bus" >/dev/null 2>&1 || true; rm -rf -- "$dir"' EXIT
+source "$top/tests/bench/lib.sh"
+trap bench_cleanup EXIT
 
 "$build/mpool-mkmodel" --size="$size" --tensors=16 "$dir/models/bench" > /dev/null
 file="$dir/models/bench/model.safetensors"
-printf '[Store]\nModelDir=%s/models\n[Pool]\nMemoryLimit=90%%\n' "$dir" > "$dir/mpoold.conf"
-address=$("$top/tests/tools/private-bus.sh" start "$dir/bus")
-"$build/mpoold" --address="$address" --config="$dir/mpoold.conf" --no-polkit 2> "$dir/log" &
-daemon=$!
-for _ in $(seq 300); do
-        busctl --address="$address" status org.mpool.Manager > /dev/null 2>&1 && break
-        sleep 0.1
-done
+bench_start "[Store]
+ModelDir=$dir/models
+[Pool]
+MemoryLimit=90%"
 
 now() { date +%s%N; }
 call() { busctl --address="$address" call org.mpool.Manager /org/mpool/Manager org.mpool.Manager "$@" > /dev/null; }

@@ -21,22 +21,22 @@ top=$(cd -- "$(dirname -- "$(readlink -f -- "$0")")/../.." && pwd -P)
 bench="$top/tests/bench"
 python=/usr/bin/python3
 dir=$(mktemp -d)
-trap 'kill "${daemon:-0}" 2>/dev/null || true; wait 2>/dev/null || true; "$top/tests/tools/private-bus.sh" stop "$dir/bus" >/dev/null 2>&1 || true; rm -rf -- "$dir"' EXIT
+source "$top/tests/bench/lib.sh"
+trap bench_cleanup EXIT
 
 "$build/mpool-mkmodel" --size=512M --tensors=16 "$dir/models/weights" > /dev/null
 "$python" "$bench/memory-returned.py" model "$dir/models/bert"
 cat "$dir/models/weights/model.safetensors" "$dir/models/bert/model.safetensors" > /dev/null
 
 # Workers stay until the unload (no cooldown within a cycle), as many as asked.
-printf '[Store]\nModelDir=%s/models\n[Pool]\nMemoryLimit=90%%\nIdleTimeoutSec=3600\n[Workers]\nMaxWorkers=4\nCooldownSec=1d\n' \
-        "$dir" > "$dir/mpoold.conf"
-address=$("$top/tests/tools/private-bus.sh" start "$dir/bus")
-"$build/mpoold" --address="$address" --config="$dir/mpoold.conf" --no-polkit 2> "$dir/log" &
-daemon=$!
-for _ in $(seq 300); do
-        busctl --address="$address" status org.mpool.Manager > /dev/null 2>&1 && break
-        sleep 0.1
-done
+bench_start "[Store]
+ModelDir=$dir/models
+[Pool]
+MemoryLimit=90%
+IdleTimeoutSec=3600
+[Workers]
+MaxWorkers=4
+CooldownSec=1d"
 
 "$python" "$bench/memory-returned.py" "$address" "$daemon" weights bert "$dir/models/bert" "$cycles" > "$dir/cycles.json"
 

@@ -23,21 +23,20 @@ top=$(cd -- "$(dirname -- "$(readlink -f -- "$0")")/../.." && pwd -P)
 bench="$top/tests/bench"
 python=/usr/bin/python3
 dir=$(mktemp -d)
-trap 'kill "${daemon:-0}" 2>/dev/null || true; wait 2>/dev/null || true; "$top/tests/tools/private-bus.sh" stop "$dir/bus" >/dev/null 2>&1 || true; rm -rf -- "$dir"' EXIT
+source "$top/tests/bench/lib.sh"
+trap bench_cleanup EXIT
 
 [ -x "$build/bus-latency" ] || make -C "$top" --no-print-directory B="$build" "$build/bus-latency" > /dev/null
 
 "$build/mpool-mkmodel" --size=2G --tensors=16 "$dir/models/big" > /dev/null
 "$python" "$bench/embed-throughput.py" model "$dir/models/bert"
-printf '[Store]\nModelDir=%s/models\n[Pool]\nMemoryLimit=90%%\nIdleTimeoutSec=3600\n[Workers]\nMaxWorkers=%s\n' \
-        "$dir" "$workers" > "$dir/mpoold.conf"
-address=$("$top/tests/tools/private-bus.sh" start "$dir/bus")
-"$build/mpoold" --address="$address" --config="$dir/mpoold.conf" --no-polkit 2> "$dir/log" &
-daemon=$!
-for _ in $(seq 300); do
-        busctl --address="$address" status org.mpool.Manager > /dev/null 2>&1 && break
-        sleep 0.1
-done
+bench_start "[Store]
+ModelDir=$dir/models
+[Pool]
+MemoryLimit=90%
+IdleTimeoutSec=3600
+[Workers]
+MaxWorkers=$workers"
 # Loaded in every phase, so that Status says as much in each.
 busctl --address="$address" call org.mpool.Manager /org/mpool/Manager org.mpool.Manager Load 'sa{sv}' bert 0 > /dev/null
 

@@ -29,10 +29,10 @@ calls=40
 rounds=3
 dir=$(mktemp -d)
 daemon=
+source "$bench/lib.sh"
 cleanup() {
         stop_daemon
-        "$top/tests/tools/private-bus.sh" stop "$dir/bus" > /dev/null 2>&1 || true
-        rm -rf -- "$dir"
+        bench_cleanup
 }
 stop_daemon() {
         if [[ -n "$daemon" ]]; then
@@ -50,8 +50,7 @@ cc -O2 -std=gnu11 -D_GNU_SOURCE -I"$top/include" -I"$top/base" -o "$dir/status-c
 "$build/mpool-mkmodel" --size=64K --tensors=4 "$dir/source" > /dev/null
 mkdir -p "$dir/empty" "$dir/full"
 "$python" "$bench/scale.py" store "$dir/source" "$dir/full" "$models"
-address=$("$top/tests/tools/private-bus.sh" start "$dir/bus")
-bus_pid=$(cat "$dir/bus/pid")
+bench_start_bus
 
 # start STORE: starts mpoold on STORE, sets $daemon, $ready_ms and $ready_cpu.
 start() {
