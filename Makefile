@@ -178,8 +178,8 @@ $(B)/mpool-pull-test: $(B)/test-hooks/pull/mpool-pull.o $(filter-out $(B)/pull/m
 $(B)/mpool-mkmodel: $(B)/tests/tools/mkmodel.o $(B)/libmpoold.a $(B)/libmpool-base.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
 
-# What tests/bench/bus-roundtrip.sh times calls with: built by `make bench`
-# only, never installed.
+# What tests/bench/bus-roundtrip.sh, responsiveness.sh and scale.sh time
+# calls with: built by `make bench` only, never installed.
 $(B)/bus-latency: $(B)/tests/bench/bus-latency.o $(B)/libmpool-base.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
 

@@ -9,7 +9,9 @@
  * round trip is timed with CLOCK_MONOTONIC; one line of key=value gives the
  * percentiles over all connections together. Python's unmarshalling would
  * dwarf what is measured, hence C; --no-read receives Status's reply but
- * reads none of it, to tell the client's unmarshalling from the rest.
+ * reads none of it, to tell the client's unmarshalling from the rest;
+ * --read-apart reads it but outside the round trip timed, and gives the
+ * median of the reading alone (read_median_us).
  * Prints, never judges: exits non-zero only when a call fails. */
 #include <errno.h>
 #include <getopt.h>
@@ -44,6 +46,7 @@ typedef struct Options {
         unsigned calls;    /* per connection */
         unsigned warmup;   /* per connection, not recorded */
         bool no_read;
+        bool read_apart;
 } Options;
 
 typedef struct Worker {
@@ -52,6 +55,7 @@ typedef struct Worker {
         uint64_t *latencies_ns;
         size_t n_latencies;
         size_t allocated;
+        uint64_t *reads_ns;  /* --read-apart: one for each latency */
         int error;
         char message[256];
 } Worker;
@@ -115,7 +119,7 @@ static int call_once(sd_bus *bus, Method method, bool no_read, sd_bus_error *err
         return walk(reply);
 }
 
-static int record(Worker *w, uint64_t ns) {
+static int record(Worker *w, uint64_t ns, uint64_t read_ns) {
         if (w->n_latencies == w->allocated) {
                 size_t n = w->allocated ? w->allocated * 2 : 4096;
                 uint64_t *p = realloc(w->latencies_ns, n * sizeof *p);
@@ -123,9 +127,35 @@ static int record(Worker *w, uint64_t ns) {
                 if (!p)
                         return -ENOMEM;
                 w->latencies_ns = p;
+                p = realloc(w->reads_ns, n * sizeof *p);
+                if (!p)
+                        return -ENOMEM;
+                w->reads_ns = p;
                 w->allocated = n;
         }
+        w->reads_ns[w->n_latencies] = read_ns;
         w->latencies_ns[w->n_latencies++] = ns;
+        return 0;
+}
+
+/* --read-apart: the round trip up to the reply in hand, then the reading
+ * of every value, each timed on its own. */
+static int call_read_apart(sd_bus *bus, sd_bus_error *error, uint64_t *ret_ns, uint64_t *ret_read_ns) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        uint64_t t0, t1;
+        int r;
+
+        t0 = now_ns();
+        r = sd_bus_call_method(bus, "org.mpool.Manager", "/org/mpool/Manager", "org.mpool.Manager", "Status",
+                               error, &reply, NULL);
+        t1 = now_ns();
+        if (r < 0)
+                return r;
+        r = walk(reply);
+        if (r < 0)
+                return r;
+        *ret_ns = t1 - t0;
+        *ret_read_ns = now_ns() - t1;
         return 0;
 }
 
@@ -169,18 +199,22 @@ static void *run(void *userdata) {
         deadline = now_ns() + (uint64_t) o->seconds * UINT64_C(1000000000);
         for (unsigned i = 0;; i++) {
                 _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-                uint64_t t0, t1;
+                uint64_t t0, ns = 0, read_ns = 0;
 
                 if (o->seconds == 0 ? i >= o->calls : now_ns() >= deadline)
                         break;
-                t0 = now_ns();
-                r = call_once(bus, o->method, o->no_read, &error);
-                t1 = now_ns();
+                if (o->read_apart)
+                        r = call_read_apart(bus, &error, &ns, &read_ns);
+                else {
+                        t0 = now_ns();
+                        r = call_once(bus, o->method, o->no_read, &error);
+                        ns = now_ns() - t0;
+                }
                 if (r < 0) {
                         fail(w, r, &error, "call");
                         break;
                 }
-                r = record(w, t1 - t0);
+                r = record(w, ns, read_ns);
                 if (r < 0) {
                         fail(w, r, NULL, "recording");
                         break;
@@ -206,7 +240,8 @@ static double percentile_us(const uint64_t *sorted, size_t n, double p) {
 
 static void help(void) {
         printf("usage: bus-latency --address=ADDRESS --method=status|ping [--connections=N]\n"
-               "                   [--seconds=S | --calls=N] [--warmup=N] [--no-read]\n");
+               "                   [--seconds=S | --calls=N] [--warmup=N]\n"
+               "                   [--no-read | --read-apart]\n");
 }
 
 static int parse_argv(int argc, char *argv[], Options *o) {
@@ -219,6 +254,7 @@ static int parse_argv(int argc, char *argv[], Options *o) {
                 { "calls",       required_argument, NULL, 'n' },
                 { "warmup",      required_argument, NULL, 'w' },
                 { "no-read",     no_argument,       NULL, 'r' },
+                { "read-apart",  no_argument,       NULL, 'R' },
                 {}
         };
         bool have_method = false, have_calls = false;
@@ -271,6 +307,9 @@ static int parse_argv(int argc, char *argv[], Options *o) {
                 case 'r':
                         o->no_read = true;
                         break;
+                case 'R':
+                        o->read_apart = true;
+                        break;
                 default:
                         return -EINVAL;
                 }
@@ -281,6 +320,10 @@ static int parse_argv(int argc, char *argv[], Options *o) {
         }
         if (!o->address || !have_method) {
                 help();
+                return -EINVAL;
+        }
+        if (o->read_apart && (o->no_read || o->method != METHOD_STATUS)) {
+                fprintf(stderr, "bus-latency: --read-apart is for Status, and excludes --no-read\n");
                 return -EINVAL;
         }
         if (o->seconds > 0 && have_calls) {
@@ -294,7 +337,7 @@ int main(int argc, char *argv[]) {
         Options o = { .connections = 1, .calls = 1000, .warmup = 100 };
         _cleanup_free_ Worker *workers = NULL;
         _cleanup_free_ pthread_t *threads = NULL;
-        _cleanup_free_ uint64_t *all = NULL;
+        _cleanup_free_ uint64_t *all = NULL, *reads = NULL;
         pthread_barrier_t start;
         uint64_t t0, t1;
         size_t n = 0;
@@ -344,7 +387,8 @@ int main(int argc, char *argv[]) {
         }
 
         all = malloc(MAX(n, (size_t) 1) * sizeof *all);
-        if (!all) {
+        reads = malloc(MAX(n, (size_t) 1) * sizeof *reads);
+        if (!all || !reads) {
                 fprintf(stderr, "bus-latency: out of memory\n");
                 failed = 1;
         } else {
@@ -352,12 +396,16 @@ int main(int argc, char *argv[]) {
 
                 for (unsigned i = 0; i < o.connections; i++) {
                         memcpy(all + k, workers[i].latencies_ns, workers[i].n_latencies * sizeof *all);
+                        memcpy(reads + k, workers[i].reads_ns, workers[i].n_latencies * sizeof *reads);
                         k += workers[i].n_latencies;
                 }
                 qsort(all, n, sizeof *all, compare_u64);
+                qsort(reads, n, sizeof *reads, compare_u64);
         }
-        for (unsigned i = 0; i < o.connections; i++)
+        for (unsigned i = 0; i < o.connections; i++) {
                 free(workers[i].latencies_ns);
+                free(workers[i].reads_ns);
+        }
 
         if (failed || n == 0) {
                 if (n == 0)
@@ -365,9 +413,13 @@ int main(int argc, char *argv[]) {
                 return 1;
         }
 
-        printf("method=%s connections=%u calls=%zu median_us=%.1f p90_us=%.1f p99_us=%.1f max_us=%.1f calls_per_s=%.0f\n",
-               o.method == METHOD_STATUS ? "status" : "ping", o.connections, n, percentile_us(all, n, 0.5),
-               percentile_us(all, n, 0.9), percentile_us(all, n, 0.99), (double) all[n - 1] / 1e3,
-               (double) n * 1e9 / (double) (t1 - t0));
+        printf("method=%s connections=%u calls=%zu min_us=%.1f median_us=%.1f p90_us=%.1f p99_us=%.1f max_us=%.1f"
+               " calls_per_s=%.0f",
+               o.method == METHOD_STATUS ? "status" : "ping", o.connections, n, (double) all[0] / 1e3,
+               percentile_us(all, n, 0.5), percentile_us(all, n, 0.9), percentile_us(all, n, 0.99),
+               (double) all[n - 1] / 1e3, (double) n * 1e9 / (double) (t1 - t0));
+        if (o.read_apart)
+                printf(" read_median_us=%.1f", percentile_us(reads, n, 0.5));
+        printf("\n");
         return 0;
 }

@@ -8,10 +8,10 @@
 #     socket of our own), best of 3 (the store just written: its folders in
 #     the kernel's caches), and the CPU time it took; target <= 1 s;
 #   - Status: the round trip with every model known, on one connection (a
-#     small C client, status-calls.c, which also times reading every value
-#     of the reply, the client's own cost): the median of 40 calls, best of
-#     3 rounds; and the CPU time mpoold and the bus daemon spend on each
-#     call; target <= 20 ms;
+#     small C client, bus-latency.c --read-apart, which also times reading
+#     every value of the reply, the client's own cost, apart): the median of
+#     40 calls, best of 3 rounds; and the CPU time mpoold and the bus daemon
+#     spend on each call; target <= 20 ms;
 #   - the daemon's memory (RSS, and Pss from smaps_rollup) with every model
 #     known, before any Status and after the calls (the reply's buffer
 #     stays with malloc), against the same daemon on an empty store.
@@ -44,8 +44,10 @@ stop_daemon() {
 }
 trap cleanup EXIT
 
-cc -O2 -std=gnu11 -D_GNU_SOURCE -I"$top/include" -I"$top/base" -o "$dir/status-calls" \
-        "$bench/status-calls.c" "$build/libmpool-base.a" -lsystemd
+[ -x "$build/bus-latency" ] || make -C "$top" --no-print-directory B="$build" "$build/bus-latency" > /dev/null
+status_calls() {  # CALLS
+        "$build/bus-latency" --address="$address" --method=status --read-apart --calls="$1" --warmup=0
+}
 
 "$build/mpool-mkmodel" --size=64K --tensors=4 "$dir/source" > /dev/null
 mkdir -p "$dir/empty" "$dir/full"
@@ -74,7 +76,7 @@ kib() { awk -v k="$2" '$1 == k":" { print $2 }' "/proc/$1/$3"; }
 
 # measure NAME STORE: sets NAME_ready (the best start) and NAME_ready_cpu, the
 # memory before any Status (NAME_rss0, NAME_pss0) and after (NAME_rss,
-# NAME_pss), NAME_status (status-calls' line), NAME_cpu and NAME_bus_cpu (µs
+# NAME_pss), NAME_status (bus-latency's line), NAME_cpu and NAME_bus_cpu (µs
 # a call), NAME_bytes (the reply's size) and NAME_known (models found).
 measure() {
         local name=$1 store=$2 best= best_cpu=
@@ -94,7 +96,7 @@ measure() {
         busctl --address="$address" call org.mpool.Manager /org/mpool/Manager org.freedesktop.DBus.Peer Ping
         printf -v "${name}_rss0" '%s' "$(kib "$daemon" VmRSS status)"
         printf -v "${name}_pss0" '%s' "$(kib "$daemon" Pss smaps_rollup)"
-        "$dir/status-calls" --address="$address" --calls=3 --warmup=0 > /dev/null
+        status_calls 3 > /dev/null
         # The CPU time mpoold and the bus daemon spend on the calls: the
         # round trip's split between them, less moved by other tenants'
         # load than the wall clock. Rounds, the best median counting, as in
@@ -102,8 +104,9 @@ measure() {
         local d0 b0 line best_line= best_median=
         d0=$(ticks "$daemon") b0=$(ticks "$bus_pid")
         for _ in $(seq "$rounds"); do
-                line=$("$dir/status-calls" --address="$address" --calls="$calls" --warmup=0)
-                if [[ -z "$best_median" ]] || (( $(field "$line" median_us) < best_median )); then
+                line=$(status_calls "$calls")
+                if [[ -z "$best_median" ]] ||
+                   awk -v a="$(field "$line" median_us)" -v b="$best_median" 'BEGIN { exit !(a < b) }'; then
                         best_line=$line best_median=$(field "$line" median_us)
                 fi
         done
@@ -126,11 +129,11 @@ echo "scale: $models models in the store ($full_known found), mpoold best of $st
 printf '  %-34s %12s %12s\n' "" "empty store" "$models models"
 printf '  %-34s %9s ms %9s ms\n' "start-up to READY=1" "$empty_ready" "$full_ready"
 printf '  %-34s %s; %s\n' "  its CPU time (empty; full)" "$empty_ready_cpu" "$full_ready_cpu"
-for k in min_us median_us p90_us walk_median_us; do
+for k in min_us median_us p90_us read_median_us; do
         printf '  %-34s %9.2f ms %9.2f ms\n' "Status $k (round trip)" \
                 "$(awk -v v="$(field "$empty_status" "$k")" 'BEGIN { print v / 1000 }')" \
                 "$(awk -v v="$(field "$full_status" "$k")" 'BEGIN { print v / 1000 }')"
-done | sed 's/ walk_median_us (round trip)/ median, reading the reply/; s/_us / /'
+done | sed 's/ read_median_us (round trip)/ median, reading the reply/; s/_us / /'
 printf '  %-34s %9.2f ms %9.2f ms\n' "mpoold CPU per Status" "$(awk -v v="$empty_cpu" 'BEGIN { print v / 1000 }')" \
         "$(awk -v v="$full_cpu" 'BEGIN { print v / 1000 }')"
 printf '  %-34s %9.2f ms %9.2f ms\n' "dbus-daemon CPU per Status" "$(awk -v v="$empty_bus_cpu" 'BEGIN { print v / 1000 }')" \
