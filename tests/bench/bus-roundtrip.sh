@@ -20,20 +20,16 @@ seconds=${2:-3}
 rounds=${3:-3}
 models=10
 many=32
-top=$(cd -- "$(dirname -- "$(readlink -f -- "$0")")/../.." && pwd -P)
-dir=$(mktemp -d)
-source "$top/tests/bench/lib.sh"
-trap bench_cleanup EXIT
+# shellcheck source=tests/bench/lib.sh
+source "$(dirname -- "$(readlink -f -- "$0")")/lib.sh"
 
-[ -x "$build/bus-latency" ] || make -C "$top" --no-print-directory B="$build" "$build/bus-latency" > /dev/null
+bench_need_bus_latency
 
 for i in $(seq "$models"); do
         "$build/mpool-mkmodel" --size=1M --tensors=4 "$dir/models/bench-$i" > /dev/null
 done
 # No idle unloads during the run: the models stay loaded throughout.
-bench_start "[Store]
-ModelDir=$dir/models
-[Pool]
+bench_start "[Pool]
 MemoryLimit=90%
 IdleTimeoutSec=3600"
 for i in $(seq "$models"); do
@@ -41,7 +37,7 @@ for i in $(seq "$models"); do
                 Load 'sa{sv}' "bench-$i" 0 > /dev/null
 done
 loaded=$(busctl --address="$address" --json=short call org.mpool.Manager /org/mpool/Manager org.mpool.Manager Status |
-        /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["data"][0]["models_loaded"]["data"])')
+        "$python" -c 'import json, sys; print(json.load(sys.stdin)["data"][0]["models_loaded"]["data"])')
 
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 # The shell's children's user and system time, in clock ticks: `times`
@@ -79,7 +75,7 @@ for round in $(seq "$rounds"); do
         done
 done
 
-/usr/bin/python3 - "$dir" "$many" "$loaded" "$rounds" "$seconds" "$(getconf CLK_TCK)" "$(cat /proc/loadavg)" <<'EOF'
+"$python" - "$dir" "$many" "$loaded" "$rounds" "$seconds" "$(getconf CLK_TCK)" "$(cat /proc/loadavg)" <<'EOF'
 import os, sys
 
 d, many, loaded, rounds, seconds, hz, loadavg = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], \

@@ -17,13 +17,9 @@ set -euo pipefail
 build=$(readlink -f "${1:-build}")
 seconds=${2:-15}
 rounds=${3:-2}
-top=$(cd -- "$(dirname -- "$(readlink -f -- "$0")")/../.." && pwd -P)
-bench="$top/tests/bench"
-python=/usr/bin/python3
 threads=$(nproc)
-dir=$(mktemp -d)
-source "$top/tests/bench/lib.sh"
-trap bench_cleanup EXIT
+# shellcheck source=tests/bench/lib.sh
+source "$(dirname -- "$(readlink -f -- "$0")")/lib.sh"
 
 # The ceiling: OpenBLAS loaded by daemon/blas.c itself.
 cc -O2 -std=gnu11 -D_GNU_SOURCE -I"$top/include" -I"$top/base" -I"$top/daemon" -o "$dir/sgemm-shapes" \
@@ -32,9 +28,7 @@ cc -O2 -std=gnu11 -D_GNU_SOURCE -I"$top/include" -I"$top/base" -I"$top/daemon" -
 
 "$python" "$bench/embed-throughput.py" model "$dir/models/bench"
 
-bench_start "[Store]
-ModelDir=$dir/models
-[Pool]
+bench_start "[Pool]
 MemoryLimit=90%
 IdleTimeoutSec=3600
 [Workers]

@@ -15,24 +15,20 @@ set -euo pipefail
 build=$(readlink -f "${1:-build}")
 rounds=${2:-3}
 models=20
-top=$(cd -- "$(dirname -- "$(readlink -f -- "$0")")/../.." && pwd -P)
-dir=$(mktemp -d)
-source "$top/tests/bench/lib.sh"
-trap bench_cleanup EXIT
+# shellcheck source=tests/bench/lib.sh
+source "$(dirname -- "$(readlink -f -- "$0")")/lib.sh"
 
 for i in $(seq 0 $((models - 1))); do
         "$build/mpool-mkmodel" --size=64K "$dir/models/$(printf 'm%02d' "$i")" > /dev/null
 done
 # The pool's own timeout stays out of the way: each Load sets its keep-alive.
-bench_start "[Store]
-ModelDir=$dir/models
-[Pool]
+bench_start "[Pool]
 MemoryLimit=50%
 IdleTimeoutSec=3600"
 
-/usr/bin/python3 "$top/tests/bench/idle-precision.py" "$address" "$models" "$rounds" > "$dir/result.json"
+"$python" "$bench/idle-precision.py" "$address" "$models" "$rounds" > "$dir/result.json"
 
-/usr/bin/python3 - "$dir/result.json" "$models" "$rounds" "$(cut -d' ' -f1-3 /proc/loadavg)" <<'PY'
+"$python" - "$dir/result.json" "$models" "$rounds" "$(cut -d' ' -f1-3 /proc/loadavg)" <<'PY'
 import json, sys
 
 r = json.load(open(sys.argv[1]))

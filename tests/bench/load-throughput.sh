@@ -19,17 +19,12 @@ set -euo pipefail
 build=$(readlink -f "${1:-build}")
 size=${2:-2G}
 rounds=5
-top=$(dirname -- "$(readlink -f -- "$0")")/../..
-python=/usr/bin/python3
-dir=$(mktemp -d)
-source "$top/tests/bench/lib.sh"
-trap bench_cleanup EXIT
+# shellcheck source=tests/bench/lib.sh
+source "$(dirname -- "$(readlink -f -- "$0")")/lib.sh"
 
 "$build/mpool-mkmodel" --size="$size" --tensors=16 "$dir/models/bench" > /dev/null
 file="$dir/models/bench/model.safetensors"
-bench_start "[Store]
-ModelDir=$dir/models
-[Pool]
+bench_start "[Pool]
 MemoryLimit=90%"
 
 now() { date +%s%N; }

@@ -17,21 +17,15 @@ set -euo pipefail
 
 build=$(readlink -f "${1:-build}")
 cycles=${2:-10}
-top=$(cd -- "$(dirname -- "$(readlink -f -- "$0")")/../.." && pwd -P)
-bench="$top/tests/bench"
-python=/usr/bin/python3
-dir=$(mktemp -d)
-source "$top/tests/bench/lib.sh"
-trap bench_cleanup EXIT
+# shellcheck source=tests/bench/lib.sh
+source "$(dirname -- "$(readlink -f -- "$0")")/lib.sh"
 
 "$build/mpool-mkmodel" --size=512M --tensors=16 "$dir/models/weights" > /dev/null
 "$python" "$bench/memory-returned.py" model "$dir/models/bert"
 cat "$dir/models/weights/model.safetensors" "$dir/models/bert/model.safetensors" > /dev/null
 
 # Workers stay until the unload (no cooldown within a cycle), as many as asked.
-bench_start "[Store]
-ModelDir=$dir/models
-[Pool]
+bench_start "[Pool]
 MemoryLimit=90%
 IdleTimeoutSec=3600
 [Workers]

@@ -19,20 +19,14 @@ seconds=${2:-4}
 rounds=${3:-3}
 workers=2
 callers=$((2 * workers))
-top=$(cd -- "$(dirname -- "$(readlink -f -- "$0")")/../.." && pwd -P)
-bench="$top/tests/bench"
-python=/usr/bin/python3
-dir=$(mktemp -d)
-source "$top/tests/bench/lib.sh"
-trap bench_cleanup EXIT
+# shellcheck source=tests/bench/lib.sh
+source "$(dirname -- "$(readlink -f -- "$0")")/lib.sh"
 
-[ -x "$build/bus-latency" ] || make -C "$top" --no-print-directory B="$build" "$build/bus-latency" > /dev/null
+bench_need_bus_latency
 
 "$build/mpool-mkmodel" --size=2G --tensors=16 "$dir/models/big" > /dev/null
 "$python" "$bench/embed-throughput.py" model "$dir/models/bert"
-bench_start "[Store]
-ModelDir=$dir/models
-[Pool]
+bench_start "[Pool]
 MemoryLimit=90%
 IdleTimeoutSec=3600
 [Workers]

@@ -21,15 +21,12 @@ set -euo pipefail
 
 build=$(readlink -f "${1:-build}")
 models=${2:-4096}
-top=$(dirname -- "$(readlink -f -- "$0")")/../..
-bench=$top/tests/bench
-python=/usr/bin/python3
 starts=3
 calls=40
 rounds=3
-dir=$(mktemp -d)
+# shellcheck source=tests/bench/lib.sh
+source "$(dirname -- "$(readlink -f -- "$0")")/lib.sh"
 daemon=
-source "$bench/lib.sh"
 cleanup() {
         stop_daemon
         bench_cleanup
@@ -44,7 +41,7 @@ stop_daemon() {
 }
 trap cleanup EXIT
 
-[ -x "$build/bus-latency" ] || make -C "$top" --no-print-directory B="$build" "$build/bus-latency" > /dev/null
+bench_need_bus_latency
 status_calls() {  # CALLS
         "$build/bus-latency" --address="$address" --method=status --read-apart --calls="$1" --warmup=0
 }
