@@ -595,10 +595,20 @@ static void apply_requests(PoolModel *model, ModelRuntime *rt) {
 static bool load_failed(Manager *m, PoolModel *model, int r, const char *message) {
         ModelRuntime *rt = model->userdata;
         bool cancelled_by_request = rt->cancel_requested;
+        /* Its files left the store (Remove, or by hand) and it is kept
+         * only until nothing holds or waits for it: a load that finds them
+         * gone is told so, but the model is not put in error. Nothing
+         * would clear that error (no look of the store sees the model
+         * again), so it would stay until the model is forgotten or pulled
+         * again, as if the model were broken. */
+        bool gone = r == -ENOENT && rt->left_store;
 
         model->reserved_bytes = 0;
-        model->state = r == -ECANCELED ? MODEL_AVAILABLE : MODEL_ERROR;
-        if (r != -ECANCELED)
+        model->state = r == -ECANCELED || gone ? MODEL_AVAILABLE : MODEL_ERROR;
+        if (gone) {
+                free(model->error);
+                model->error = NULL;
+        } else if (r != -ECANCELED)
                 model_set_error(model, message);
 
         metrics_load_finished(&m->metrics, r, 0);

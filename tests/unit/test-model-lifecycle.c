@@ -719,6 +719,46 @@ static void test_catalog_remove_waits_for_users_and_refuses_loads(void **state) 
         fixture_free(f);
 }
 
+/* Removed while a peer holds it: the model stays until the hold goes, and
+ * a load meanwhile finds no files. That is the caller's answer, not an
+ * error of the model's to keep (the stress run found one left behind). */
+static void test_load_of_removed_held_model_leaves_no_error(void **state) {
+        Fixture *f = fixture_new("1G", 2, 4);
+        PoolModel *alpha;
+        Reply r = {};
+        Outcome o;
+        Request *req = submit(f, REQUEST_ACQUIRE, "alpha", ":1.42", &o);
+
+        run_until(f, &o.completed);
+        assert_int_equal(o.error, 0);
+        request_unref(req);
+
+        catalog_remove(f->m, "alpha", true, NULL, on_reply, &r);
+        run_until(f, &r.done);
+        assert_int_equal(r.error, 0);
+        assert_false(exists(f, "alpha"));
+        alpha = pool_find(&f->m->pool, "alpha");
+        assert_non_null(alpha);
+        assert_true(left_store(f, "alpha"));
+        assert_int_equal(alpha->holds, 1);
+        assert_int_equal(alpha->state, MODEL_AVAILABLE);
+
+        req = submit(f, REQUEST_LOAD, "alpha", NULL, &o);
+        run_until(f, &o.completed);
+        assert_int_equal(o.error, -ENOENT);
+        request_unref(req);
+        assert_ptr_equal(pool_find(&f->m->pool, "alpha"), alpha);
+        assert_int_equal(alpha->state, MODEL_AVAILABLE);
+        assert_null(alpha->error);
+        assert_int_equal(rec.removed, 0);
+
+        /* The hold was all that kept it. */
+        manager_peer_left(f->m, ":1.42");
+        RUN_UNTIL(f, rec.removed == 1);
+        assert_null(pool_find(&f->m->pool, "alpha"));
+        fixture_free(f);
+}
+
 static void test_catalog_shutdown_answers_what_waits(void **state) {
         Fixture *f = fixture_new("1G", 2, 4);
         Reply r[4] = {};
@@ -914,6 +954,7 @@ int main(void) {
                 cmocka_unit_test(test_catalog_register_and_remove),
                 cmocka_unit_test(test_catalog_remove_waits_for_users_and_refuses_loads),
                 cmocka_unit_test(test_catalog_shutdown_answers_what_waits),
+                cmocka_unit_test(test_load_of_removed_held_model_leaves_no_error),
                 cmocka_unit_test(test_admission_counts_pages),
                 cmocka_unit_test(test_runnable_model),
         };
