@@ -1427,14 +1427,19 @@ void models_drop_requests_of(Manager *m, const char *owner) {
 
 int model_lease(Manager *m, PoolModel *model, ModelWeights **ret) {
         ModelRuntime *rt = model->userdata;
+        bool was_evictable;
 
         assert(ret);
 
         if (model->state != MODEL_LOADED || !rt || !rt->weights)
                 return -ESTALE;
+        was_evictable = pool_model_is_evictable(model);
         model->in_flight++;
         pool_model_use(&m->pool, model, now_monotonic_usec());
         *ret = model_weights_ref(rt->weights);
+        /* A model in use has no idle deadline: ExpiresAt falls to 0. */
+        if (was_evictable)
+                manager_emit_model_changed(m, model, MODEL_CHANGED_EXPIRES);
         manager_reschedule_idle(m);
         return 0;
 }
@@ -1451,8 +1456,13 @@ void model_unlease(Manager *m, PoolModel *model, ModelWeights *weights) {
 
         if (model->state == MODEL_UNLOADING && model->in_flight == 0)
                 unloaded(m, model, strempty(rt->unload_reason));
-        else
+        else {
+                /* The last user gone, its idle time starts now: ExpiresAt
+                 * changes whatever it said while the model was in use. */
+                if (pool_model_is_evictable(model))
+                        manager_emit_model_changed(m, model, MODEL_CHANGED_EXPIRES);
                 manager_reschedule_idle(m);
+        }
         manager_work_done(m);
 }
 

@@ -22,7 +22,7 @@
 #define WAIT_USEC (60 * USEC_PER_SEC)
 
 typedef struct Recorder {
-        unsigned loaded, unloaded, failed, announced, progress, removed;
+        unsigned loaded, unloaded, failed, announced, progress, removed, expires_changed;
         char last_unload_reason[64];
         int last_failure;
 } Recorder;
@@ -58,7 +58,13 @@ static void on_removed(Manager *m, PoolModel *model) {
         rec.removed++;
 }
 
+static void on_model_changed(Manager *m, PoolModel *model, ModelChange what) {
+        if (what & MODEL_CHANGED_EXPIRES)
+                rec.expires_changed++;
+}
+
 static const ManagerEvents recorder_events = {
+        .model_changed = on_model_changed,
         .model_loaded = on_model_loaded,
         .model_unloaded = on_model_unloaded,
         .load_failed = on_load_failed,

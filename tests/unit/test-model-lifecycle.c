@@ -78,6 +78,30 @@ static void test_unknown_model_is_forgotten(void **state) {
         fixture_free(f);
 }
 
+/* ExpiresAt follows the leases of Embed and OpenFiles: 0 while the model is
+ * in use, its new deadline once the last user is done. Each change is
+ * announced, or a client following the signals keeps a stale deadline (found
+ * by the stress run). */
+static void test_lease_announces_expires(void **state) {
+        Fixture *f = fixture_new("1G", 1, 4);
+        PoolModel *alpha = load(f, "alpha");
+        ModelWeights *first, *second;
+        unsigned before;
+
+        before = rec.expires_changed;
+        assert_int_equal(model_lease(f->m, alpha, &first), 0);
+        assert_int_equal(rec.expires_changed, before + 1);
+        /* Already in use: ExpiresAt stays 0, nothing to announce. */
+        assert_int_equal(model_lease(f->m, alpha, &second), 0);
+        assert_int_equal(rec.expires_changed, before + 1);
+        model_unlease(f->m, alpha, second);
+        assert_int_equal(rec.expires_changed, before + 1);
+        model_unlease(f->m, alpha, first);
+        assert_int_equal(rec.expires_changed, before + 2);
+        assert_true(pool_model_is_evictable(alpha));
+        fixture_free(f);
+}
+
 static void test_unload_waits_for_users(void **state) {
         Fixture *f = fixture_new("1G", 1, 4);
         PoolModel *alpha = load(f, "alpha");
@@ -935,7 +959,8 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_load_and_unload),
                 cmocka_unit_test(test_unknown_model_is_forgotten),
-                cmocka_unit_test(test_unload_waits_for_users),
+                cmocka_unit_test(test_lease_announces_expires),
+        cmocka_unit_test(test_unload_waits_for_users),
                 cmocka_unit_test(test_charges_count_against_the_limit),
                 cmocka_unit_test(test_acquire_and_peer_leaving),
                 cmocka_unit_test(test_pinned_and_unload_all),
