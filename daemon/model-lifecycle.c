@@ -313,6 +313,16 @@ static bool takes_hold(const Request *req) {
 
 /* Gives a Load, Acquire or OpenFiles request what it asked for from a
  * loaded model. */
+/* With IdlePolicy=global every idle model's deadline follows the pool's
+ * last use: a use of one model moves the ExpiresAt of all the others. */
+static void announce_pool_use(Manager *m, PoolModel *used) {
+        if (m->pool.idle_policy != POOL_IDLE_GLOBAL)
+                return;
+        POOL_FOREACH(other, &m->pool)
+                if (other != used && pool_model_is_evictable(other))
+                        manager_emit_model_changed(m, other, MODEL_CHANGED_EXPIRES);
+}
+
 static void serve(Manager *m, PoolModel *model, Request *req) {
         int r;
 
@@ -367,6 +377,7 @@ static void serve(Manager *m, PoolModel *model, Request *req) {
                 ((ModelRuntime *) model->userdata)->max_workers = req->max_workers;
 
         pool_model_use(&m->pool, model, now_monotonic_usec());
+        announce_pool_use(m, model);
         finish(m, req, 0, NULL);
 }
 
@@ -1376,6 +1387,7 @@ void model_drop_holds(Manager *m, const char *model_name, unsigned count) {
                 return;
         pool_model_release(&m->pool, model, count, now_monotonic_usec());
         manager_emit_model_changed(m, model, MODEL_CHANGED_HOLDS | MODEL_CHANGED_EXPIRES);
+        announce_pool_use(m, model);
         manager_reschedule_idle(m);
         forget_later(m, model);
 }
@@ -1440,6 +1452,7 @@ int model_lease(Manager *m, PoolModel *model, ModelWeights **ret) {
         /* A model in use has no idle deadline: ExpiresAt falls to 0. */
         if (was_evictable)
                 manager_emit_model_changed(m, model, MODEL_CHANGED_EXPIRES);
+        announce_pool_use(m, model);
         manager_reschedule_idle(m);
         return 0;
 }

@@ -102,6 +102,24 @@ static void test_lease_announces_expires(void **state) {
         fixture_free(f);
 }
 
+/* IdlePolicy=global: a use of one model moves every idle model's deadline,
+ * and each of them announces it. */
+static void test_global_use_announces_every_expiry(void **state) {
+        Fixture *f = fixture_new("1G", 1, 4);
+        PoolModel *alpha = load(f, "alpha"), *beta = load(f, "beta");
+        ModelWeights *weights;
+        unsigned before;
+
+        f->m->pool.idle_policy = POOL_IDLE_GLOBAL;
+        assert_true(pool_model_is_evictable(beta));
+        before = rec.expires_changed;
+        assert_int_equal(model_lease(f->m, alpha, &weights), 0);
+        /* alpha's own (now in use) and beta's (moved). */
+        assert_int_equal(rec.expires_changed, before + 2);
+        model_unlease(f->m, alpha, weights);
+        fixture_free(f);
+}
+
 static void test_unload_waits_for_users(void **state) {
         Fixture *f = fixture_new("1G", 1, 4);
         PoolModel *alpha = load(f, "alpha");
@@ -960,6 +978,7 @@ int main(void) {
                 cmocka_unit_test(test_load_and_unload),
                 cmocka_unit_test(test_unknown_model_is_forgotten),
                 cmocka_unit_test(test_lease_announces_expires),
+        cmocka_unit_test(test_global_use_announces_every_expiry),
         cmocka_unit_test(test_unload_waits_for_users),
                 cmocka_unit_test(test_charges_count_against_the_limit),
                 cmocka_unit_test(test_acquire_and_peer_leaving),
