@@ -119,6 +119,9 @@ int open_resolved_by_walking(int dir_fd, const char *path, int flags, uint64_t r
 
         assert(path);
         assert((resolve & ~(uint64_t) RESOLVE_KNOWN) == 0);
+        /* O_PATH|O_NOFOLLOW would open a last symlink itself instead of
+         * refusing it: the walk below relies on that refusal. */
+        assert(!(flags & O_PATH));
 
         if (path[0] == '\0')
                 return -ENOENT;
