@@ -29,6 +29,9 @@ void manager_refresh_memory_available(Manager *m) {
 
         if (m->memory_read_usec != 0 && now - m->memory_read_usec < MEMORY_REFRESH_USEC)
                 return;
+        /* If /proc cannot be read, the memory monitor's last figures stay:
+         * it logs its own failures on its tick, and a Status caller still
+         * gets an answer. */
         if (memory_info_read(&memory) < 0)
                 return;
         m->memory.available = memory.available;
